@@ -27,6 +27,9 @@ class ParseError(SipError):
         self.status = status
         self.reason = reason
         self.fatal = fatal
+        #: The message as far as it could be read (start line and headers), so a
+        #: server can still address its 400 to the sender; None when unreadable.
+        self.partial: object | None = None
 
 
 class TransactionError(SipError):

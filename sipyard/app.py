@@ -1,0 +1,396 @@
+"""Wiring: builds every part from config and routes requests between them.
+
+This is the only module that knows all the others. The request path is
+``transport → parse → stateless checks → transaction → dispatch by method``;
+everything below dispatch (registrar, redirect pipeline, chat) answers through
+:meth:`App.respond`, which caches the response in the transaction so a
+retransmission never reaches a handler twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import secrets
+import signal
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .sip.errors import ParseError
+from .sip.message import Limits, Request, Response, build_response, parse_message
+from .sip.transaction import Outcome, ServerTransaction, TransactionLayer, make_key
+from .sip.uri import SipUri
+from .sip.validate import unsupported_requires, validate_request
+from .transport import Listen, Source, Transports
+from .uac import Uac
+
+__all__ = ["App", "KNOWN_METHODS", "ALLOW"]
+
+log = logging.getLogger("sipyard")
+reqlog = logging.getLogger("sipyard.request")
+
+KNOWN_METHODS = frozenset({
+    "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "SUBSCRIBE", "NOTIFY",
+    "MESSAGE", "REFER", "INFO", "UPDATE", "PRACK", "PUBLISH",
+})
+#: Methods the server redirects when the Request-URI names a user.
+REDIRECTED = frozenset({"INVITE", "SUBSCRIBE", "MESSAGE", "REFER", "OPTIONS"})
+ALLOW = "INVITE, ACK, CANCEL, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, MESSAGE, REFER"
+SUPPORTED = frozenset({"path", "outbound", "gruu"}) - {"gruu"}
+SUPPORTED_HEADER = "path, outbound"
+
+RequestHandler = Callable[["App", Request, Source, ServerTransaction], Awaitable[None] | None]
+
+
+class Stats:
+    __slots__ = ("requests", "responses", "started", "auth_failures", "dropped")
+
+    def __init__(self) -> None:
+        self.requests: Counter[str] = Counter()
+        self.responses: Counter[str] = Counter()
+        self.started = time.time()
+        self.auth_failures = 0
+        self.dropped = 0
+
+
+class App:
+    """One running server. ``start()`` binds; ``stop()`` closes everything."""
+
+    def __init__(self, config: Any, *, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        srv = config.server
+        self.server_header = srv.server_header or f"sipyard/{__version__}"
+        self.limits = Limits()
+        self.txl = TransactionLayer()
+        self.stats = Stats()
+        self.transports = Transports(
+            self._on_bytes, max_udp=srv.max_message_size, max_tcp_header=srv.max_message_size,
+            on_framing_error=self._on_framing_error, on_oversize=self._on_oversize)
+        self.uac = Uac(self.transports.send, server_header=self.server_header)
+        self._tag_prefix = secrets.token_hex(3)
+        self._tag_seq = itertools.count(1)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._peer_logged: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._notify: dict[str, Callable[[Request], None]] = {}
+        self._stopped = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: method -> handler; filled by the feature modules in ``start()``.
+        self.handlers: dict[str, RequestHandler] = {}
+        self.features: dict[str, Any] = {}
+
+    # -- life cycle -------------------------------------------------------------
+    async def start(self, listens: Sequence[Listen] | None = None) -> list[Listen]:
+        self.loop = asyncio.get_running_loop()
+        from .features import install
+
+        await install(self)
+        specs = list(listens) if listens is not None else list(self.config.server.listen)
+        bound = await self.transports.start(specs)
+        for b in bound:
+            log.info("listening on %s %s:%d", b.transport, b.host, b.port)
+        return bound
+
+    async def stop(self) -> None:
+        from .features import uninstall
+
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.transports.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await uninstall(self)
+        self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopped.set)
+        reload = self.features.get("reload")
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, lambda: self.spawn(reload()))
+        await self._stopped.wait()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task failed: %r", task.exception(), exc_info=task.exception())
+
+    def now(self) -> float:
+        return time.time()
+
+    def new_tag(self) -> str:
+        return f"{self._tag_prefix}{next(self._tag_seq):x}"
+
+    # -- inbound ------------------------------------------------------------------
+    def _on_bytes(self, data: bytes, src: Source) -> None:
+        try:
+            msg = parse_message(data, self.limits)
+        except ParseError as exc:
+            self._bad_message(exc, src)
+            return
+        if isinstance(msg, Response):
+            if not self.uac.on_response(msg):
+                self.stats.dropped += 1
+            return
+        self._on_request(msg, src)
+
+    def _on_request(self, req: Request, src: Source) -> None:
+        self.stats.requests[req.method] += 1
+        try:
+            via = req.top_via
+        except ParseError as exc:
+            self._stateless(req, src, exc.status, exc.reason)
+            return
+        dest = self._response_dest(req, via, src)
+        try:
+            validate_request(req, KNOWN_METHODS)
+        except ParseError as exc:
+            self._reply_stateless(req, dest, exc.status, exc.reason,
+                                  [("Allow", ALLOW)] if exc.status in (405, 501) else [])
+            return
+        method = req.method
+        branch = via.branch
+        sent_by = f"{via.host}:{via.port or ''}"
+        if branch is not None and len(branch) > 7 and branch.startswith("z9hG4bK"):
+            key = make_key(branch, sent_by, method)
+        else:
+            to_tag = req.to.tag or ""
+            key = make_key(branch, sent_by, method, fallback=(
+                req.uri, to_tag, req.from_.tag or "", req.call_id, str(req.cseq[0]), via.raw))
+        now = self.loop.time() if self.loop is not None else time.monotonic()
+        outcome, tx, cached = self.txl.receive_request(key, method, src.reliable, dest, now)
+        if outcome is Outcome.RETRANSMISSION:
+            if cached is not None:
+                self.transports.send(dest, cached)
+            return
+        if outcome is not Outcome.NEW or tx is None:
+            return  # ACK absorbed or stray ACK: hop-by-hop, nothing to do
+        self._arm_timer()
+        if method != "ACK" and method != "CANCEL":
+            bad = unsupported_requires(req, SUPPORTED)
+            if bad:
+                self.respond(tx, req, 420, "Bad Extension", [("Unsupported", ", ".join(bad))])
+                return
+        handler = self.handlers.get(method)
+        if handler is None:
+            handler = self.handlers.get("*") if _has_user(req) else None
+        if handler is None:
+            if method == "OPTIONS":
+                self._options(tx, req)
+            elif method in KNOWN_METHODS:
+                status, reason = (481, "Call/Transaction Does Not Exist") \
+                    if method in ("BYE", "INFO", "UPDATE", "PRACK", "NOTIFY") \
+                    else (405, "Method Not Allowed")
+                self.respond(tx, req, status, reason, [("Allow", ALLOW)])
+            else:
+                self.respond(tx, req, 501, "Not Implemented", [("Allow", ALLOW)])
+            return
+        try:
+            result = handler(self, req, src, tx)
+        except Exception:
+            log.exception("handler for %s failed", method)
+            self.respond(tx, req, 500, "Server Internal Error")
+            return
+        if result is not None:
+            self.spawn(self._guard(result, tx, req))
+
+    async def _guard(self, coro: Awaitable[None], tx: ServerTransaction, req: Request) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handler for %s failed", req.method)
+            if tx.last_status is None or tx.last_status < 200:
+                self.respond(tx, req, 500, "Server Internal Error", [("Retry-After", "5")])
+
+    def _options(self, tx: ServerTransaction, req: Request) -> None:
+        self.respond(tx, req, 200, "OK", [
+            ("Allow", ALLOW), ("Accept", "application/sdp, text/plain"),
+            ("Supported", SUPPORTED_HEADER)])
+
+    @staticmethod
+    def _response_dest(req: Request, via: Any, src: Source) -> Source:
+        """RFC 3261 §18.2.2 + RFC 3581, and record received/rport in the Via."""
+        rport = via.rport
+        if via.host.strip("[]") != src.ip or rport == "":
+            raw = via.raw
+            if rport == "":
+                parts = raw.split(";")
+                for i in range(1, len(parts)):
+                    if parts[i].strip().lower() == "rport":
+                        parts[i] = f"rport={src.port}"
+                        break
+                raw = ";".join(parts)
+            if via.host.strip("[]") != src.ip or rport == "":
+                raw = f"{raw};received={src.ip}"
+            req.replace_top_via(raw)
+        if src.transport != "udp" or rport is not None:
+            return src
+        return Source("udp", src.ip, via.port or 5060, None, src.local)
+
+    # -- outbound -----------------------------------------------------------------
+    def respond(self, tx: ServerTransaction, req: Request, status: int, reason: str,
+                headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> None:
+        data = build_response(req, status, reason, to_tag=self.new_tag(), headers=headers,
+                              body=body, server=self.server_header)
+        now = self.loop.time() if self.loop is not None else time.monotonic()
+        try:
+            self.txl.send_response(tx, status, data, now)
+        except Exception as exc:  # transaction already finished (e.g. CANCELled)
+            log.debug("response %d dropped: %s", status, exc)
+            return
+        self.transports.send(tx.dest, data)
+        self.stats.responses[f"{status // 100}xx"] += 1
+        if status >= 200:
+            self._arm_timer()
+            if reqlog.isEnabledFor(logging.INFO):
+                self._log_request(req, tx.dest, status)
+
+    def _reply_stateless(self, req: Request, dest: Source, status: int, reason: str,
+                         headers: Sequence[tuple[str, str]] = ()) -> None:
+        if req.method == "ACK":
+            return
+        data = build_response(req, status, reason, to_tag=self.new_tag(), headers=headers,
+                              server=self.server_header)
+        self.transports.send(dest, data)
+        self.stats.responses[f"{status // 100}xx"] += 1
+        self._log_peer_once(dest.ip, f"rejected {req.method or 'request'} from {dest.ip}: "
+                            f"{status} {reason}")
+        if reqlog.isEnabledFor(logging.INFO):
+            self._log_request(req, dest, status)
+
+    def _stateless(self, req: Request, src: Source, status: int, reason: str) -> None:
+        """Answer a request whose Via could not be read: to its source, as best we can."""
+        if req.method == "ACK" or not req.get("via"):
+            self._log_peer_once(src.ip, f"dropped unanswerable request from {src.ip}: {reason}")
+            return
+        self._reply_stateless(req, src, status, reason)
+
+    def _bad_message(self, exc: ParseError, src: Source) -> None:
+        partial = exc.partial
+        if isinstance(partial, Request) and partial.get("via"):
+            try:
+                via = partial.top_via
+                dest = self._response_dest(partial, via, src)
+            except ParseError:
+                dest = src
+            if partial.method != "ACK":
+                if not partial.method:
+                    partial.method = "UNKNOWN"
+                self._reply_stateless(partial, dest, exc.status, exc.reason)
+                return
+        self.stats.dropped += 1
+        self._log_peer_once(src.ip, f"dropped malformed message from {src.ip}: {exc.reason}")
+
+    def _on_framing_error(self, exc: ParseError, src: Source) -> None:
+        self._log_peer_once(src.ip, f"closing tcp connection from {src.ip}:{src.port}: {exc.reason}")
+
+    def _on_oversize(self, src: Source, data: bytes) -> None:
+        try:
+            msg = parse_message(data[: self.config.server.max_message_size])
+        except ParseError as exc:
+            msg = exc.partial if isinstance(exc.partial, Request) else None  # type: ignore[assignment]
+        if isinstance(msg, Request) and msg.get("via"):
+            try:
+                dest = self._response_dest(msg, msg.top_via, src)
+            except ParseError:
+                dest = src
+            self._reply_stateless(msg, dest, 513, "Message Too Large")
+            return
+        self._log_peer_once(src.ip, f"dropped oversize datagram from {src.ip} ({len(data)} bytes)")
+
+    def _log_peer_once(self, ip: str, text: str) -> None:
+        now = time.monotonic()
+        last = self._peer_logged.get(ip)
+        if last is not None and now - last < 60:
+            return
+        if len(self._peer_logged) > 10000:
+            self._peer_logged.clear()
+        self._peer_logged[ip] = now
+        log.warning("%s", text)
+
+    def _log_request(self, req: Request, dest: Source, status: int) -> None:
+        reqlog.info("%s from=%s to=%s src=%s:%s/%s status=%d", req.method,
+                    _uri_of(req.get("from")), _uri_of(req.get("to")), dest.ip, dest.port,
+                    dest.transport, status)
+
+    # -- timers ---------------------------------------------------------------------
+    def _arm_timer(self) -> None:
+        deadline = self.txl.next_deadline()
+        if deadline is None or self.loop is None:
+            return
+        if self._timer_at is not None and self._timer_at <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        assert self.loop is not None
+        for tx, data in self.txl.handle_timer(self.loop.time()):
+            if data is not None:
+                self.transports.send(tx.dest, data)
+            elif tx.method == "INVITE":
+                log.debug("INVITE transaction %s ended without ACK", tx.key.branch)
+            cb = getattr(tx, "user", None)
+            if callable(cb) and data is None:
+                try:
+                    cb()
+                except Exception:
+                    log.exception("transaction timeout callback failed")
+        self._arm_timer()
+
+    # -- NOTIFY routing (pick-up) ---------------------------------------------------------
+    def register_notify(self, call_id: str, callback: Callable[[Request], None]) -> None:
+        self._notify[call_id] = callback
+
+    def unregister_notify(self, call_id: str) -> None:
+        self._notify.pop(call_id, None)
+
+    def notify_handler(self, call_id: str) -> Callable[[Request], None] | None:
+        return self._notify.get(call_id)
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def _has_user(req: Request) -> bool:
+    try:
+        uri = req.ruri
+    except ParseError:
+        return False
+    return isinstance(uri, SipUri) and bool(uri.user)
+
+
+def _uri_of(value: str | None) -> str:
+    if not value:
+        return "-"
+    lt = value.find("<")
+    if lt >= 0:
+        gt = value.find(">", lt)
+        if gt > lt:
+            return value[lt + 1:gt]
+    return value.split(";", 1)[0].strip()

@@ -1,0 +1,122 @@
+"""Who is asking: digest authentication of requests against configured lines.
+
+One place decides, for REGISTER, redirected requests and chat alike, so the
+answers are the same everywhere: an unknown line and a wrong password give the
+same 401 (status, reason phrase and header set), and every failure is counted
+by the :class:`~sipyard.security.Guard` against the source address.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .security import Guard
+from .sip.digest import DigestServer, VerdictStatus, compute_ha1
+from .sip.message import Request
+
+__all__ = ["Authenticator", "AuthResult", "load_secret"]
+
+_HA1_KEYS = {"MD5": "ha1_md5", "SHA-256": "ha1_sha256", "SHA-512-256": "ha1_sha512_256"}
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    line: str | None
+    #: headers of the 401 to send when ``line`` is None
+    challenge: tuple[tuple[str, str], ...] = ()
+
+
+def load_secret(data_dir: Path) -> bytes:
+    """The nonce key, kept in the data dir so nonces survive a restart and
+    several workers sharing a store can share it (copy the file)."""
+    path = data_dir / "nonce.key"
+    try:
+        data = path.read_bytes()
+        if len(data) >= 32:
+            return data
+    except FileNotFoundError:
+        pass
+    data = secrets.token_bytes(32)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return data
+
+
+class Authenticator:
+    def __init__(self, config: Any, secret: bytes, guard: Guard) -> None:
+        self.guard = guard
+        self._secret = secret
+        self.configure(config)
+
+    def configure(self, config: Any) -> None:
+        srv = config.server
+        self.config = config
+        self.realm = srv.realm
+        self.digest = DigestServer(self._secret, srv.realm, nonce_ttl=float(srv.nonce_ttl),
+                                   algorithms=tuple(srv.algorithms))
+        self._ha1: dict[tuple[str, str], str | None] = {}
+
+    def _lookup(self, username: str, algorithm: str) -> str | None:
+        key = (username, algorithm)
+        try:
+            return self._ha1[key]
+        except KeyError:
+            pass
+        line = self.config.lines.get(username)
+        value: str | None = None
+        if line is not None:
+            if line.secret:
+                value = compute_ha1(username, self.realm, line.secret, algorithm)
+            else:
+                value = getattr(line, _HA1_KEYS.get(algorithm, ""), None) or None
+        if line is not None or len(self._ha1) < 10000:
+            self._ha1[key] = value
+        return value
+
+    def challenge_for(self, line: str | None, now: float, stale: bool = False
+                      ) -> tuple[tuple[str, str], ...]:
+        algs = None
+        cfg_line = self.config.lines.get(line) if line else None
+        if cfg_line is not None and cfg_line.algorithms:
+            algs = tuple(cfg_line.algorithms)
+        values = self.digest.challenge(now, algorithms=algs, stale=stale)
+        return tuple(("WWW-Authenticate", v) for v in values)
+
+    def check(self, req: Request, src_ip: str, now: float, *, target_line: str | None = None
+              ) -> AuthResult:
+        """Authenticate ``req``; on failure the challenge to send (401).
+
+        ``target_line`` selects per-line algorithm overrides for the challenge
+        (REGISTER's To user); it changes nothing for lines without overrides,
+        so the answer for an unknown line equals that of a default line.
+        """
+        values = req.get_lines("authorization")
+        verdict = None
+        for value in values:
+            v = self.digest.verify(value, req.method, now, self._lookup)
+            if v.status is VerdictStatus.MISSING:
+                continue  # another realm or scheme (RFC 4475 regaut01): ignore
+            verdict = v
+            break
+        if verdict is None:
+            return AuthResult(None, self.challenge_for(target_line, now))
+        if verdict.ok and verdict.username in self.config.lines:
+            self.guard.success(src_ip)
+            return AuthResult(verdict.username)
+        if verdict.status is VerdictStatus.STALE:
+            return AuthResult(None, self.challenge_for(target_line, now, stale=True))
+        reason = {
+            VerdictStatus.INVALID: "wrong-credentials",
+            VerdictStatus.REPLAY: "replayed-nonce",
+            VerdictStatus.UNSUPPORTED: "unsupported-algorithm",
+        }.get(verdict.status, verdict.status.value)
+        self.guard.failure(src_ip, verdict.username, reason, now)
+        return AuthResult(None, self.challenge_for(target_line, now))

@@ -1,0 +1,472 @@
+"""``sipyard …``: run the server and talk to a running one.
+
+Every subcommand takes ``-c CONFIG`` and ``--data DIR`` anywhere after its name,
+and ``--json`` where it prints data (one JSON document on stdout). Exit codes
+(DESIGN §6): 0 ok, 1 invalid or refused, 2 timed out, 3 send failed, 4 server
+not running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = "/etc/sipyard/sipyard.toml"
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def _common(p: argparse.ArgumentParser, *, json_out: bool = True) -> None:
+    p.add_argument("-c", "--config", default=os.environ.get("SIPYARD_CONFIG", DEFAULT_CONFIG),
+                   help=f"config file (default {DEFAULT_CONFIG}, or $SIPYARD_CONFIG)")
+    p.add_argument("--data", help="data dir (overrides [server] data_dir)")
+    if json_out:
+        p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sipyard", description="SIP registrar and redirect server")
+    ap.add_argument("--version", action="version", version=f"sipyard {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the server in the foreground")
+    _common(p, json_out=False)
+    p.add_argument("--listen", action="append", default=None,
+                   help="udp:HOST:PORT | tcp:HOST:PORT | HOST:PORT (repeatable)")
+    p.add_argument("--log-level", type=str.lower, choices=LEVELS, default=None)
+
+    p = sub.add_parser("check", help="validate the config (all layers)")
+    _common(p)
+    p.add_argument("--state", help="also check this run-state overlay")
+
+    p = sub.add_parser("demo-init", help="write a demo config into DIR on first run")
+    p.add_argument("dir", nargs="?", default="demo")
+
+    p = sub.add_parser("passwd", help="set a line's password (asks, or --password / stdin)")
+    _common(p, json_out=False)
+    p.add_argument("line")
+    p.add_argument("--password", help="the new password (else asked on the terminal)")
+    p.add_argument("--ha1", action="store_true",
+                   help="store HA1 digests (MD5, SHA-256, SHA-512-256) instead of the secret")
+
+    p = sub.add_parser("status", help="server status")
+    _common(p)
+    p = sub.add_parser("registry", help="registered bindings, all lines or one")
+    _common(p)
+    p.add_argument("line", nargs="?")
+    p = sub.add_parser("message", help="send a text message to a line, a group or all")
+    _common(p)
+    p.add_argument("--to", required=True, help="LINE | GROUP | all")
+    p.add_argument("--subject")
+    p.add_argument("text", nargs="+")
+    p = sub.add_parser("presence", help="set a line's presence: here | away | dnd")
+    _common(p)
+    p.add_argument("line")
+    p.add_argument("state", choices=("here", "away", "dnd"))
+    p = sub.add_parser("reload", help="ask the server to re-read its config")
+    _common(p)
+    p = sub.add_parser("level", help="set the server's log level")
+    _common(p)
+    p.add_argument("level", type=str.lower, choices=LEVELS + ("0", "1", "2", "3"))
+    p = sub.add_parser("runstate", help="show or select the run state (none clears it)")
+    _common(p)
+    p.add_argument("state", nargs="?")
+    p = sub.add_parser("unregister", help="drop every binding of a line")
+    _common(p)
+    p.add_argument("line")
+    p = sub.add_parser("bans", help="list banned source addresses")
+    _common(p)
+    p = sub.add_parser("unban", help="lift the ban on an address (or 'all')")
+    _common(p)
+    p.add_argument("address")
+    p = sub.add_parser("stop", help="stop the running server")
+    _common(p)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(_COMMANDS[args.cmd](args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- helpers ------------------------------------------------------------------------
+
+def _fail(msg: str, code: int = 1) -> int:
+    print(f"sipyard: {msg}", file=sys.stderr)
+    return code
+
+
+def _load(args: argparse.Namespace, **kw: Any) -> Any:
+    from .config import load_config
+
+    return load_config(args.config, data_dir=args.data, **kw)
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    if args.data:
+        return Path(args.data)
+    from .config import ConfigError
+
+    try:
+        return Path(_load(args).server.data_dir)
+    except ConfigError:
+        raise
+    except FileNotFoundError:
+        return Path("/var/lib/sipyard")
+
+
+def _call(args: argparse.Namespace, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    from .config import ConfigError
+    from .control import ControlClientError, call
+
+    try:
+        sock = _data_dir(args) / "control.sock"
+    except ConfigError as exc:
+        return _fail(str(exc)), {}
+    try:
+        reply = call(sock, request, timeout=args.timeout)
+    except ControlClientError as exc:
+        return _fail(exc.message, exc.exit_code), {}
+    if not reply.get("ok"):
+        return _fail(str(reply.get("error", "refused"))), reply
+    return 0, reply
+
+
+def _emit(args: argparse.Namespace, reply: dict[str, Any], text: str) -> int:
+    if getattr(args, "json", False):
+        reply = {k: v for k, v in reply.items() if k != "ok"}
+        print(json.dumps(reply, indent=2, sort_keys=True))
+    elif text:
+        print(text)
+    return 0
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    if not rows:
+        return ""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+# -- commands -------------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+
+    try:
+        cfg = _load(args, listen=args.listen)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except FileNotFoundError:
+        return _fail(f"{args.config}: (file): not found")
+    level = (args.log_level or cfg.logging.level).upper()
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for w in cfg.warnings:
+        logging.getLogger("sipyard").warning("config: %s", w)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    from .app import App
+
+    app = App(cfg, config_path=Path(args.config))
+    app.load_args = {"data_dir": args.data, "listen": args.listen}
+
+    async def run() -> int:
+        try:
+            bound = await app.start()
+        except OSError as exc:
+            await app.stop()
+            return _fail(f"cannot listen: {exc}")
+        for b in bound:
+            print(f"sipyard {__version__} listening on {b.transport}:{_hostport(b.host, b.port)}",
+                  flush=True)
+        try:
+            await app.serve_forever()
+        finally:
+            await app.stop()
+        return 0
+
+    return asyncio.run(run())
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+
+    try:
+        cfg = _load(args, state=args.state)
+        from .redirect.pipeline import build_chain_check
+
+        build_chain_check(cfg)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except FileNotFoundError:
+        return _fail(f"{args.config}: (file): not found")
+    info = {"ok": True, "files": [str(p) for p in cfg.source_files], "lines": len(cfg.lines),
+            "groups": len(cfg.groups), "warnings": list(cfg.warnings), "state": cfg.state}
+    text = f"config ok: {', '.join(info['files'])} ({info['lines']} lines)"
+    for w in cfg.warnings:
+        text += f"\nwarning: {w}"
+    return _emit(args, info, text)
+
+
+def cmd_demo_init(args: argparse.Namespace) -> int:
+    from .config import DEMO_LINES, demo_config_text, generate_password
+
+    d = Path(args.dir)
+    conf = d / "sipyard.toml"
+    if conf.exists():
+        print(f"demo config: {conf} (exists; passwords were printed when it was created)")
+        return 0
+    d.mkdir(parents=True, exist_ok=True)
+    passwords = {n: generate_password() for n in DEMO_LINES}
+    conf.write_text(demo_config_text(passwords), encoding="utf-8")
+    os.chmod(conf, 0o600)
+    _install_demo_extras(d)
+    print(f"demo config written to {conf}; line passwords (shown once):")
+    for n in DEMO_LINES:
+        print(f"  line {n}: {passwords[n]}")
+    return 0
+
+
+def _install_demo_extras(d: Path) -> None:
+    """Example hooks and the night run state, so the demo shows every feature."""
+    import shutil
+    from importlib import resources
+
+    root = resources.files("sipyard").joinpath("data")
+    states = root.joinpath("states")
+    if states.is_dir():
+        (d / "states").mkdir(exist_ok=True)
+        for f in states.iterdir():
+            (d / "states" / f.name).write_text(f.read_text("utf-8"), encoding="utf-8")
+    repo_hooks = Path(__file__).resolve().parent.parent / "examples" / "hooks"
+    if repo_hooks.is_dir() and not (d / "hooks").exists():
+        shutil.copytree(repo_hooks, d / "hooks")
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    from .config import ConfigError, set_line_credentials
+    from .sip.digest import compute_ha1
+
+    try:
+        cfg = _load(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if args.line not in cfg.server.extensions:
+        return _fail(f"line {args.line} is outside [server] extensions ({cfg.server.extensions})")
+    pw = args.password
+    if pw is None:
+        if sys.stdin.isatty():
+            pw = getpass.getpass(f"new password for line {args.line}: ")
+            if getpass.getpass("again: ") != pw:
+                return _fail("passwords differ")
+        else:
+            pw = sys.stdin.readline().rstrip("\n")
+    if not pw:
+        return _fail("empty password")
+    if args.ha1:
+        realm = cfg.server.realm
+        ha1 = {a: compute_ha1(args.line, realm, pw, a) for a in ("MD5", "SHA-256", "SHA-512-256")}
+        set_line_credentials(args.config, args.line, ha1=ha1)
+    else:
+        set_line_credentials(args.config, args.line, secret=pw)
+    print(f"line {args.line}: credentials updated in {args.config}"
+          " (run `sipyard reload` to apply)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rc, r = _call(args, {"op": "status"})
+    if rc:
+        return rc
+    up = int(r.get("uptime", 0))
+    text = "\n".join([
+        f"sipyard {r.get('version')}  pid {r.get('pid')}  up {up // 3600}h{up % 3600 // 60:02d}m{up % 60:02d}s",
+        f"realm        {r.get('realm')}",
+        f"listen       {', '.join(r.get('listen', []))}",
+        f"run state    {r.get('state') or 'none'}",
+        f"log level    {r.get('log_level')}",
+        f"bindings     {r.get('bindings')}  (lines registered: {r.get('lines_registered')})",
+        f"transactions {r.get('transactions')}  suspended requests {r.get('suspended')}",
+        f"requests     {_kv(r.get('requests', {}))}",
+        f"responses    {_kv(r.get('responses', {}))}",
+        f"bans         {r.get('bans')}  auth failures {r.get('auth_failures')}",
+    ])
+    return _emit(args, r, text)
+
+
+def _kv(d: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(d.items())) or "-"
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    req: dict[str, Any] = {"op": "registry"}
+    if args.line:
+        req["line"] = args.line
+    rc, r = _call(args, req)
+    if rc:
+        return rc
+    rows = []
+    for ln in r.get("lines", []):
+        if not ln["bindings"]:
+            rows.append([ln["line"], ln.get("display") or "", ln.get("presence") or "", "-",
+                         "", "", "", ""])
+        for b in ln["bindings"]:
+            rows.append([ln["line"], ln.get("display") or "", ln.get("presence") or "",
+                         b["contact"], b["source"], str(b["expires_in"]),
+                         "" if b["q"] is None else str(b["q"]), b.get("user_agent", "")])
+    text = _table(rows, ["LINE", "DISPLAY", "PRESENCE", "CONTACT", "SOURCE", "EXPIRES", "Q",
+                         "USER-AGENT"])
+    return _emit(args, r, text or "no lines")
+
+
+def cmd_message(args: argparse.Namespace) -> int:
+    text = " ".join(args.text)
+    if len(text) > 160:
+        return _fail(f"text is {len(text)} characters; at most 160")
+    if args.subject is not None and len(args.subject) > 64:
+        return _fail("subject is longer than 64 characters")
+    req: dict[str, Any] = {"op": "message", "to": args.to, "text": text}
+    if args.subject:
+        req["subject"] = args.subject
+    args.timeout = max(args.timeout, 40.0)
+    rc, r = _call(args, req)
+    if rc:
+        return rc
+    rows = [[x["target"], x["status"], x.get("detail", "")] for x in r.get("results", [])]
+    _emit(args, r, _table(rows, ["TARGET", "RESULT", "DETAIL"]))
+    if any(x["status"] == "failed" for x in r.get("results", [])) and \
+            not any(x["status"] == "delivered" for x in r.get("results", [])):
+        return 3
+    return 0
+
+
+def cmd_presence(args: argparse.Namespace) -> int:
+    rc, r = _call(args, {"op": "presence", "line": args.line, "state": args.state})
+    return rc or _emit(args, r, f"line {args.line}: {args.state}")
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    rc, r = _call(args, {"op": "reload"})
+    return rc or _emit(args, r, f"reloaded: {', '.join(r.get('files', []))}"
+                       f" (run state {r.get('state') or 'none'})")
+
+
+def cmd_level(args: argparse.Namespace) -> int:
+    level = {"0": "error", "1": "warning", "2": "info", "3": "debug"}.get(args.level, args.level)
+    rc, r = _call(args, {"op": "level", "level": level})
+    return rc or _emit(args, r, f"log level {r.get('level')}")
+
+
+def cmd_runstate(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .control import ControlClientError, call
+
+    req: dict[str, Any] = {"op": "runstate"}
+    if args.state is not None:
+        req["state"] = args.state
+        try:  # validate the overlay before recording it anywhere
+            _load(args, state=args.state)
+        except ConfigError as exc:
+            return _fail(str(exc))
+    try:
+        sock = _data_dir(args) / "control.sock"
+        reply = call(sock, req, timeout=args.timeout)
+    except ControlClientError as exc:
+        if exc.exit_code != 4:
+            return _fail(exc.message, exc.exit_code)
+        # Not running: read or record the state in the store directly.
+        state = asyncio.run(_offline_state(args, args.state))
+        reply = {"ok": True, "state": state, "running": False}
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if not reply.get("ok"):
+        return _fail(str(reply.get("error")))
+    st = reply.get("state") or "none"
+    note = "" if reply.get("running", True) else " (server not running; recorded)"
+    return _emit(args, reply, f"run state: {st}{note}")
+
+
+async def _offline_state(args: argparse.Namespace, new: str | None) -> str | None:
+    from .store import open_store
+
+    cfg = _load(args)
+    store = open_store(cfg.store.url, Path(cfg.server.data_dir))
+    await store.open()
+    try:
+        if new is not None:
+            value = None if new.lower() == "none" else new
+            await store.set_state("runstate", value)
+            return value
+        return await store.get_state("runstate")
+    finally:
+        await store.close()
+
+
+def cmd_unregister(args: argparse.Namespace) -> int:
+    rc, r = _call(args, {"op": "unregister", "line": args.line})
+    return rc or _emit(args, r, f"line {args.line}: {r.get('removed', 0)} binding(s) removed")
+
+
+def cmd_bans(args: argparse.Namespace) -> int:
+    rc, r = _call(args, {"op": "bans"})
+    if rc:
+        return rc
+    now = time.time()
+    rows = [[b["address"], str(b["failures"]), f"{max(0, int(b['until'] - now))}s"]
+            for b in r.get("bans", [])]
+    return _emit(args, r, _table(rows, ["ADDRESS", "FAILURES", "REMAINING"]) or "no bans")
+
+
+def cmd_unban(args: argparse.Namespace) -> int:
+    rc, r = _call(args, {"op": "unban", "address": args.address})
+    if rc:
+        return rc
+    if not r.get("removed"):
+        _emit(args, r, f"{args.address} was not banned")
+        return 1
+    return _emit(args, r, f"unbanned {args.address}")
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    rc, r = _call(args, {"op": "stop"})
+    return rc or _emit(args, r, "stopping")
+
+
+_COMMANDS = {
+    "serve": cmd_serve, "check": cmd_check, "demo-init": cmd_demo_init, "passwd": cmd_passwd,
+    "status": cmd_status, "registry": cmd_registry, "message": cmd_message,
+    "presence": cmd_presence, "reload": cmd_reload, "level": cmd_level,
+    "runstate": cmd_runstate, "unregister": cmd_unregister, "bans": cmd_bans,
+    "unban": cmd_unban, "stop": cmd_stop,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Operations of the control channel: what `sipyard status`, `registry` … ask.
+
+Each op is a small coroutine over the app's parts; replies are plain JSON
+objects whose keys are documented in the README ("JSON output") and kept stable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .config import ConfigError, load_config
+from .control import ControlServer, Peer
+from .hooks import iso_time
+
+if TYPE_CHECKING:
+    from .app import App
+
+__all__ = ["install", "uninstall", "reload"]
+
+log = logging.getLogger("sipyard")
+
+MAX_TEXT = 160
+MAX_SUBJECT = 64
+
+
+async def install(app: App) -> None:
+    cfg = app.config
+    path = cfg.server.data_dir / "control.sock"
+    server = ControlServer(path, mode=cfg.control.socket_mode, group=cfg.control.group,
+                           request_timeout=cfg.control.request_timeout)
+    ops = {
+        "status": _status, "registry": _registry, "message": _message, "presence": _presence,
+        "reload": _reload, "level": _level, "runstate": _runstate, "unregister": _unregister,
+        "bans": _bans, "unban": _unban, "stop": _stop,
+    }
+    for name, fn in ops.items():
+        server.register(name, _bind(app, fn))
+    await server.start()
+    app.features["control"] = server
+    app.features["reload"] = lambda: reload(app)
+    # The run state lives in the store; apply it if the config was loaded without it.
+    state = await app.features["store"].get_state("runstate")
+    if state and state != cfg.state:
+        result = await reload(app, state=state)
+        if not result.get("ok"):
+            log.error("run state %s not applied: %s", state, result.get("error"))
+    if cfg.server.metrics:
+        from .metrics import start_metrics
+
+        app.features["metrics"] = await start_metrics(app, cfg.server.metrics)
+
+
+async def uninstall(app: App) -> None:
+    server = app.features.pop("control", None)
+    if server is not None:
+        await server.close()
+    metrics = app.features.pop("metrics", None)
+    if metrics is not None:
+        metrics.close()
+
+
+def _bind(app: App, fn: Any) -> Any:
+    async def handler(req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return dict(await fn(app, req, peer))
+    return handler
+
+
+def _err(msg: str) -> dict[str, Any]:
+    return {"ok": False, "error": msg}
+
+
+async def _status(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    now = app.now()
+    store = app.features["store"]
+    bindings = await store.all(now)
+    redirect = app.features.get("redirect")
+    guard = app.features["guard"]
+    return {
+        "version": __version__, "pid": app.pid, "uptime": round(now - app.stats.started, 1),
+        "realm": app.config.server.realm,
+        "listen": [f"{b.transport}:{b.host}:{b.port}" for b in app.transports.bound],
+        "state": app.config.state, "log_level": logging.getLevelName(
+            logging.getLogger().getEffectiveLevel()).lower(),
+        "bindings": len(bindings), "lines_registered": len({b.aor for b in bindings}),
+        "transactions": len(app.txl),
+        "suspended": redirect.suspended if redirect is not None else 0,
+        "requests": dict(app.stats.requests), "responses": dict(app.stats.responses),
+        "auth_failures": guard.total_failures, "bans": len(guard.bans(now)),
+        "hooks": app.features["hooks"].stats(),
+        "tcp_connections": app.transports.connections,
+    }
+
+
+async def _registry(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    cfg = app.config
+    now = app.now()
+    store = app.features["store"]
+    want = req.get("line")
+    if want is not None:
+        want = str(want)
+        if want not in cfg.lines:
+            return _err(f"no line {want}")
+        numbers = [want]
+    else:
+        numbers = list(cfg.line_numbers)
+    presence = await _presence_map(app)
+    lines = []
+    for n in numbers:
+        lc = cfg.lines[n]
+        bs = await store.lookup(f"sip:{n}@{cfg.server.realm}", now)
+        lines.append({
+            "line": n, "display": lc.display, "type": lc.type, "presence": presence.get(n, "here"),
+            "bindings": [{
+                "contact": b.contact, "source": f"{b.source_ip}:{b.source_port}/{b.transport}",
+                "user_agent": b.user_agent, "expires_in": max(0, int(b.expires_at - now)),
+                "q": b.q} for b in bs]})
+    return {"lines": lines}
+
+
+async def _presence_map(app: App) -> dict[str, str]:
+    store = app.features["store"]
+    out = {}
+    for n in app.config.line_numbers:
+        v = await store.get_state(f"presence:{n}")
+        if v:
+            out[n] = v
+    return out
+
+
+async def _presence(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    line = str(req.get("line", ""))
+    state = str(req.get("state", ""))
+    if line not in app.config.lines:
+        return _err(f"no line {line}")
+    if state not in ("here", "away", "dnd"):
+        return _err("state must be here, away or dnd")
+    await app.features["store"].set_state(f"presence:{line}", None if state == "here" else state)
+    return {"line": line, "state": state}
+
+
+def _targets(app: App, to: str) -> list[str] | str:
+    cfg = app.config
+    if to == "all":
+        return list(cfg.line_numbers)
+    if to in cfg.lines:
+        return [to]
+    group = cfg.groups.get(to)
+    if group is not None:
+        return list(group.members)
+    return f"no line or group {to}"
+
+
+async def _message(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    text = req.get("text")
+    if not isinstance(text, str) or not text:
+        return _err("text is required")
+    if len(text) > MAX_TEXT:
+        return _err(f"text is {len(text)} characters; at most {MAX_TEXT}")
+    subject = req.get("subject")
+    if subject is not None and (not isinstance(subject, str) or len(subject) > MAX_SUBJECT):
+        return _err(f"subject must be at most {MAX_SUBJECT} characters")
+    targets = _targets(app, str(req.get("to", "")))
+    if isinstance(targets, str):
+        return _err(targets)
+    from .messaging import send_text
+
+    only_registered = req.get("to") == "all"
+    results = await send_text(app, targets, text, subject=subject)
+    if only_registered:
+        results = [r for r in results if r["status"] != "not registered"] or results
+    return {"results": results}
+
+
+async def reload(app: App, *, state: str | None = ...) -> dict[str, Any]:  # type: ignore[assignment]
+    """Re-read every layer; swap atomically, or keep the running config."""
+    old = app.config
+    args = getattr(app, "load_args", {}) or {}
+    if state is ...:
+        state = await app.features["store"].get_state("runstate")
+    path = app.config_path or old.path
+    try:
+        cfg = await asyncio.to_thread(load_config, path, data_dir=args.get("data_dir"),
+                                      listen=args.get("listen"), state=state)
+        redirect_build = app.features.get("redirect_build")
+        chain = redirect_build(cfg) if redirect_build is not None else None
+    except ConfigError as exc:
+        log.error("reload refused, old config kept: %s", exc)
+        return _err(f"reload refused: {exc}")
+    except OSError as exc:
+        log.error("reload refused, old config kept: %s", exc)
+        return _err(f"reload refused: {exc}")
+    from .features import reconfigure
+
+    app.config = cfg
+    reconfigure(app, cfg)
+    swap = app.features.get("redirect_swap")
+    if swap is not None:
+        swap(cfg, chain)
+    removed = await _drop_removed_lines(app, old, cfg)
+    level = cfg.logging.level.upper()
+    logging.getLogger().setLevel(level)
+    log.info("config reloaded from %s (run state %s)", ", ".join(map(str, cfg.source_files)),
+             cfg.state or "none")
+    app.features["hooks"].fire("reload", {"event": "reload", "state": cfg.state or "none",
+                                          "time": iso_time(app.now())})
+    if (old.state or None) != (cfg.state or None):
+        app.features["hooks"].fire("state", {"event": "state", "state": cfg.state or "none",
+                                             "previous": old.state or "none",
+                                             "time": iso_time(app.now())})
+    return {"files": [str(p) for p in cfg.source_files], "state": cfg.state,
+            "removed_lines": removed}
+
+
+async def _drop_removed_lines(app: App, old: Any, new: Any) -> list[str]:
+    if new.security.open_registration:
+        return []
+    gone = [n for n in old.lines if n not in new.lines]
+    store = app.features["store"]
+    for n in gone:
+        await store.remove_aor(f"sip:{n}@{old.server.realm}")
+    return gone
+
+
+async def _reload(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    return await reload(app)
+
+
+async def _level(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    level = str(req.get("level", "")).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        return _err("level must be debug, info, warning or error")
+    logging.getLogger().setLevel(level.upper())
+    return {"level": level}
+
+
+async def _runstate(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    store = app.features["store"]
+    if "state" not in req:
+        return {"state": await store.get_state("runstate"), "running": True,
+                "active": app.config.state}
+    raw = req.get("state")
+    new = None if raw in (None, "", "none") else str(raw)
+    old = await store.get_state("runstate")
+    await store.set_state("runstate", new)
+    result = await reload(app, state=new)
+    if not result.get("ok", True):
+        await store.set_state("runstate", old)
+        return result
+    return {"state": new, "running": True, "files": result.get("files")}
+
+
+async def _unregister(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    line = str(req.get("line", ""))
+    cfg = app.config
+    if line not in cfg.lines and not cfg.security.open_registration:
+        return _err(f"no line {line}")
+    removed = await app.features["store"].remove_aor(f"sip:{line}@{cfg.server.realm}")
+    if removed:
+        lc = cfg.lines.get(line)
+        app.features["hooks"].fire("release", {
+            "event": "release", "line": line, "display": lc.display if lc and lc.display else "",
+            "reason": "unregistered", "time": iso_time(app.now())})
+    return {"line": line, "removed": len(removed)}
+
+
+async def _bans(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    guard = app.features["guard"]
+    return {"bans": [{"address": b.address, "until": b.until, "failures": b.failures}
+                     for b in guard.bans(app.now())]}
+
+
+async def _unban(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    guard = app.features["guard"]
+    addr = str(req.get("address", ""))
+    if addr == "all":
+        return {"address": addr, "removed": guard.unban_all()}
+    return {"address": addr, "removed": guard.unban(addr)}
+
+
+async def _stop(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    server = app.features.get("control")
+    if server is not None and not server.privileged(peer):
+        return _err("permission denied")
+    asyncio.get_running_loop().call_later(0.05, app.request_stop)
+    return {"stopping": True, "at": time.time()}

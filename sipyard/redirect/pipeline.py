@@ -1,0 +1,633 @@
+"""The redirect server: runs the redirector chain for a request (DESIGN §3, sipXregistry's model).
+
+Contract (what a redirector may rely on)
+  * ``process(ctx)`` is synchronous and cheap. It returns ``Result.SUCCESS``, ``Result.ERROR``
+    (→ 500), an ``ErrorDescriptor`` (a 4xx–6xx answer of its choosing) or ``Result.SUSPEND``.
+    An exception counts as ERROR 500 and is logged with the redirector's name.
+  * ERROR stops the chain; every redirector holding state for the request gets ``cancel(seq)``.
+  * SUSPEND means "I started async work and will call the resume handle" (``ctx.resume_handle()``
+    or ``RedirectServer.resume(seq, name)``). The chain still runs to its end (later redirectors
+    see a complete pass), the resulting response is thrown away, and once *every* redirector
+    that suspended has resumed, the whole chain runs again from the start with the same
+    ``seq`` and the same private storage. A redirector may suspend again on a later pass;
+    after ``MAX_PASSES`` passes the request fails with 500.
+  * Private storage: ``ctx.storage`` is a slot per (seq, redirector), kept across passes and
+    freed when the request ends, however it ends.
+  * ``cancel(seq)`` reaches every redirector that suspended or stored something for the request
+    when the request ends: by CANCEL (answer 487), transaction or server-side timeout (408),
+    reload (500 + Retry-After), shutdown (503), another redirector's ERROR — and also on normal
+    completion, so "drop what you hold for seq" is the only meaning it has and cleanup cannot
+    be forgotten. It must not block; exceptions from it are logged and ignored.
+  * Sequence numbers are unsigned 32-bit, incrementing and wrapping; a number still in flight
+    is skipped, never reused.
+  * Every suspended request is bounded by ``[redirect] suspend_timeout`` (sipX had none):
+    past it the request is answered 408 and its state is cancelled and freed.
+
+Answers (after a complete pass)
+  * contacts → 302 Moved Temporarily, one Contact per target, highest q first;
+  * no contacts and the target is a configured line (it exists but nothing is registered)
+    → 480 Temporarily Unavailable; otherwise (or when a redirector sealed the set empty,
+    e.g. a pick-up that found no ringing call) → 404 Not Found;
+  * a contact equal to the Request-URI would send the caller straight back here: it is
+    dropped, and if nothing else is left the answer is 482 Loop Detected.
+
+Cost: a request that suspends once runs the chain twice plus one future and one timeout; the
+bindings are fetched once and reused by the re-run, so the re-run costs what the first pass did.
+
+Reload (``close()``): requests still in flight are answered 500 with ``Retry-After: 1`` rather
+than re-run on the new chain — a pick-up search or any other suspended work belongs to the old
+redirector instances, and a caller retrying after a second gets a consistent answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
+
+from sipyard.sip.errors import ParseError
+from sipyard.sip.uri import SipUri, parse_uri, uri_equal
+
+from .contacts import Contact, ContactSet
+
+if TYPE_CHECKING:
+    from sipyard.config import Config
+    from sipyard.sip.message import Request
+
+__all__ = [
+    "Result", "ErrorDescriptor", "NEEDS_AUTH", "Redirector", "RedirectContext", "Slot",
+    "Services", "BindingLike", "RedirectOutcome", "RedirectServer", "ResumeHandle",
+    "line_aor", "MAX_PASSES", "SEQ_MASK",
+]
+
+SEQ_MASK: Final = 0xFFFFFFFF
+#: Passes of the chain one request may take (a redirector suspending forever is a bug).
+MAX_PASSES: Final = 16
+
+
+class Result(enum.Enum):
+    SUCCESS = "success"
+    ERROR = "error"
+    SUSPEND = "suspend"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDescriptor:
+    """A redirector's final answer instead of the chain's (sipX's ErrorDescriptor).
+
+    ``warning`` becomes ``Warning: <code> <agent> "<text>"``; ``headers`` are sent as given
+    (Retry-After, Allow, Accept, Unsupported …).
+    """
+
+    status: int = 500
+    reason: str = "Server Internal Error"
+    warning: str | None = None
+    warning_code: int = 399
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 400 <= self.status <= 699:
+            raise ValueError(f"an ErrorDescriptor status must be 4xx-6xx, not {self.status}")
+        if not 300 <= self.warning_code <= 399:
+            raise ValueError(f"a Warning code must be 3xx, not {self.warning_code}")
+
+
+#: The caller must authenticate first: the app answers with a digest challenge (401).
+NEEDS_AUTH: Final = ErrorDescriptor(401, "Unauthorized")
+_INTERNAL: Final = ErrorDescriptor()
+
+
+class BindingLike(Protocol):
+    """The fields of ``sipyard.store.base.Binding`` the redirectors read."""
+
+    @property
+    def aor(self) -> str: ...
+    @property
+    def contact(self) -> str: ...
+    @property
+    def q(self) -> float | None: ...
+    @property
+    def path(self) -> tuple[str, ...]: ...
+    @property
+    def source_ip(self) -> str: ...
+    @property
+    def source_port(self) -> int: ...
+    @property
+    def transport(self) -> str: ...
+
+
+class Services(Protocol):
+    """What the redirect server and its redirectors need from the app (the app implements it).
+
+    * ``lookup(aor)``: unexpired bindings of an AOR (``sip:NN@realm``, see ``line_aor``).
+    * ``line_for_uri(uri)``: the configured line whose AOR this URI is (local domain and a
+      line's number as user), else None.
+    * ``send_request(method, request_uri, dest=(ip, port, transport), headers, body)``: send an
+      out-of-dialog request and return the final status (408 on timeout). ``headers`` carries
+      From (with tag), To and Call-ID — the app must use these as given (NOTIFYs are routed by
+      that Call-ID) — plus the method's own headers; the app adds Via, Max-Forwards, CSeq,
+      Contact, User-Agent and Content-Length.
+    * ``register_notify(call_id, callback)`` / ``unregister_notify(call_id)``: the app answers
+      in-dialog NOTIFYs with that Call-ID 200 and hands each to the callback.
+    """
+
+    config: Any
+    logger: logging.Logger
+
+    def now(self) -> float: ...
+    async def lookup(self, aor: str) -> Sequence[BindingLike]: ...
+    def line_for_uri(self, uri: SipUri) -> str | None: ...
+    async def send_request(self, method: str, request_uri: str, *,
+                           dest: tuple[str, int, str] | None,
+                           headers: Sequence[tuple[str, str]], body: bytes = b"") -> int: ...
+    def register_notify(self, call_id: str, callback: Callable[[Any], None]) -> None: ...
+    def unregister_notify(self, call_id: str) -> None: ...
+
+
+def line_aor(config: Any, line: str) -> str:
+    """The AOR a line registers under: ``sip:NN@realm``."""
+    return f"sip:{line}@{config.server.realm}"
+
+
+class Slot:
+    """A redirector's private storage for one request (kept across passes)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: Any = None
+
+    def get(self, default: Any = None) -> Any:
+        return default if self.value is None else self.value
+
+    def set(self, value: Any) -> None:
+        self.value = value
+
+    def clear(self) -> None:
+        self.value = None
+
+
+class _Request:
+    """Server-side record of one request in flight."""
+
+    __slots__ = ("seq", "key", "request", "caller", "target", "line", "bindings", "slots",
+                 "suspended", "pending", "resumed_early", "running", "waiter", "ended",
+                 "cancelled", "finished", "passes")
+
+    def __init__(self, seq: int, key: Hashable, request: Request, caller: str | None) -> None:
+        self.seq = seq
+        self.key = key
+        self.request = request
+        self.caller = caller
+        self.target: SipUri | None = None
+        self.line: str | None = None
+        self.bindings: Sequence[BindingLike] = ()
+        self.slots: dict[int, Slot] | None = None
+        self.suspended: set[int] = set()  # every redirector that ever suspended
+        self.pending: set[int] = set()  # suspended on the last pass, not resumed yet
+        self.resumed_early: set[int] = set()  # resumed while the pass was still running
+        self.running = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.ended: RedirectOutcome | None = None
+        self.cancelled = False
+        self.finished = False
+        self.passes = 0
+
+
+class ResumeHandle:
+    """Resumes one suspended redirector of one request; harmless after the request ended.
+
+    Bound to the request record, not its number, so a late timer can never resume a newer
+    request that happens to reuse the sequence number after wrapping.
+    """
+
+    __slots__ = ("_server", "_rec", "_index")
+
+    def __init__(self, server: RedirectServer, rec: _Request, index: int) -> None:
+        self._server = server
+        self._rec = rec
+        self._index = index
+
+    @property
+    def seq(self) -> int:
+        return self._rec.seq
+
+    def __call__(self) -> None:
+        self._server._resume(self._rec, self._index)
+
+
+class RedirectContext:
+    """What a redirector sees: the request, the (rewritable) target, the contact set so far."""
+
+    __slots__ = ("request", "target", "caller", "contacts", "seq", "bindings", "line", "now",
+                 "pass_number", "max_forwards", "_server", "_rec", "_index")
+
+    def __init__(self, server: RedirectServer, rec: _Request, target: SipUri, now: float) -> None:
+        self.request = rec.request
+        #: The Request-URI being redirected; a redirector may replace it for those after it.
+        self.target = target
+        #: The authenticated line number of the caller, None when unauthenticated.
+        self.caller = rec.caller
+        self.contacts = ContactSet()
+        self.seq = rec.seq
+        #: The target line's bindings, fetched once before the first pass.
+        self.bindings = rec.bindings
+        #: The configured line the Request-URI names, if any.
+        self.line = rec.line
+        self.now = now
+        #: 0 on the first pass, 1 after the first resume …
+        self.pass_number = rec.passes
+        #: Loop-detection info: the request's Max-Forwards (None when absent or unreadable).
+        self.max_forwards = _max_forwards(rec.request)
+        self._server = server
+        self._rec = rec
+        self._index = 0
+
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+    @property
+    def storage(self) -> Slot:
+        """This redirector's private slot for this request."""
+        rec = self._rec
+        slots = rec.slots
+        if slots is None:
+            slots = rec.slots = {}
+        slot = slots.get(self._index)
+        if slot is None:
+            slot = slots[self._index] = Slot()
+        return slot
+
+    def resume_handle(self) -> ResumeHandle:
+        """A callable that resumes this redirector for this request (for timers, callbacks)."""
+        return ResumeHandle(self._server, self._rec, self._index)
+
+    @property
+    def user(self) -> str | None:
+        """The target's user part, %-decoded (what dial patterns match against)."""
+        return self.target.user_unescaped
+
+
+def _max_forwards(request: Any) -> int | None:
+    try:
+        value = request.max_forwards
+    except (ParseError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+class Redirector(ABC):
+    """One step of the chain. Subclasses set ``name`` and implement ``process``.
+
+    Built once per server (config load or reload); per-request state lives in ``ctx.storage``
+    or in a dict keyed by seq that ``cancel`` empties.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, config: Config, services: Services) -> None:
+        self.config = config
+        self.services = services
+        self.log = services.logger
+
+    @abstractmethod
+    def process(self, ctx: RedirectContext) -> Result | ErrorDescriptor:
+        """Edit ``ctx.contacts`` and say how it went. Synchronous; must be cheap."""
+
+    def cancel(self, seq: int) -> None:  # noqa: B027 - optional hook
+        """The request ``seq`` is over: drop timers, callbacks and anything held for it."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """The server is closing (reload or shutdown), after every request was cancelled."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectOutcome:
+    """The answer for the app: status line, headers to add, the targets (for logs/metrics)."""
+
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...] = ()
+    contacts: tuple[Contact, ...] = ()
+    seq: int = -1
+    error: ErrorDescriptor | None = None
+
+    @property
+    def needs_auth(self) -> bool:
+        """The app should answer with a digest challenge instead of this status."""
+        return self.status == 401 and self.error is not None
+
+
+_WHY: Final[dict[str, tuple[int, str, tuple[tuple[str, str], ...]]]] = {
+    "cancel": (487, "Request Terminated", ()),
+    "timeout": (408, "Request Timeout", ()),
+    "reload": (500, "Server Reloading", (("Retry-After", "1"),)),
+    "shutdown": (503, "Service Unavailable", (("Retry-After", "5"),)),
+}
+
+
+class RedirectServer:
+    """Runs the chain for each request; owns sequence numbers, storage and suspensions."""
+
+    def __init__(self, config: Config, services: Services, *, seq_start: int = 0,
+                 chain: Sequence[Redirector] | None = None) -> None:
+        self.config = config
+        self.services = services
+        self.log = services.logger
+        if chain is None:
+            from .loader import build_chain
+
+            chain = build_chain(config, services)
+        self.chain: tuple[Redirector, ...] = tuple(chain)
+        self._index_of = {r.name or type(r).__name__: i for i, r in enumerate(self.chain)}
+        redirect = getattr(config, "redirect", None)
+        self.suspend_timeout = float(getattr(redirect, "suspend_timeout", 30.0))
+        server = getattr(config, "server", None)
+        self._warn_agent = str(getattr(server, "realm", "") or "sipyard")
+        self._next_seq = seq_start & SEQ_MASK
+        self._in_flight: dict[int, _Request] = {}
+        self._by_key: dict[Hashable, _Request] = {}
+        self._suspended = 0
+        self._closed = False
+
+    # -- status -----------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def suspended(self) -> int:
+        """Requests waiting for a redirector to resume."""
+        return self._suspended
+
+    @property
+    def storage_slots(self) -> int:
+        """Private-storage slots held right now (should be 0 when nothing is in flight)."""
+        return sum(len(r.slots) for r in self._in_flight.values() if r.slots)
+
+    def redirector(self, name: str) -> Redirector | None:
+        i = self._index_of.get(name)
+        return None if i is None else self.chain[i]
+
+    # -- the request path --------------------------------------------------------------
+    async def redirect(self, request: Request, caller: str | None = None, *,
+                       key: Hashable | None = None) -> RedirectOutcome:
+        """Find the targets for ``request``; ``key`` (e.g. the transaction) for cancel_request.
+
+        Cancelling the awaiting task works too: the request's state is cancelled and freed.
+        """
+        if self._closed:
+            reason = "Service Unavailable"
+            return RedirectOutcome(503, reason, (("Retry-After", "1"),))
+        seq = self._alloc_seq()
+        rec = _Request(seq, seq if key is None else key, request, caller)
+        self._in_flight[seq] = rec
+        if key is not None:
+            self._by_key[key] = rec
+        try:
+            return await self._drive(rec)
+        finally:
+            self._release(rec)
+
+    def _alloc_seq(self) -> int:
+        seq = self._next_seq
+        in_flight = self._in_flight
+        if seq in in_flight:
+            if len(in_flight) > SEQ_MASK:  # pragma: no cover - 2**32 requests in flight
+                raise RuntimeError("no free redirect sequence number")
+            while seq in in_flight:
+                seq = (seq + 1) & SEQ_MASK
+        self._next_seq = (seq + 1) & SEQ_MASK
+        return seq
+
+    async def _drive(self, rec: _Request) -> RedirectOutcome:
+        request = rec.request
+        try:
+            target = request.ruri
+        except ParseError as exc:
+            return RedirectOutcome(exc.status, exc.reason, seq=rec.seq)
+        if not isinstance(target, SipUri):
+            return RedirectOutcome(416, "Unsupported URI Scheme", seq=rec.seq)
+        rec.target = target
+        services = self.services
+        try:
+            line = rec.line = services.line_for_uri(target)
+            if line is not None:
+                rec.bindings = await services.lookup(line_aor(self.config, line))
+        except Exception:
+            self.log.exception("redirect: binding lookup for %s failed", request.uri)
+            self._cancel_states(rec)
+            return RedirectOutcome(500, "Server Internal Error", (("Retry-After", "5"),),
+                                   seq=rec.seq)
+        deadline: float | None = None
+        loop: asyncio.AbstractEventLoop | None = None
+        while True:
+            if rec.ended is not None:
+                return rec.ended
+            outcome = self._run_pass(rec, target)
+            if rec.ended is not None:
+                return rec.ended
+            if outcome is not None:
+                return outcome
+            if not rec.pending:
+                continue  # every suspender resumed during the pass: run again at once
+            if loop is None:
+                loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + self.suspend_timeout
+            waiter = rec.waiter = loop.create_future()
+            self._suspended += 1
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except TimeoutError:
+                self.log.warning("redirect: %s seq %d still suspended after %.1f s (waiting "
+                                 "for %s): 408", request.method, rec.seq, self.suspend_timeout,
+                                 ", ".join(self._name(i) for i in sorted(rec.pending)))
+                return self._end(rec, "timeout")
+            finally:
+                rec.waiter = None
+                self._suspended -= 1
+
+    def _run_pass(self, rec: _Request, target: SipUri) -> RedirectOutcome | None:
+        """One pass of the chain: an outcome, or None when somebody suspended."""
+        ctx = RedirectContext(self, rec, target, self.services.now())
+        suspended: list[int] | None = None
+        rec.running = True
+        try:
+            for index, redirector in enumerate(self.chain):
+                ctx._index = index
+                try:
+                    result = redirector.process(ctx)
+                except Exception:
+                    self.log.exception("redirector %s failed on %s %s (seq %d)",
+                                       self._name(index), rec.request.method, rec.request.uri,
+                                       rec.seq)
+                    result = _INTERNAL
+                if result is Result.SUCCESS:
+                    if rec.ended is not None:
+                        break  # cancelled from inside the pass
+                    continue
+                if result is Result.SUSPEND:
+                    if suspended is None:
+                        suspended = []
+                    suspended.append(index)
+                    rec.suspended.add(index)
+                    continue
+                if result is Result.ERROR:
+                    result = _INTERNAL
+                elif not isinstance(result, ErrorDescriptor):
+                    self.log.error("redirector %s returned %r; treating it as an error",
+                                   self._name(index), result)
+                    result = _INTERNAL
+                self._cancel_states(rec)
+                return self._error_outcome(rec, result)
+        finally:
+            rec.running = False
+        rec.passes += 1
+        if suspended is None:
+            rec.resumed_early.clear()
+            return self._final(rec, ctx)
+        if rec.passes >= MAX_PASSES:
+            self.log.error("redirect: %s seq %d suspended %d times; giving up",
+                           rec.request.method, rec.seq, rec.passes)
+            self._cancel_states(rec)
+            return self._error_outcome(rec, _INTERNAL)
+        rec.pending = set(suspended).difference(rec.resumed_early)
+        rec.resumed_early.clear()
+        return None
+
+    def _final(self, rec: _Request, ctx: RedirectContext) -> RedirectOutcome:
+        contacts = ctx.contacts
+        if contacts:
+            ordered = self._drop_loops(rec, contacts.ordered())
+            if not ordered:
+                return RedirectOutcome(482, "Loop Detected", seq=rec.seq)
+            return RedirectOutcome(302, "Moved Temporarily",
+                                   tuple(("Contact", c.header_value()) for c in ordered),
+                                   tuple(ordered), rec.seq)
+        if rec.line is not None and not contacts.sealed:
+            return RedirectOutcome(480, "Temporarily Unavailable", seq=rec.seq)
+        return RedirectOutcome(404, "Not Found", seq=rec.seq)
+
+    def _drop_loops(self, rec: _Request, contacts: list[Contact]) -> list[Contact]:
+        """Remove targets equal to the Request-URI: the caller would come straight back."""
+        ruri = rec.target
+        assert ruri is not None
+        host = ruri.host_lower
+        out = contacts
+        for c in contacts:
+            if host not in c.uri.lower():  # cheap filter: most targets are other hosts
+                continue
+            try:
+                same = uri_equal(parse_uri(c.uri), ruri)
+            except ParseError:
+                continue
+            if same:
+                self.log.warning("redirect: %s maps %s back to itself (from %s); dropped",
+                                 rec.request.method, rec.request.uri, c.source or "?")
+                if out is contacts:
+                    out = list(contacts)
+                out.remove(c)
+        return out
+
+    def _error_outcome(self, rec: _Request, desc: ErrorDescriptor) -> RedirectOutcome:
+        headers = list(desc.headers)
+        if desc.warning is not None:
+            text = desc.warning.replace("\\", "\\\\").replace('"', '\\"')
+            headers.append(("Warning", f'{desc.warning_code} {self._warn_agent} "{text}"'))
+        return RedirectOutcome(desc.status, desc.reason, tuple(headers), seq=rec.seq, error=desc)
+
+    # -- resume / cancel ----------------------------------------------------------------
+    def resume(self, seq: int, redirector: str) -> bool:
+        """Resume ``redirector`` (by name) for request ``seq``; False when nothing waits."""
+        rec = self._in_flight.get(seq)
+        index = self._index_of.get(redirector)
+        if rec is None or index is None:
+            return False
+        return self._resume(rec, index)
+
+    def _resume(self, rec: _Request, index: int) -> bool:
+        if rec.finished or rec.ended is not None:
+            return False
+        if rec.running:
+            rec.resumed_early.add(index)
+            return True
+        if index not in rec.pending:
+            return False
+        rec.pending.discard(index)
+        if not rec.pending:
+            waiter = rec.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        return True
+
+    def cancel_request(self, key: Hashable, why: str = "cancel") -> bool:
+        """End a request early: ``why`` is "cancel" (487), "timeout" (408), "reload" (500 +
+        Retry-After) or "shutdown" (503). ``key`` is what was passed to ``redirect`` (or the
+        seq). The awaiting ``redirect()`` returns that outcome. False when no such request."""
+        rec = self._by_key.get(key)
+        if rec is None and isinstance(key, int):
+            rec = self._in_flight.get(key)
+        if rec is None or rec.finished or rec.ended is not None:
+            return False
+        self._end(rec, why)
+        return True
+
+    def _end(self, rec: _Request, why: str) -> RedirectOutcome:
+        status, reason, headers = _WHY.get(why, (500, "Server Internal Error", ()))
+        outcome = rec.ended = RedirectOutcome(status, reason, headers, seq=rec.seq)
+        self._cancel_states(rec)
+        waiter = rec.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return outcome
+
+    def _cancel_states(self, rec: _Request) -> None:
+        """cancel(seq) to every redirector holding state for the request, once."""
+        if rec.cancelled:
+            return
+        rec.cancelled = True
+        holders = set(rec.suspended)
+        if rec.slots:
+            holders.update(i for i, slot in rec.slots.items() if slot.value is not None)
+        for index in sorted(holders):
+            try:
+                self.chain[index].cancel(rec.seq)
+            except Exception:
+                self.log.exception("redirector %s: cancel(%d) failed", self._name(index),
+                                   rec.seq)
+        rec.pending.clear()
+
+    def _release(self, rec: _Request) -> None:
+        """The request is over (answered, cancelled, timed out or its task was cancelled)."""
+        self._cancel_states(rec)
+        rec.finished = True
+        if rec.slots is not None:
+            rec.slots.clear()
+            rec.slots = None
+        if self._in_flight.get(rec.seq) is rec:
+            del self._in_flight[rec.seq]
+        if self._by_key.get(rec.key) is rec:
+            del self._by_key[rec.key]
+
+    def close(self, why: str = "reload") -> None:
+        """Stop taking requests; end those in flight ("reload": 500 + Retry-After: 1)."""
+        self._closed = True
+        for rec in list(self._in_flight.values()):
+            if rec.ended is None:
+                self._end(rec, why)
+        for redirector in self.chain:
+            try:
+                redirector.close()
+            except Exception:
+                self.log.exception("redirector %s: close() failed", redirector.name)
+
+    def _name(self, index: int) -> str:
+        r = self.chain[index]
+        return r.name or type(r).__name__

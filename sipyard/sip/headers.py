@@ -1,0 +1,484 @@
+"""Typed parsing of the header values a server reads: Via, name-addr, CSeq, auth.
+
+The message layer keeps every header as text and calls these only for the
+fields a handler actually reads (DESIGN §8), so each is a few ``str.find`` /
+``partition`` calls plus character-set checks from ``_abnf`` — no regex that
+could backtrack. Values arrive unfolded (continuation lines joined with one
+SP), so LWS here means spaces and tabs.
+
+Strictness follows ``testdata/torture/INDEX.md``: the RFC 4475 invalid
+vectors baddn, quotbal, badaspec, regbadct and badinv01 raise
+``ParseError(400, …)``; the valid ones (wsinv's LWS everywhere, lwsdisp's
+``caller<sip:…>``, intmeth's odd tokens, RFC 5118's IPv6 forms) parse.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from sipyard.sip._abnf import (
+    DISPLAY_CHARS,
+    LWS,
+    TOKEN_CHARS,
+    VALUE_CHARS,
+    is_scheme,
+    is_token,
+    parse_port,
+    valid_host,
+    valid_ipv6,
+)
+from sipyard.sip.errors import ParseError
+from sipyard.sip.uri import Uri, parse_uri
+
+__all__ = [
+    "split_values", "parse_params", "NameAddr", "parse_name_addr", "Via", "parse_via",
+    "parse_cseq", "parse_uint", "parse_auth", "quote", "unquote",
+]
+
+Params = list[tuple[str, str | None]]
+
+# Single-character classes: a search for one of them is a linear scan.
+_LIST_SPECIAL = re.compile(r'[,"<]')
+_PARAM_SPECIAL = re.compile(r'[;"]')
+# Parameters text without LWS or quotes: the fast path of _params.
+_PARAMS_FAST = VALUE_CHARS | frozenset(";")
+# What may not appear in a URI written inside <> (badaspec: "< sip:… >").
+_URI_FORBIDDEN = re.compile(r'[\x00-\x20\x7f<>"]')
+
+
+def _skip_quoted(s: str, i: int, reason: str) -> int:
+    """Index just past the quoted-string that starts at ``s[i] == '"'``.
+
+    quoted-pair = "\\" (any char but CR/LF), so ``\\"`` does not end the string
+    (wsinv's ``"J Rosenberg \\\\\\""``, intmeth's ``\\<NUL>``).
+    """
+    j = i + 1
+    while True:
+        q = s.find('"', j)
+        if q < 0:
+            raise ParseError(400, reason)  # quotbal: unterminated quoted string
+        b = s.find("\\", j, q)
+        if b < 0:
+            return q + 1
+        j = b + 2
+
+
+def quote(s: str) -> str:
+    """Make a quoted-string: wrap in DQUOTEs, backslash-escape ``"`` and ``\\``."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def unquote(s: str) -> str:
+    """Undo ``quote``; text that is not a quoted-string is returned unchanged."""
+    if len(s) < 2 or s[0] != '"' or s[-1] != '"':
+        return s
+    inner = s[1:-1]
+    if "\\" not in inner:
+        return inner
+    out: list[str] = []
+    i = 0
+    while True:
+        b = inner.find("\\", i)
+        if b < 0 or b + 1 >= len(inner):
+            out.append(inner[i:])
+            return "".join(out)
+        out.append(inner[i:b])
+        out.append(inner[b + 1])
+        i = b + 2
+
+
+def split_values(value: str) -> list[str]:
+    """Split a header value at commas outside quoted-strings and ``<…>``.
+
+    Each piece is stripped; empty pieces are dropped (wsinv's ``;;,,;;,;``
+    gives three opaque pieces, not an error). An unterminated quote raises
+    ``ParseError(400)`` (quotbal). An unclosed ``<`` keeps the rest as one
+    piece, which ``parse_name_addr`` then refuses.
+    """
+    if '"' not in value and "<" not in value:
+        if "," not in value:
+            v = value.strip(LWS)
+            return [v] if v else []
+        return [p for p in (x.strip(LWS) for x in value.split(",")) if p]
+    out: list[str] = []
+    start = pos = 0
+    while True:
+        m = _LIST_SPECIAL.search(value, pos)
+        if m is None:
+            break
+        i = m.start()
+        c = value[i]
+        if c == ",":
+            piece = value[start:i].strip(LWS)
+            if piece:
+                out.append(piece)
+            start = pos = i + 1
+        elif c == '"':
+            pos = _skip_quoted(value, i, "Unterminated quoted string")
+        else:
+            gt = value.find(">", i + 1)
+            if gt < 0:
+                break
+            pos = gt + 1
+    piece = value[start:].strip(LWS)
+    if piece:
+        out.append(piece)
+    return out
+
+
+def _split_params(text: str, reason: str) -> list[str]:
+    """Split at ``;`` outside quoted-strings (``+sip.instance="<urn:…;x>"``)."""
+    if '"' not in text:
+        return text.split(";")
+    out: list[str] = []
+    start = pos = 0
+    while True:
+        m = _PARAM_SPECIAL.search(text, pos)
+        if m is None:
+            break
+        i = m.start()
+        if text[i] == ";":
+            out.append(text[start:i])
+            start = pos = i + 1
+        else:
+            pos = _skip_quoted(text, i, reason)
+    out.append(text[start:])
+    return out
+
+
+def _params(text: str, reason: str) -> Params:
+    t = text.strip(LWS)
+    if not t:
+        return []
+    if t[0] == ";":
+        t = t[1:]
+    out: Params = []
+    if _PARAMS_FAST.issuperset(t):
+        # no LWS, no quotes: the usual ";branch=z9hG4bK…;rport" needs no stripping
+        for item in t.split(";"):
+            name, eq, value = item.partition("=")
+            if not name or not TOKEN_CHARS.issuperset(name) or (eq and not value):
+                raise ParseError(400, reason)
+            out.append((name, value if eq else None))
+        return out
+    for item in _split_params(t, reason):
+        name, eq, value = item.partition("=")
+        name = name.strip(LWS)
+        if not is_token(name):
+            raise ParseError(400, reason)  # badinv01: ";;" has an empty name
+        if not eq:
+            out.append((name, None))
+            continue
+        value = value.strip(LWS)
+        if not value:
+            raise ParseError(400, reason)
+        if value[0] == '"':
+            if _skip_quoted(value, 0, reason) != len(value):
+                raise ParseError(400, reason)
+        elif not VALUE_CHARS.issuperset(value):
+            raise ParseError(400, reason)
+        out.append((name, value))
+    return out
+
+
+def parse_params(text: str) -> Params:
+    """Parse ``;a=b ; c ; d="x;y"`` into ``[("a", "b"), ("c", None), ("d", '"x;y"')]``.
+
+    LWS is allowed around ``;`` and ``=`` (wsinv); the leading ``;`` is
+    optional; names are kept as written, quoted values keep their quotes.
+    An empty parameter (``;;``) or a malformed value raises ``ParseError(400)``.
+    """
+    return _params(text, "Bad parameter")
+
+
+def _find_param(params: Params, name: str) -> str | None:
+    want = name.lower()
+    for n, v in params:
+        if n.lower() == want:
+            return "" if v is None else v
+    return None
+
+
+@dataclass(slots=True)
+class NameAddr:
+    """A From / To / Contact / Route / Record-Route / Path / Refer-To value.
+
+    ``uri`` is the URI text without ``<>``, byte-faithful; it is parsed only
+    when someone asks (``parsed_uri()``). ``params`` are the *header* params:
+    for an addr-spec without ``<>`` everything after the first ``;`` belongs
+    to the header, not the URI (RFC 3261 §20; cparam01 vs cparam02).
+    """
+
+    display: str | None
+    uri: str
+    params: Params
+    bracketed: bool
+    raw: str
+    _parsed: Uri | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __str__(self) -> str:
+        return self.raw
+
+    def param(self, name: str) -> str | None:
+        """First header param ``name`` (case-insensitive); ``""`` for a flag."""
+        return _find_param(self.params, name)
+
+    @property
+    def tag(self) -> str | None:
+        return _find_param(self.params, "tag")
+
+    def parsed_uri(self) -> Uri:
+        """``parse_uri(self.uri)``, cached; raises ParseError like parse_uri."""
+        parsed = self._parsed
+        if parsed is None:
+            parsed = self._parsed = parse_uri(self.uri)
+        return parsed
+
+
+_BAD_NAME_ADDR = "Bad name-addr"
+
+
+def _uri_text_ok(uri: str) -> bool:
+    """Cheap shape check of a URI inside a name-addr; full parsing is lazy."""
+    if _URI_FORBIDDEN.search(uri) is not None:
+        return False
+    if uri.startswith("sip:"):
+        return True
+    colon = uri.find(":")
+    return colon > 0 and is_scheme(uri[:colon])
+
+
+def _display_ok(display: str) -> bool:
+    """display-name = *(token LWS): tokens separated by LWS, no quotes, no commas (baddn).
+
+    LENIENCY: non-ASCII letters are allowed in an unquoted display name (the
+    grammar wants them quoted, but phones send ``Jörg <sip:…>``).
+    """
+    if DISPLAY_CHARS.issuperset(display):
+        return True
+    return DISPLAY_CHARS.issuperset(c for c in display if c < "\x80")
+
+
+def parse_name_addr(text: str) -> NameAddr:
+    """Parse ``[display] <uri> *(;param)`` or an addr-spec ``uri *(;param)``.
+
+    Raises ``ParseError(400, "Bad name-addr")`` on: non-token display names
+    (baddn), an unterminated quote (quotbal), spaces in the addr-spec
+    (badaspec), an unbracketed URI with ``?`` or ``,`` (regbadct) and stray
+    ``;`` (badinv01).
+    """
+    s = text.strip(LWS)
+    if not s:
+        raise ParseError(400, _BAD_NAME_ADDR)
+    first = s[0]
+    display: str | None
+    if first == "<":
+        display = None
+        lt = 0
+    elif first == '"':
+        end = _skip_quoted(s, 0, _BAD_NAME_ADDR)
+        display = s[:end]
+        lt = end
+        n = len(s)
+        while lt < n and s[lt] in LWS:
+            lt += 1
+        if lt >= n or s[lt] != "<":
+            raise ParseError(400, _BAD_NAME_ADDR)
+    else:
+        lt = s.find("<")
+        if lt < 0:
+            return _parse_addr_spec(s)
+        # lwsdisp: "caller<sip:…>" — a token display name directly before "<"
+        display = s[:lt].rstrip(LWS)
+        if not _display_ok(display):
+            raise ParseError(400, _BAD_NAME_ADDR)
+    gt = s.find(">", lt + 1)
+    if gt < 0:
+        raise ParseError(400, _BAD_NAME_ADDR)
+    uri = s[lt + 1 : gt]
+    if not _uri_text_ok(uri):
+        raise ParseError(400, _BAD_NAME_ADDR)
+    params: Params = []
+    if gt + 1 < len(s):
+        rest = s[gt + 1 :].lstrip(LWS)
+        if rest[0] != ";":
+            raise ParseError(400, _BAD_NAME_ADDR)
+        params = _params(rest, _BAD_NAME_ADDR)
+    return NameAddr(display, uri, params, True, s)
+
+
+def _parse_addr_spec(s: str) -> NameAddr:
+    # RFC 3261 §20: without <>, ";" starts the header params, and a URI with
+    # ",", "?" or ";" of its own must have been bracketed (regbadct).
+    semi = s.find(";")
+    uri = s[:semi].rstrip(LWS) if semi >= 0 else s
+    if "?" in uri or "," in uri or not _uri_text_ok(uri):
+        raise ParseError(400, _BAD_NAME_ADDR)
+    params = _params(s[semi:], _BAD_NAME_ADDR) if semi >= 0 else []
+    return NameAddr(None, uri, params, False, s)
+
+
+@dataclass(slots=True)
+class Via:
+    """One via-parm: ``SIP/2.0/UDP host:port;branch=…;received=…;rport``.
+
+    Not frozen only because a frozen dataclass ``__init__`` costs ~2.5× as
+    much and every request builds at least one Via; treat it as read-only.
+    """
+
+    protocol: str
+    transport: str
+    host: str
+    port: int | None
+    params: Params
+    raw: str
+
+    def __str__(self) -> str:
+        return self.raw
+
+    def param(self, name: str) -> str | None:
+        """First Via param ``name`` (case-insensitive); ``""`` for a flag."""
+        return _find_param(self.params, name)
+
+    @property
+    def branch(self) -> str | None:
+        return _find_param(self.params, "branch")
+
+    @property
+    def received(self) -> str | None:
+        return _find_param(self.params, "received")
+
+    @property
+    def rport(self) -> str | None:
+        """``""`` when the client asked for rport (RFC 3581) without a value."""
+        return _find_param(self.params, "rport")
+
+    @property
+    def sent_by(self) -> str:
+        """``host[:port]`` as it would be written back."""
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+
+_BAD_VIA = "Bad Via"
+_SIP_2_0 = "SIP/2.0"
+
+
+def parse_via(text: str) -> Via:
+    """Parse one via-parm (already split by ``split_values``).
+
+    LWS is allowed around ``/``, ``:``, ``;`` and ``=`` (wsinv: ``SIP  /   2.0 /UDP
+    192.0.2.2;branch=…``). The sent-by host may be an IPv6 reference with or
+    without a port; ``received`` may hold IPv6 with or without brackets
+    (RFC 5118 §4.5). Stray separators (badinv01) raise ``ParseError(400, "Bad Via")``.
+    """
+    s = text.strip(LWS)
+    s1 = s.find("/")
+    s2 = s.find("/", s1 + 1) if s1 >= 0 else -1
+    if s2 < 0:
+        raise ParseError(400, _BAD_VIA)
+    if s2 == 7 and s.startswith(_SIP_2_0):
+        protocol = _SIP_2_0
+    else:
+        name = s[:s1].strip(LWS)
+        version = s[s1 + 1 : s2].strip(LWS)
+        if not is_token(name) or not is_token(version):
+            raise ParseError(400, _BAD_VIA)
+        protocol = f"{name.upper()}/{version}"
+    parts = s[s2 + 1 :].split(None, 1)
+    if len(parts) != 2 or not is_token(parts[0]):
+        raise ParseError(400, _BAD_VIA)
+    transport = parts[0].upper()
+    rest = parts[1]
+    semi = rest.find(";")
+    sent_by = rest[:semi].rstrip(LWS) if semi >= 0 else rest.rstrip(LWS)
+    port: int | None = None
+    if sent_by.startswith("["):
+        close = sent_by.find("]")
+        if close < 0 or not valid_ipv6(sent_by[1:close]):
+            raise ParseError(400, _BAD_VIA)
+        host = sent_by[: close + 1]
+        after = sent_by[close + 1 :].lstrip(LWS)
+        if after:
+            if after[0] != ":":
+                raise ParseError(400, _BAD_VIA)
+            port = parse_port(after[1:].lstrip(LWS))
+    else:
+        host, colon, port_text = sent_by.partition(":")
+        if colon:
+            host = host.rstrip(LWS)
+            port = parse_port(port_text.lstrip(LWS))
+        if not valid_host(host):
+            raise ParseError(400, _BAD_VIA)
+    if port is not None and port < 0:
+        raise ParseError(400, _BAD_VIA)
+    params = _params(rest[semi:], _BAD_VIA) if semi >= 0 else []
+    return Via(protocol, transport, host, port, params, s)
+
+
+def parse_uint(text: str, limit: int = 2**32 - 1) -> int:
+    """Digits only (leading zeros fine: wsinv's ``0068``), at most ``limit``.
+
+    Anything else — sign, blank, over the limit (scalar02) — raises
+    ``ParseError(400)``. Huge digit strings are refused before ``int()``.
+    """
+    t = text.strip(LWS)
+    if not t or not t.isascii() or not t.isdigit():
+        raise ParseError(400, "Bad number")
+    if len(t) > 20:
+        t = t.lstrip("0") or "0"
+        if len(t) > 20:
+            raise ParseError(400, "Number too large")
+    value = int(t)
+    if value > limit:
+        raise ParseError(400, "Number too large")
+    return value
+
+
+def parse_cseq(text: str) -> tuple[int, str]:
+    """``"0009 INVITE"`` → ``(9, "INVITE")``; ``ParseError(400, "Bad CSeq")`` otherwise."""
+    parts = text.split()
+    if len(parts) != 2 or not is_token(parts[1]):
+        raise ParseError(400, "Bad CSeq")
+    try:
+        number = parse_uint(parts[0])
+    except ParseError:
+        raise ParseError(400, "Bad CSeq") from None
+    return number, parts[1]
+
+
+_BAD_AUTH = "Bad Authorization"
+
+
+def parse_auth(text: str) -> tuple[str, dict[str, str]]:
+    """``Digest a=b, c="d"`` → ``("Digest", {"a": "b", "c": "d"})``.
+
+    Works for any scheme written as auth-params, so an unknown one
+    (regaut01's ``NoOneKnowsThisScheme opaque-data=here``) parses and the
+    application can answer with a challenge it knows. Keys are lower-cased,
+    values unquoted. token68 credentials (``Basic dXNlcg==``), duplicate keys
+    and malformed pairs raise ``ParseError(400, "Bad Authorization")``.
+    """
+    parts = text.strip(LWS).split(None, 1)
+    if not parts or not is_token(parts[0]):
+        raise ParseError(400, _BAD_AUTH)
+    params: dict[str, str] = {}
+    if len(parts) == 2:
+        try:
+            items = split_values(parts[1])
+        except ParseError:
+            raise ParseError(400, _BAD_AUTH) from None
+        for item in items:
+            name, eq, value = item.partition("=")
+            name = name.rstrip(LWS).lower()
+            value = value.lstrip(LWS)
+            if not eq or not is_token(name) or not value or name in params:
+                raise ParseError(400, _BAD_AUTH)
+            if value[0] == '"':
+                if _skip_quoted(value, 0, _BAD_AUTH) != len(value):
+                    raise ParseError(400, _BAD_AUTH)
+                value = unquote(value)
+            elif not VALUE_CHARS.issuperset(value):
+                raise ParseError(400, _BAD_AUTH)
+            params[name] = value
+    return parts[0], params

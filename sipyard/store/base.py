@@ -1,0 +1,180 @@
+"""The location store contract: the binding record and the backend interface.
+
+The registrar and the redirect pipeline talk only to :class:`LocationStore`;
+they never import a backend (DESIGN §5). Everything a backend must agree on
+lives here, so the sqlite and redis backends behave the same:
+
+* A binding is *unexpired* while ``expires_at > now``. Reads hide expired
+  bindings even before a sweep has deleted them, so readers never depend on
+  the timing of :meth:`LocationStore.expire`.
+* :meth:`LocationStore.update` is the only write path for an AOR's bindings.
+  ``fn`` sees the AOR's unexpired bindings as they are at commit time and
+  returns ``(bindings to put, binding_ids to remove)``; a put replaces the
+  binding with the same ``binding_id``; an id both put and removed is removed
+  (the remove wins, so a contact listed twice with ``expires=0`` once can
+  never resurrect). ``fn`` may raise to abort: nothing is written and the
+  exception propagates unchanged.
+* Lists of bindings come ordered by ``(registered_at, binding_id)`` so both
+  backends answer the same order (the redirect pipeline re-sorts by q).
+* Strings are stored byte-faithfully: any Python ``str`` round-trips,
+  including NUL, non-ASCII and lone surrogates (a parser decoding with
+  ``surrogateescape`` must not make a REGISTER fail with 500).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+
+__all__ = [
+    "Binding",
+    "LocationStore",
+    "StoreError",
+    "UpdateFn",
+    "normalize_update",
+    "sort_key",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One registered contact of an AOR (RFC 3261 §10, RFC 5626 when present).
+
+    Slotted and frozen: a server holds one per registered device in memory
+    (100 000 of them cost a few hundred bytes each, strings included), and the
+    cache hands the same objects to every reader, so they must be immutable.
+    """
+
+    aor: str
+    #: the registrar's identity of the binding within its AOR (instance/reg-id or contact text)
+    binding_id: str
+    #: the contact URI text exactly as received, without the <>
+    contact: str
+    #: header params as written (";+sip.instance=\"<urn:…>\";reg-id=1"), without q/expires
+    params: str
+    q: float | None
+    #: epoch seconds; the binding is gone once ``now >= expires_at``
+    expires_at: float
+    registered_at: float
+    call_id: str
+    cseq: int
+    source_ip: str
+    source_port: int
+    transport: str
+    #: the stream connection the REGISTER came on (RFC 5626 flow), if any
+    conn_id: str | None
+    path: tuple[str, ...]
+    user_agent: str
+    instance: str | None
+    reg_id: int | None
+
+
+def sort_key(b: Binding) -> tuple[float, str]:
+    """The order every backend returns an AOR's bindings in."""
+    return (b.registered_at, b.binding_id)
+
+
+UpdateFn = Callable[[list[Binding]], tuple[list[Binding], list[str]]]
+
+
+def normalize_update(
+    aor: str, result: tuple[Iterable[Binding], Iterable[str]]
+) -> tuple[tuple[Binding, ...], tuple[str, ...]]:
+    """Check and canonicalise what an update ``fn`` returned.
+
+    Returns (puts without duplicate ids, last one wins; ids to remove without
+    duplicates). A put for another AOR or a non-Binding is a caller bug:
+    ``ValueError``/``TypeError`` before anything is written.
+    """
+    puts_in, removes_in = result
+    removes = tuple(dict.fromkeys(removes_in))
+    for rid in removes:
+        if type(rid) is not str:
+            raise TypeError(f"binding id to remove must be str, not {type(rid).__name__}")
+    removed = set(removes)
+    puts: dict[str, Binding] = {}
+    for b in puts_in:
+        if not isinstance(b, Binding):
+            raise TypeError(f"update fn must return Binding objects, not {type(b).__name__}")
+        if b.aor != aor:
+            raise ValueError(f"binding for {b.aor!r} put into AOR {aor!r}")
+        if b.binding_id not in removed:
+            puts.pop(b.binding_id, None)
+            puts[b.binding_id] = b
+    return tuple(puts.values()), removes
+
+
+class StoreError(Exception):
+    """The backend failed (disk full, database locked or read-only, redis down).
+
+    The registrar answers 500 and the caller may retry; a failed write never
+    leaves a trace in any cache.
+    """
+
+
+class LocationStore(abc.ABC):
+    """Bindings per AOR plus a small key/value state table (run state, presence, …).
+
+    All methods are coroutines and must be called from one event loop. Every
+    method but :meth:`open` raises :class:`StoreError` when the store is not
+    open. Use ``async with store:`` to open and close around a block.
+    """
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect / load; raise StoreError when the backend is unusable."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and release the backend; idempotent."""
+
+    @abc.abstractmethod
+    async def lookup(self, aor: str, now: float) -> list[Binding]:
+        """The AOR's unexpired bindings (a fresh list the caller may keep)."""
+
+    @abc.abstractmethod
+    async def update(self, aor: str, now: float, fn: UpdateFn) -> list[Binding]:
+        """Atomically apply ``fn`` to the AOR's unexpired bindings (see module doc).
+
+        Returns the AOR's unexpired bindings afterwards. Durable when it
+        returns: the caller may send 200 OK.
+        """
+
+    @abc.abstractmethod
+    async def remove_aor(self, aor: str) -> list[Binding]:
+        """Delete every binding of the AOR; return what was deleted."""
+
+    @abc.abstractmethod
+    async def expire(self, now: float) -> list[Binding]:
+        """Delete and return bindings expired at ``now`` (the app's 1 s tick fires
+        ``release`` hooks from the result). Each expired binding is returned once."""
+
+    @abc.abstractmethod
+    async def all(self, now: float) -> list[Binding]:
+        """Every unexpired binding, grouped by AOR."""
+
+    @abc.abstractmethod
+    async def count(self, now: float) -> int:
+        """Number of unexpired bindings."""
+
+    @abc.abstractmethod
+    async def get_state(self, key: str) -> str | None:
+        """A state value, None when unset."""
+
+    @abc.abstractmethod
+    async def set_state(self, key: str, value: str | None) -> None:
+        """Set a state value durably; None clears it."""
+
+    async def __aenter__(self) -> LocationStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

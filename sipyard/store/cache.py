@@ -1,0 +1,217 @@
+"""In-memory binding index and per-AOR locks shared by the backends.
+
+:class:`BindingCache` is the sqlite backend's authoritative copy of the table
+(every read is served from it) and the redis backend's "known set" (bindings
+it can report from :meth:`expire`). It is only ever touched from the event
+loop thread.
+
+Expiry uses a one-second timer wheel, ``second -> {aor}``, kept exact on
+every change (an AOR sits in bucket ``s`` iff one of its bindings has
+``int(expires_at) == s``). A heap would have to keep a stale entry per
+refresh; the wheel costs one set slot per binding, finds the due bindings of
+a one-second tick without scanning the other 100 000, and lets
+:meth:`count` subtract the few expired-but-unswept bindings instead of
+counting everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator
+
+from .base import Binding, sort_key
+
+__all__ = ["BindingCache", "KeyedLocks"]
+
+
+class BindingCache:
+    """``aor -> tuple[Binding, ...]`` (sorted by :func:`sort_key`) plus an expiry wheel."""
+
+    __slots__ = ("_aors", "_wheel", "_cursor", "_total")
+
+    def __init__(self) -> None:
+        self._aors: dict[str, tuple[Binding, ...]] = {}
+        self._wheel: dict[int, set[str]] = {}
+        #: no wheel bucket below this second holds anything (None: wheel empty)
+        self._cursor: int | None = None
+        self._total = 0
+
+    # -- reads -------------------------------------------------------------
+
+    def get(self, aor: str) -> tuple[Binding, ...]:
+        """All cached bindings of the AOR, expired ones included."""
+        return self._aors.get(aor, ())
+
+    def visible(self, aor: str, now: float) -> list[Binding]:
+        return [b for b in self._aors.get(aor, ()) if b.expires_at > now]
+
+    def all(self, now: float) -> list[Binding]:
+        return [b for bs in self._aors.values() for b in bs if b.expires_at > now]
+
+    def count(self, now: float) -> int:
+        return self._total - sum(1 for _ in self._due(now))
+
+    def expired(self, now: float) -> list[Binding]:
+        """Cached bindings with ``expires_at <= now`` (not removed: see :meth:`discard`)."""
+        return list(self._due(now, advance=True))
+
+    def __len__(self) -> int:
+        """Cached bindings, expired ones included."""
+        return self._total
+
+    def __iter__(self) -> Iterator[Binding]:
+        for bs in self._aors.values():
+            yield from bs
+
+    # -- writes ------------------------------------------------------------
+
+    def load(self, bindings: Iterable[Binding]) -> None:
+        """Bulk insert (start-up); bindings must be new to the cache."""
+        grouped: dict[str, list[Binding]] = {}
+        for b in bindings:
+            grouped.setdefault(b.aor, []).append(b)
+        for aor, bs in grouped.items():
+            bs.extend(self._aors.get(aor, ()))
+            bs.sort(key=sort_key)
+            self._set(aor, tuple(bs))
+
+    def apply(self, aor: str, puts: Iterable[Binding], remove_ids: Iterable[str]) -> None:
+        """Put (replace by binding_id) and remove, as a committed update did."""
+        puts = tuple(puts)
+        drop = set(remove_ids)
+        drop.update(b.binding_id for b in puts)
+        new = [b for b in self._aors.get(aor, ()) if b.binding_id not in drop]
+        new.extend(puts)
+        new.sort(key=sort_key)
+        self._set(aor, tuple(new))
+
+    def pop_aor(self, aor: str) -> tuple[Binding, ...]:
+        old = self._aors.get(aor, ())
+        self._set(aor, ())
+        return old
+
+    def discard(self, bindings: Iterable[Binding]) -> list[Binding]:
+        """Remove these exact objects where still cached; return those removed.
+
+        Identity, not equality: a binding refreshed since it was picked as
+        expired is a new object and stays.
+        """
+        by_aor: dict[str, list[Binding]] = {}
+        for b in bindings:
+            by_aor.setdefault(b.aor, []).append(b)
+        removed: list[Binding] = []
+        for aor, gone in by_aor.items():
+            ids = {id(b) for b in gone}
+            old = self._aors.get(aor, ())
+            keep = tuple(b for b in old if id(b) not in ids)
+            if len(keep) != len(old):
+                removed.extend(b for b in old if id(b) in ids)
+                self._set(aor, keep)
+        return removed
+
+    # -- internals ---------------------------------------------------------
+
+    def _set(self, aor: str, new: tuple[Binding, ...]) -> None:
+        """Replace the AOR's tuple, keeping the wheel and the total exact."""
+        aors = self._aors
+        wheel = self._wheel
+        old = aors.get(aor, ())
+        for b in old:
+            sec = int(b.expires_at)
+            bucket = wheel.get(sec)
+            if bucket is not None:
+                bucket.discard(aor)
+                if not bucket:
+                    del wheel[sec]
+        for b in new:
+            sec = int(b.expires_at)
+            bucket = wheel.get(sec)
+            if bucket is None:
+                wheel[sec] = {aor}
+            else:
+                bucket.add(aor)
+            if self._cursor is None or sec < self._cursor:
+                self._cursor = sec
+        if new:
+            aors[aor] = new
+        else:
+            aors.pop(aor, None)
+        self._total += len(new) - len(old)
+        if not wheel:
+            self._cursor = None
+
+    def _due(self, now: float, advance: bool = False) -> Iterator[Binding]:
+        """Bindings with ``expires_at <= now``, from the wheel buckets up to ``now``.
+
+        With ``advance`` the cursor moves to the first bucket still holding a
+        due binding (buckets before ``int(now)`` only hold due ones), so a
+        failed delete is found again on the next tick.
+        """
+        cursor = self._cursor
+        if cursor is None:
+            return
+        wheel = self._wheel
+        limit = int(now)
+        if limit - cursor <= 2 * len(wheel) + 64:
+            secs: Iterable[int] = range(cursor, limit + 1)
+        else:  # a clock far ahead of the buckets: walk the buckets instead
+            secs = sorted(s for s in wheel if s <= limit)
+        first_left: int | None = None
+        for sec in secs:
+            bucket = wheel.get(sec)
+            if bucket is None:
+                continue
+            if first_left is None:
+                first_left = sec
+            for aor in tuple(bucket):
+                for b in self._aors.get(aor, ()):
+                    if int(b.expires_at) == sec and b.expires_at <= now:
+                        yield b
+        if advance:
+            self._cursor = min(first_left if first_left is not None else limit, limit)
+
+
+class KeyedLocks:
+    """One :class:`asyncio.Lock` per key, created on demand and dropped when idle.
+
+    ``release`` may be called from any callback on the loop (not only by the
+    acquiring task), which lets a backend hold an AOR locked until its write
+    is applied even when the caller was cancelled meanwhile.
+    """
+
+    __slots__ = ("_locks",)
+
+    def __init__(self) -> None:
+        self._locks: dict[str, _Slot] = {}
+
+    async def acquire(self, key: str) -> None:
+        slot = self._locks.get(key)
+        if slot is None:
+            slot = self._locks[key] = _Slot()
+        slot.users += 1
+        try:
+            await slot.lock.acquire()
+        except BaseException:
+            self._drop(key, slot)
+            raise
+
+    def release(self, key: str) -> None:
+        slot = self._locks[key]
+        slot.lock.release()
+        self._drop(key, slot)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    def _drop(self, key: str, slot: _Slot) -> None:
+        slot.users -= 1
+        if slot.users == 0:
+            del self._locks[key]
+
+
+class _Slot:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0

@@ -1,0 +1,282 @@
+"""asyncio UDP and TCP endpoints: bytes in, bytes out, nothing else.
+
+The transport knows sockets and connections, never SIP semantics beyond stream
+framing; every datagram or framed message goes to one callback with a
+:class:`Source` naming where it came from, and responses go back through
+:meth:`Transports.send`. Keeping it this thin lets the core stay sans-IO and
+lets tests drive the app without sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from .sip.errors import ParseError
+from .sip.framing import PING, PONG, StreamFramer
+
+__all__ = ["Source", "Listen", "Transports"]
+
+log = logging.getLogger("sipyard.transport")
+
+
+class Source(NamedTuple):
+    """Where a message came from, and so where its answers go."""
+
+    transport: str  # "udp" | "tcp"
+    ip: str
+    port: int
+    conn_id: int | None  # TCP connection id; None for UDP
+    local: tuple[str, int]
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "udp"
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    transport: str
+    host: str
+    port: int
+
+
+Handler = Callable[[bytes, Source], None]
+ErrorHandler = Callable[[ParseError, Source], None]
+
+
+class _Udp(asyncio.DatagramProtocol):
+    __slots__ = ("owner", "local", "transport")
+
+    def __init__(self, owner: Transports, local: tuple[str, int]) -> None:
+        self.owner = owner
+        self.local = local
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+        # CPython's selector transport reads 256 KiB per datagram by default,
+        # an mmap/munmap per packet (bench README pitfall 3).
+        if hasattr(transport, "max_size"):
+            transport.max_size = self.owner.max_udp  # type: ignore[attr-defined]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            except OSError:
+                pass
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(data) > self.owner.max_udp:
+            self.owner.oversize(Source("udp", addr[0], addr[1], None, self.local), data)
+            return
+        self.owner.handler(data, Source("udp", addr[0], addr[1], None, self.local))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error on %s: %s", self.local, exc)
+
+
+class _Tcp(asyncio.Protocol):
+    def __init__(self, owner: Transports, local: tuple[str, int], outbound: bool = False) -> None:
+        self.owner = owner
+        self.local = local
+        self.conn_id = next(owner._ids)
+        self.framer = StreamFramer(max_header=owner.max_tcp_header, max_body=owner.max_udp)
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.last_rx = time.monotonic()
+        self.outbound = outbound
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1])
+        if not self.outbound and not self.owner._admit(self):
+            transport.close()
+            return
+        self.owner._conns[self.conn_id] = self
+        self.owner._by_peer.setdefault(self.peer, self.conn_id)
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
+        src = Source("tcp", self.peer[0], self.peer[1], self.conn_id, self.local)
+        try:
+            messages = self.framer.feed(data)
+        except ParseError as exc:
+            self.owner.framing_error(exc, src)
+            self.close()
+            return
+        for msg in messages:
+            if msg is PING or msg == PING:
+                self.write(PONG)
+                continue
+            self.owner.handler(msg, src)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        owner = self.owner
+        owner._conns.pop(self.conn_id, None)
+        if owner._by_peer.get(self.peer) == self.conn_id:
+            del owner._by_peer[self.peer]
+            for other in owner._conns.values():
+                if other.peer == self.peer:
+                    owner._by_peer[self.peer] = other.conn_id
+                    break
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("connection lost"))
+
+
+class Transports:
+    """All listening sockets and TCP connections of one server."""
+
+    def __init__(self, handler: Handler, *, max_udp: int = 65536, max_tcp_header: int = 65536,
+                 tcp_idle: float = 300.0, max_conns_per_peer: int = 32,
+                 on_framing_error: ErrorHandler | None = None,
+                 on_oversize: Callable[[Source, bytes], None] | None = None) -> None:
+        self.handler = handler
+        self.max_udp = max_udp
+        self.max_tcp_header = max_tcp_header
+        self.tcp_idle = tcp_idle
+        self.max_conns_per_peer = max_conns_per_peer
+        self._on_framing_error = on_framing_error
+        self._on_oversize = on_oversize
+        self._ids = itertools.count(1)
+        self._udp: dict[tuple[str, int], _Udp] = {}
+        self._udp_by_family: dict[int, _Udp] = {}
+        self._servers: list[asyncio.AbstractServer] = []
+        self._conns: dict[int, _Tcp] = {}
+        self._by_peer: dict[tuple[str, int], int] = {}
+        self._idle_task: asyncio.Task[None] | None = None
+        self._refused_logged: set[str] = set()
+        self.bound: list[Listen] = []
+
+    async def start(self, listens: list[Listen]) -> list[Listen]:
+        loop = asyncio.get_running_loop()
+        for spec in listens:
+            family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
+            if spec.transport == "udp":
+                tr, proto = await loop.create_datagram_endpoint(
+                    lambda s=spec: _Udp(self, (s.host, s.port)),  # type: ignore[misc]
+                    local_addr=(spec.host, spec.port), family=family)
+                addr = tr.get_extra_info("sockname")
+                proto.local = (addr[0], addr[1])
+                self._udp[proto.local] = proto
+                self._udp_by_family.setdefault(family, proto)
+                self.bound.append(Listen("udp", addr[0], addr[1]))
+            elif spec.transport == "tcp":
+                server = await loop.create_server(
+                    lambda s=spec: _Tcp(self, (s.host, s.port)),  # type: ignore[misc]
+                    host=spec.host, port=spec.port, family=family, reuse_address=True)
+                addr = server.sockets[0].getsockname()
+                self._servers.append(server)
+                self.bound.append(Listen("tcp", addr[0], addr[1]))
+            else:
+                raise ValueError(f"unknown transport {spec.transport!r}")
+        # TCP handlers were built with the requested port (maybe 0): fix them up.
+        self._idle_task = asyncio.create_task(self._reap_idle())
+        return self.bound
+
+    def local_for(self, transport: str, port: int) -> tuple[str, int]:
+        for b in self.bound:
+            if b.transport == transport:
+                return (b.host, b.port)
+        return ("127.0.0.1", port)
+
+    def _admit(self, conn: _Tcp) -> bool:
+        ip = conn.peer[0]
+        n = sum(1 for c in self._conns.values() if c.peer[0] == ip)
+        if n >= self.max_conns_per_peer:
+            if ip not in self._refused_logged and len(self._refused_logged) < 10000:
+                self._refused_logged.add(ip)
+                log.warning("tcp: refusing connection from %s: %d connections open (cap)", ip, n)
+            return False
+        return True
+
+    def framing_error(self, exc: ParseError, src: Source) -> None:
+        if self._on_framing_error is not None:
+            self._on_framing_error(exc, src)
+
+    def oversize(self, src: Source, data: bytes) -> None:
+        if self._on_oversize is not None:
+            self._on_oversize(src, data)
+
+    def send(self, src: Source, data: bytes) -> bool:
+        """Send to where ``src`` says: its UDP socket or its TCP connection."""
+        if src.transport == "udp":
+            proto = self._udp.get(src.local) or self._udp_by_family.get(
+                socket.AF_INET6 if ":" in src.ip else socket.AF_INET)
+            if proto is None or proto.transport is None:
+                return False
+            proto.transport.sendto(data, (src.ip, src.port))
+            return True
+        conn = self._conns.get(src.conn_id) if src.conn_id is not None else None
+        if conn is None:
+            cid = self._by_peer.get((src.ip, src.port))
+            conn = self._conns.get(cid) if cid is not None else None
+        if conn is None:
+            return False
+        conn.write(data)
+        return True
+
+    def has_connection(self, conn_id: int | None) -> bool:
+        return conn_id is not None and conn_id in self._conns
+
+    async def connect_tcp(self, ip: str, port: int, timeout: float = 5.0) -> Source:
+        """An outbound TCP connection (for requests to a TCP binding whose flow is gone)."""
+        cid = self._by_peer.get((ip, port))
+        if cid is not None and cid in self._conns:
+            c = self._conns[cid]
+            return Source("tcp", ip, port, cid, c.local)
+        loop = asyncio.get_running_loop()
+        local = self.local_for("tcp", 0)
+        _, proto = await asyncio.wait_for(
+            loop.create_connection(lambda: _Tcp(self, local, outbound=True), ip, port), timeout)
+        await proto.ready
+        return Source("tcp", ip, port, proto.conn_id, local)
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, max(self.tcp_idle / 4, 0.05)))
+            cutoff = time.monotonic() - self.tcp_idle
+            for conn in list(self._conns.values()):
+                if conn.last_rx < cutoff:
+                    log.debug("tcp: closing idle connection from %s:%d", *conn.peer)
+                    conn.close()
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    async def close(self) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+        for server in self._servers:
+            server.close()
+        for conn in list(self._conns.values()):
+            conn.close()
+        for proto in self._udp.values():
+            if proto.transport is not None:
+                proto.transport.close()
+        for server in self._servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
