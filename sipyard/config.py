@@ -12,14 +12,15 @@ Layers (later wins)
   3. ``states/<state>.toml`` beside the main file for the active run state (``None`` or
      ``"none"``: no overlay; a missing state file is an error naming it);
   4. the command line: ``--data`` replaces ``server.data_dir`` (relative to the working
-     directory), ``--listen`` replaces ``server.listen`` as a whole.
+     directory), ``--listen`` replaces ``server.listen`` as a whole (an empty list = not given).
 
 Tables merge key by key at any depth. Arrays are values: a later layer's array replaces the
 earlier one whole; this includes the arrays of tables ``[[mapping]]`` and ``[[fallback]]``, so a
 state file that has any ``[[fallback]]`` states the complete fallback list. A layer cannot delete
 a key (TOML has no null); set a list to ``[]`` to empty it. Rules are numbered from 0 in file
 order (``mapping[2].users``). Unknown top-level tables are ignored with a note in
-``Config.warnings``; unknown keys anywhere else are errors. Lists come back as tuples.
+``Config.warnings``; unknown keys anywhere else are errors. No string except ``secret`` may
+hold control characters (they would end up in SIP headers). Lists come back as tuples.
 
 Keys (type = default)
 ``[server]``
@@ -64,14 +65,16 @@ Keys (type = default)
   "softphone" or free text); permissions: [str] = [] (merged with ``[permissions]``).
 ``[groups.NNN]`` (numeric, >= 100, not a line) display: str; members: [line] = [] (ints or
   strings; every member must be a line).
-``[aliases]`` NAME = "target" | ["target", …] -- extra names; targets are URIs or numbers.
+``[aliases]`` NAME = "target" | ["target", …] -- extra user names (not a line or group
+  number); targets are URIs or numbers, resolved by the ``aliases`` redirector.
 ``[[mapping]]``, ``[[fallback]]`` rules with keys name, hosts, users (str or [str]), permissions
   ([str]), when (str or [str]), timezone (default server.timezone), contacts ([str], required,
   non-empty). Only types are checked here; ``sipyard.redirect`` compiles the patterns and can
   report with ``RuleConfig.error()``.
 ``[permissions]`` LINE = [str] -- permissions granted to a line.
-``[features]`` directed_pickup = "*78", join = "*79", global_pickup = "" (off), pickup_agent:
-  str = "" (identity the pickup SUBSCRIBE is sent as; "" = system), pickup_wait = 2.0 (s).
+``[features]`` codes use digits, * and #, and differ from each other ("" = feature off):
+  directed_pickup = "*78", join = "*79", global_pickup = ""; pickup_agent: str = "" (identity
+  the pickup SUBSCRIBE is sent as; "" = system); pickup_wait = 2.0 (s, 0.001-100).
 """
 
 from __future__ import annotations
@@ -319,6 +322,11 @@ class Config:
     def group(self, number: str | int) -> GroupConfig | None:
         return self.groups.get(str(number))
 
+    @property
+    def states_dir(self) -> Path:
+        """Where run-state overlays live (``states/<name>.toml`` beside the main file)."""
+        return self.path.parent / "states"
+
 
 # ---------------------------------------------------------------------------------- parsing
 
@@ -554,12 +562,17 @@ class _Table:
     def get(self, key: str) -> Any:
         return self.data.get(key, _MISSING)
 
-    def string(self, key: str, default: str | None, *, empty_is_none: bool = False) -> str | None:
+    def string(self, key: str, default: str | None, *, empty_is_none: bool = False,
+               printable: bool = True) -> str | None:
+        """A string; control characters (CR, LF: header injection) only where ``printable``
+        is off, which is only for secrets."""
         value = self.data.get(key, _MISSING)
         if value is _MISSING:
             return default
         if not isinstance(value, str):
             raise self.error(key, "must be a string")
+        if printable and not value.isprintable():
+            raise self.error(key, "must not contain control characters")
         if empty_is_none and not value.strip():
             return None
         if not value.strip():
@@ -614,8 +627,9 @@ class _Table:
             raise self.error(key, "must be a string or an array of strings" if one
                              else "must be an array of strings")
         for i, item in enumerate(value):
-            if not isinstance(item, str) or not item.strip():
-                raise self.ctx.error((*self.path, key, i), "must be a non-empty string")
+            if not isinstance(item, str) or not item.strip() or not item.isprintable():
+                raise self.ctx.error((*self.path, key, i),
+                                     "must be a non-empty string without control characters")
         if nonempty and not value:
             raise self.error(key, "must not be empty")
         return tuple(value)
@@ -650,18 +664,13 @@ def _build(ctx: _Ctx, layers: list[Path], state: str | None, data_dir: str | Pat
     )
 
 
-_SERVER_KEYS = ("realm", "domains", "listen", "data_dir", "hooks_dir", "algorithms", "extensions",
-                "min_expires", "max_expires", "default_expires", "system", "timezone", "metrics",
-                "max_message_size", "nonce_ttl", "server_header")
-
-
 def _server(ctx: _Ctx, data_dir: str | Path | None, listen: Sequence[str] | None) -> ServerConfig:
-    t = ctx.table("server", _SERVER_KEYS)
+    t = ctx.table("server", _fields(ServerConfig)[:-1])  # all but our_domains
     realm = t.required("realm").strip()
-    if any(c in realm for c in '"\\') or not realm.isprintable():
-        raise t.error("realm", 'must not contain quotes, backslashes or control characters')
+    if any(c in realm for c in '"\\'):
+        raise t.error("realm", "must not contain quotes or backslashes")
     domains = tuple(d.strip().lower() for d in t.strings("domains"))
-    if listen is not None:
+    if listen:  # an empty command-line list means "not given"
         sockets = _listens(listen, lambda i, reason: ConfigError(CLI, "--listen", reason))
     else:
         specs = t.strings("listen", ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"), nonempty=True)
@@ -684,9 +693,7 @@ def _server(ctx: _Ctx, data_dir: str | Path | None, listen: Sequence[str] | None
             metrics = _host_port(metrics_s.strip())
         except ValueError as exc:
             raise t.error("metrics", f"expected HOST:PORT: {exc}") from None
-    header = t.get("server_header")
-    if header is not _MISSING and not isinstance(header, str):
-        raise t.error("server_header", "must be a string")
+    header = t.string("server_header", f"sipyard/{__version__}", empty_is_none=True)
     ours = frozenset(_norm_host(h) for h in (realm, *domains))
     return ServerConfig(
         realm=realm, domains=domains, listen=sockets,
@@ -697,7 +704,7 @@ def _server(ctx: _Ctx, data_dir: str | Path | None, listen: Sequence[str] | None
         timezone=timezone, metrics=metrics,
         max_message_size=t.integer("max_message_size", 65536, 1024, 16 * 1024 * 1024),
         nonce_ttl=t.integer("nonce_ttl", 300, 1, 86400),
-        server_header=f"sipyard/{__version__}" if header is _MISSING else header.strip(),
+        server_header="" if header is None else header.strip(),
         our_domains=ours,
     )
 
@@ -715,9 +722,9 @@ def _listens(specs: Sequence[str], err: Callable[[int, str], ConfigError]
 
 
 def _dir(ctx: _Ctx, t: _Table, key: str, default: str, override: str | Path | None) -> Path:
+    value = t.string(key, default) or default
     if override is not None:
         return Path(os.path.abspath(override))
-    value = t.string(key, default) or default
     return Path(os.path.normpath(ctx.base / Path(value).expanduser()))
 
 
@@ -750,7 +757,7 @@ def _fields(cls: type) -> tuple[str, ...]:
 
 def _logging(ctx: _Ctx) -> LoggingConfig:
     t = ctx.table("logging", _fields(LoggingConfig))
-    return LoggingConfig(t.choice("level", LoggingConfig.level,
+    return LoggingConfig(t.choice("level", LoggingConfig().level,
                                   ("debug", "info", "warning", "error")))
 
 
@@ -784,7 +791,7 @@ def _store(ctx: _Ctx) -> StoreConfig:
         if url.partition(":")[0].lower() not in ("sqlite", "redis", "rediss", "unix"):
             raise t.error("url", "must start with sqlite, sqlite:PATH, redis://, rediss:// "
                           "or unix://")
-    return StoreConfig(url, t.choice("synchronous", StoreConfig.synchronous, ("full", "normal")))
+    return StoreConfig(url, t.choice("synchronous", StoreConfig().synchronous, ("full", "normal")))
 
 
 def _hooks(ctx: _Ctx) -> HooksConfig:
@@ -853,7 +860,7 @@ def _lines(ctx: _Ctx, server: ServerConfig, security: SecurityConfig) -> dict[st
         if not isinstance(entry, dict):
             raise ctx.error(path, "must be a table")
         t = _Table(ctx, path, entry, _LINE_KEYS)
-        secret = t.string("secret", None)
+        secret = t.string("secret", None, printable=False)
         ha1: dict[str, str] = {}
         for algorithm, (key, length) in ALGORITHMS.items():
             value = t.string(key, None)
@@ -932,6 +939,8 @@ def _aliases(ctx: _Ctx, lines: Mapping[str, LineConfig],
     t = ctx.table("aliases", None)
     out: dict[str, tuple[str, ...]] = {}
     for name in t.data:
+        if not name.strip() or not name.isprintable():
+            raise t.error(name, "alias names must be non-empty, without control characters")
         if name in lines or name in groups:
             raise t.error(name, f"alias {name!r} hides the line or group of that number")
         out[name] = t.strings(name, one=True, nonempty=True)

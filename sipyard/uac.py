@@ -57,23 +57,35 @@ class Uac:
             fut.set_result(resp)
         return True
 
-    async def request(self, method: str, ruri: str, dest: Source, *, from_uri: str, to_uri: str,
-                      headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
-                      call_id: str | None = None, timeout: float | None = None) -> UacResult:
+    async def request(self, method: str, ruri: str, dest: Source, *, from_uri: str = "",
+                      to_uri: str = "", headers: Sequence[tuple[str, str]] = (),
+                      body: bytes = b"", call_id: str | None = None,
+                      timeout: float | None = None) -> UacResult:
+        """Send one request and wait for its final response.
+
+        From, To and Call-ID are built from ``from_uri``/``to_uri``/``call_id``
+        unless ``headers`` carries them already (pick-up routes NOTIFYs by the
+        Call-ID it chose).
+        """
         branch = "z9hG4bK" + secrets.token_hex(8)
-        call_id = call_id or secrets.token_hex(12)
         host, port = dest.local
         hostpart = f"[{host}]" if ":" in host else host
+        given = {n.lower() for n, _ in headers}
         lines = [
             f"{method} {ruri} SIP/2.0",
             f"Via: SIP/2.0/{dest.transport.upper()} {hostpart}:{port};branch={branch};rport",
             "Max-Forwards: 70",
-            f"From: <{from_uri}>;tag={secrets.token_hex(4)}",
-            f"To: <{to_uri}>",
-            f"Call-ID: {call_id}",
-            f"CSeq: {next(self._cseq)} {method}",
-            f"User-Agent: {self.server_header}",
         ]
+        if "from" not in given:
+            lines.append(f"From: <{from_uri}>;tag={secrets.token_hex(4)}")
+        if "to" not in given:
+            lines.append(f"To: <{to_uri}>")
+        if "call-id" not in given:
+            lines.append(f"Call-ID: {call_id or secrets.token_hex(12)}")
+        lines.append(f"CSeq: {next(self._cseq)} {method}")
+        if "contact" not in given:
+            lines.append(f"Contact: <sip:{hostpart}:{port};transport={dest.transport}>")
+        lines.append(f"User-Agent: {self.server_header}")
         lines.extend(f"{n}: {v}" for n, v in headers)
         lines.append(f"Content-Length: {len(body)}")
         data = ("\r\n".join(lines) + "\r\n\r\n").encode() + body

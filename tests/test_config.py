@@ -222,6 +222,11 @@ def test_line_algorithms_narrowed_with_warning(tmp_path: Path) -> None:
     assert cfg.warnings[0].startswith(f"{tmp_path / 'sipyard.toml'}: lines.10: no digest for SHA-256")
 
 
+def test_secret_may_hold_any_character(tmp_path: Path) -> None:
+    cfg = load(tmp_path, BASE + '[lines.10]\nsecret = "tab\\there\\u0001"\n')
+    assert cfg.lines["10"].secret == "tab\there\x01"
+
+
 def test_open_registration_allows_lines_without_credentials(tmp_path: Path) -> None:
     cfg = load(tmp_path, BASE + "[security]\nopen_registration = true\n[lines.10]\n"
                'display = "x"\n')
@@ -257,6 +262,11 @@ ERRORS = [
     (BASE + 'metrics = "localhost"\n', "server.metrics", "HOST:PORT"),
     (BASE + "max_message_size = 10\n", "server.max_message_size", "between"),
     (BASE + "server_header = 1\n", "server.server_header", "must be a string"),
+    (BASE + 'server_header = "x\\r\\nVia: evil"\n', "server.server_header", "control characters"),
+    (BASE + '[lines.10]\nsecret = "x"\ndisplay = "a\\nb"\n', "lines.10.display",
+     "control characters"),
+    (BASE + '[aliases]\nfront = ["sip:a@b", "sip:c@d\\r\\n"]\n', "aliases.front[1]",
+     "control characters"),
     (BASE + '[logging]\nlevel = "loud"\n', "logging.level", "debug, info, warning, error"),
     (BASE + '[security]\nopen_registration = "yes"\n', "security.open_registration",
      "true or false"),
@@ -478,6 +488,8 @@ def test_command_line_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert cfg.server.data_dir == tmp_path / "run"  # the cwd for the command line
     assert cfg.server.listen == (Listen("udp", "127.0.0.1", 0), Listen("tcp", "127.0.0.1", 0),
                                  Listen("udp", "::1", 5062))
+    assert load_config(main, listen=[]).server.listen == (Listen("udp", "127.0.0.1", 5060),)
+    assert cfg.states_dir == tmp_path / "etc" / "states"
     with pytest.raises(ConfigError) as info:
         load_config(main, listen=["nowhere"])
     assert (info.value.file, info.value.key) == ("<command line>", "--listen")

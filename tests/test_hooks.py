@@ -20,6 +20,7 @@ from sipyard.hooks import (
     ChatService,
     HookRunner,
     Outcome,
+    Value,
     decode_record,
     encode_record,
 )
@@ -161,7 +162,7 @@ done
 def test_activate_record_as_seen_by_the_script(tmp_path: Path) -> None:
     dump = tmp_path / "stdin"
     script(tmp_path / "activate", f"cat > {dump}\n")
-    record = {
+    record: dict[str, Value] = {
         "line": 11, "display": "Kitchen", "contact": "sip:11@192.0.2.7:5060;ob",
         "source": "192.0.2.7:5060", "user_agent": "Phone/1.0\nline=99",
         "expires": 3600, "unknown": None, "time": 1714564800.0,
@@ -461,7 +462,7 @@ def test_chat_record_and_metacharacters_passed_literally(tmp_path: Path) -> None
     assert sentinel.exists() and not (tmp_path / "pwned").exists()
     # through the example echo too: the reply is the text, nothing was run
     shutil.copy(EXAMPLES / "chat" / "echo", tmp_path / "chat" / "echo")
-    assert chat(tmp_path, f"/echo {args}") == [args[:160].rstrip()]
+    assert chat(tmp_path, f"/echo {args}") == [args.rstrip()[:160]]
     assert sentinel.exists() and not (tmp_path / "pwned").exists()
 
 

@@ -257,7 +257,8 @@ def _params_split(s: str) -> dict[str, str] | None:
                 return _SLOW
             continue
         name = name.strip(_WS).lower()
-        if not name or '"' in name or " " in name or "\t" in name or "\\" in val:
+        if (not name or '"' in name or " " in name or "\\" in val or not name.isascii()
+                or not name.isprintable()):
             return _SLOW
         val = val.strip(_WS)
         if val[:1] == '"':
@@ -287,7 +288,8 @@ def _params_scan(s: str) -> dict[str, str] | None:
         if eq < 0:
             return None
         name = s[pos:eq].strip(_WS).lower()
-        if not name or '"' in name or "," in name or " " in name or "\t" in name:
+        if (not name or '"' in name or "," in name or " " in name or not name.isascii()
+                or not name.isprintable()):  # not a token; isprintable() refuses CTLs, tab
             return None
         pos = eq + 1
         while pos < n and s[pos] in _WS:
@@ -514,25 +516,24 @@ class DigestServer:
         if qop.lower() != "auth":
             return Verdict(VerdictStatus.UNSUPPORTED, username, alg.name)
 
-        invalid = Verdict(VerdictStatus.INVALID, username, alg.name)
         nonce = params.get("nonce")
         uri = params.get("uri")
         nc = params.get("nc")
         cnonce = params.get("cnonce")
         response = params.get("response")
         if nonce is None or uri is None or nc is None or not cnonce or response is None:
-            return invalid
+            return Verdict(VerdictStatus.INVALID, username, alg.name)
         if not _is_hex(nc, 8) or not _is_hex(response, alg.hexlen):
-            return invalid
+            return Verdict(VerdictStatus.INVALID, username, alg.name)
         count = int(nc, 16)
         if count == 0:
-            return invalid
+            return Verdict(VerdictStatus.INVALID, username, alg.name)
         opaque = params.get("opaque")
         if opaque is not None and opaque != self._opaque:
-            return invalid
+            return Verdict(VerdictStatus.INVALID, username, alg.name)
         opened = self._open_nonce(nonce)
         if opened is None:
-            return invalid
+            return Verdict(VerdictStatus.INVALID, username, alg.name)
         issued, mask, tag = opened
         if not mask & alg.bit:
             return Verdict(VerdictStatus.UNSUPPORTED, username, alg.name)
@@ -548,7 +549,7 @@ class DigestServer:
         expected = h(_bytes(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}"))
         matches = hmac.compare_digest(expected, response.lower())
         if not (matches and known):
-            return invalid
+            return Verdict(VerdictStatus.INVALID, username, alg.name)
 
         age = now - issued
         if age > self.nonce_ttl or age < -self.max_skew:

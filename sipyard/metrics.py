@@ -1,0 +1,95 @@
+"""Prometheus text exposition on ``[server] metrics = "HOST:PORT"``.
+
+A tiny asyncio HTTP handler instead of prometheus-client: the figures already
+live in the app's counters, so rendering them on scrape costs nothing per
+request and adds no dependency or thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .app import App
+
+__all__ = ["start_metrics", "render"]
+
+
+def _esc(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+async def render(app: App) -> str:
+    now = app.now()
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            out.append(f"{name}{labels} {value}")
+
+    metric("sipyard_requests_total", "counter", "SIP requests received, by method",
+           [(f'{{method="{_esc(m)}"}}', n) for m, n in sorted(app.stats.requests.items())])
+    metric("sipyard_responses_total", "counter", "SIP responses sent, by class",
+           [(f'{{class="{c}"}}', n) for c, n in sorted(app.stats.responses.items())])
+    bindings = await app.features["store"].count(now)
+    metric("sipyard_bindings", "gauge", "Registered bindings", [("", bindings)])
+    guard = app.features["guard"]
+    metric("sipyard_auth_failures_total", "counter", "Failed authentications",
+           [("", guard.total_failures)])
+    metric("sipyard_bans", "gauge", "Banned source addresses", [("", len(guard.bans(now)))])
+    metric("sipyard_bans_total", "counter", "Bans issued", [("", guard.total_bans)])
+    redirect = app.features.get("redirect")
+    metric("sipyard_suspended_requests", "gauge", "Requests waiting on a redirector",
+           [("", redirect.suspended if redirect is not None else 0)])
+    metric("sipyard_transactions", "gauge", "Live server transactions", [("", len(app.txl))])
+    metric("sipyard_loop_lag_seconds", "gauge", "Event loop lag at the last probe",
+           [("", app.features.get("loop_lag", 0.0))])
+    for k, v in sorted(app.features["hooks"].stats().items()):
+        metric(f"sipyard_hooks_{k}", "gauge", f"Hook runner: {k}", [("", v)])
+    return "\n".join(out) + "\n"
+
+
+class _Metrics:
+    def __init__(self, server: asyncio.AbstractServer, lag: asyncio.Task[None]) -> None:
+        self.server = server
+        self.lag = lag
+
+    def close(self) -> None:
+        self.lag.cancel()
+        self.server.close()
+
+
+async def start_metrics(app: App, addr: tuple[str, int]) -> _Metrics:
+    host, port = addr
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)).strip():
+                pass
+            parts = line.decode("latin-1").split()
+            if len(parts) >= 2 and parts[0] == "GET" and parts[1] in ("/metrics", "/"):
+                body = (await render(app)).encode()
+                head = "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+            else:
+                body = b"not found\n"
+                head = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+            writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def probe_lag() -> None:
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(1.0)
+            app.features["loop_lag"] = max(0.0, time.monotonic() - t0 - 1.0)
+
+    server = await asyncio.start_server(handle, host, port)
+    return _Metrics(server, asyncio.ensure_future(probe_lag()))

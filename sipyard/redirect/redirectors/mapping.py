@@ -1,0 +1,92 @@
+"""``mapping``: ``[[mapping]]`` dial rules → contact templates (sipX Mapping, our syntax).
+
+The first rule whose hosts, users, time windows and permissions all match wins; its
+templates are rendered into contacts. Rule syntax is documented in ``_rules``. Errors in a
+rule are ConfigErrors naming the file and rule (``FILE: mapping[2].users: …``), raised when
+the chain is built, i.e. at load and on reload (the old chain keeps running then).
+
+A rule that needs permissions, matched by a request without an authenticated caller, answers
+``NEEDS_AUTH``: the app challenges, and the retried request is evaluated with the caller.
+An authenticated caller without the permissions simply does not match the rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from sipyard.config import ConfigError
+
+from ..pipeline import NEEDS_AUTH, ErrorDescriptor, RedirectContext, Redirector, Result, Services
+from ._rules import Rule, RuleError, compile_rule
+
+__all__ = ["Mapping"]
+
+_NONE: frozenset[str] = frozenset()
+
+
+class Mapping(Redirector):
+    name = "mapping"
+    #: The config attribute holding the rules (``[[mapping]]``).
+    section: ClassVar[str] = "mapping"
+    #: Run only while no contact has been found (``fallback``).
+    only_when_empty: ClassVar[bool] = False
+
+    def __init__(self, config: Any, services: Services) -> None:
+        super().__init__(config, services)
+        zone = str(getattr(config.server, "timezone", "UTC") or "UTC")
+        rules = getattr(config, self.section, None) or ()
+        self.rules: tuple[Rule, ...] = tuple(
+            self._compile(raw, i, zone) for i, raw in enumerate(rules))
+        perms: dict[str, set[str]] = {}
+        for number, line in (getattr(config, "lines", None) or {}).items():
+            perms.setdefault(number, set()).update(getattr(line, "permissions", ()))
+        for number, granted in (getattr(config, "permissions", None) or {}).items():
+            perms.setdefault(str(number), set()).update(granted)
+        self._perms = {n: frozenset(p) for n, p in perms.items()}
+
+    def _compile(self, raw: Any, i: int, zone: str) -> Rule:
+        index = getattr(raw, "index", None)
+        if index is None and isinstance(raw, dict):
+            index = raw.get("_index", i)
+        index = i if index is None else int(index)
+        try:
+            return compile_rule(raw, self.section, index, self.config.is_our_domain, zone)
+        except RuleError as exc:
+            if hasattr(raw, "error"):
+                raise raw.error(exc.key, exc.reason) from None
+            file = raw.get("_file") if isinstance(raw, dict) else None
+            file = file or str(getattr(self.config, "path", "") or "<config>")
+            raise ConfigError(str(file), f"{self.section}[{index}].{exc.key}",
+                              exc.reason) from None
+
+    def process(self, ctx: RedirectContext) -> Result | ErrorDescriptor:
+        contacts = ctx.contacts
+        if self.only_when_empty and (contacts or contacts.sealed):
+            return Result.SUCCESS
+        rules = self.rules
+        if not rules:
+            return Result.SUCCESS
+        target = ctx.target
+        user = target.user_unescaped or ""
+        host = target.host_lower
+        for rule in rules:
+            if not rule.hosts.match(host):
+                continue
+            vdigits = rule.match_user(user)
+            if vdigits is None:
+                continue
+            if rule.when is not None and not rule.when.match(ctx.now):
+                continue
+            if rule.permissions:
+                if ctx.caller is None:
+                    return NEEDS_AUTH
+                if not rule.permissions <= self._perms.get(ctx.caller, _NONE):
+                    continue
+            values = {"user": user, "digits": user, "vdigits": vdigits, "host": target.host}
+            for item in rule.render(values, self.name):
+                if isinstance(item, str):
+                    self.log.error("%s: %s: %s; skipped", self.name, rule.label, item)
+                else:
+                    contacts.add(item)
+            return Result.SUCCESS
+        return Result.SUCCESS

@@ -1,0 +1,234 @@
+"""Requests that need a target: the redirect server's side of the app.
+
+INVITE, SUBSCRIBE, MESSAGE, REFER, OPTIONS to a user and unknown methods with a
+user Request-URI run through :class:`~sipyard.redirect.pipeline.RedirectServer`;
+CANCEL ends a pending INVITE (487); NOTIFYs for the pick-up subscriptions go to
+their redirector; a MESSAGE to the system identity is a chat command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .redirect.pipeline import RedirectServer
+from .sip.errors import ParseError
+from .sip.message import Request
+from .sip.transaction import ServerTransaction, make_key
+from .sip.uri import SipUri
+from .transport import Source
+
+if TYPE_CHECKING:
+    from .app import App
+
+__all__ = ["install", "uninstall", "AppServices"]
+
+log = logging.getLogger("sipyard.redirect")
+
+
+class AppServices:
+    """What the redirectors may ask of the app (``redirect.pipeline.Services``)."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.logger = log
+
+    @property
+    def config(self) -> Any:
+        return self.app.config
+
+    def now(self) -> float:
+        return self.app.now()
+
+    async def lookup(self, aor: str) -> Sequence[Any]:
+        return await self.app.features["store"].lookup(aor, self.app.now())
+
+    def line_for_uri(self, uri: SipUri) -> str | None:
+        cfg = self.app.config
+        if not cfg.is_our_domain(uri.host_lower):
+            return None
+        user = uri.user_unescaped
+        return user if user in cfg.lines else None
+
+    async def send_request(self, method: str, request_uri: str, *,
+                           dest: tuple[str, int, str] | None,
+                           headers: Sequence[tuple[str, str]], body: bytes = b"") -> int:
+        app = self.app
+        tr = app.transports
+        if dest is None:
+            return 503
+        ip, port, transport = dest
+        transport = transport.lower()
+        try:
+            if transport == "udp":
+                src = Source("udp", ip, port, None, tr.local_for("udp", 5060))
+            else:
+                src = await tr.connect_tcp(ip, port)
+        except (OSError, asyncio.TimeoutError, ConnectionError):
+            return 503
+        result = await app.uac.request(method, request_uri, src, headers=headers, body=body)
+        return result.status
+
+    def register_notify(self, call_id: str, callback: Callable[[Any], None]) -> None:
+        self.app.register_notify(call_id, callback)
+
+    def unregister_notify(self, call_id: str) -> None:
+        self.app.unregister_notify(call_id)
+
+
+async def install(app: App) -> None:
+    services = AppServices(app)
+    app.features["redirect"] = RedirectServer(app.config, services)
+    from .redirect.loader import build_chain
+
+    app.features["redirect_build"] = lambda cfg: build_chain(cfg, services)
+
+    def swap(cfg: Any, chain: Any) -> None:
+        old: RedirectServer = app.features["redirect"]
+        app.features["redirect"] = RedirectServer(cfg, services, chain=chain)
+        old.close()
+
+    app.features["redirect_swap"] = swap
+    for method in ("INVITE", "SUBSCRIBE", "MESSAGE", "REFER", "OPTIONS", "*"):
+        app.handlers[method] = on_redirected
+    app.handlers["CANCEL"] = on_cancel
+    app.handlers["NOTIFY"] = on_notify
+
+
+async def uninstall(app: App) -> None:
+    server = app.features.pop("redirect", None)
+    if server is not None:
+        server.close()
+
+
+def _trusted(app: App, ip: str) -> bool:
+    nets = app.config.security.trusted
+    if not nets:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in ipaddress.ip_network(str(n), strict=False) for n in nets)
+
+
+def on_redirected(app: App, req: Request, src: Source, tx: ServerTransaction) -> Any:
+    uri = req.ruri
+    if req.method == "OPTIONS" and not (isinstance(uri, SipUri) and uri.user):
+        app.respond(tx, req, 200, "OK", [
+            ("Allow", _allow()), ("Accept", "application/sdp, text/plain"),
+            ("Supported", "path, outbound")])
+        return None
+    guard = app.features["guard"]
+    if guard.banned(src.ip, app.now()):
+        app.stats.dropped += 1
+        app.txl.terminate(tx)
+        return None
+    cfg = app.config
+    if (req.method == "MESSAGE" and isinstance(uri, SipUri)
+            and uri.user_unescaped == cfg.server.system and cfg.is_our_domain(uri.host_lower)):
+        return _chat(app, req, src, tx)
+    return _redirect(app, req, src, tx)
+
+
+def _allow() -> str:
+    from .app import ALLOW
+
+    return ALLOW
+
+
+def _caller(app: App, req: Request, src: Source, tx: ServerTransaction,
+            required: bool) -> tuple[bool, str | None]:
+    """(answered, caller line). Challenges when authentication is required."""
+    auth = app.features["auth"]
+    if not required and not req.has("authorization"):
+        return False, None
+    result = auth.check(req, src.ip, app.now())
+    if result.line is not None:
+        return False, result.line
+    if required:
+        app.stats.auth_failures += 1
+        app.respond(tx, req, 401, "Unauthorized", result.challenge)
+        return True, None
+    return False, None
+
+
+async def _redirect(app: App, req: Request, src: Source, tx: ServerTransaction) -> None:
+    cfg = app.config
+    required = cfg.redirect.require_auth and not _trusted(app, src.ip)
+    answered, caller = _caller(app, req, src, tx, required)
+    if answered:
+        return
+    server: RedirectServer = app.features["redirect"]
+    trying = None
+    if req.method == "INVITE" and app.loop is not None:
+        # Stop the caller's retransmissions if the chain suspends (RFC 3261 §8.2.6.1).
+        trying = app.loop.call_later(0.2, lambda: _trying(app, tx, req))
+    try:
+        outcome = await server.redirect(req, caller, key=tx)
+    finally:
+        if trying is not None:
+            trying.cancel()
+    if outcome.needs_auth:
+        result = app.features["auth"].check(req, src.ip, app.now())
+        app.respond(tx, req, 401, "Unauthorized", result.challenge)
+        return
+    app.respond(tx, req, outcome.status, outcome.reason, outcome.headers)
+
+
+def _trying(app: App, tx: ServerTransaction, req: Request) -> None:
+    if tx.last_status is None:
+        app.respond(tx, req, 100, "Trying")
+
+
+def on_cancel(app: App, req: Request, src: Source, tx: ServerTransaction) -> None:
+    via = req.top_via
+    key = make_key(via.branch, f"{via.host}:{via.port or ''}", "INVITE")
+    invite = app.txl.find_invite(key)
+    if invite is None:
+        app.respond(tx, req, 481, "Call/Transaction Does Not Exist")
+        return
+    app.respond(tx, req, 200, "OK")
+    if invite.last_status is None or invite.last_status < 200:
+        server: RedirectServer = app.features["redirect"]
+        server.cancel_request(invite, "cancel")
+
+
+def on_notify(app: App, req: Request, src: Source, tx: ServerTransaction) -> None:
+    try:
+        call_id = req.call_id
+    except ParseError:
+        app.respond(tx, req, 400, "Bad Call-ID header")
+        return
+    cb = app.notify_handler(call_id)
+    if cb is None:
+        app.respond(tx, req, 481, "Subscription Does Not Exist")
+        return
+    app.respond(tx, req, 200, "OK")
+    try:
+        cb(req)
+    except Exception:
+        log.exception("NOTIFY callback failed")
+
+
+async def _chat(app: App, req: Request, src: Source, tx: ServerTransaction) -> None:
+    answered, caller = _caller(app, req, src, tx, True)
+    if answered or caller is None:
+        return
+    ctype = (req.get("content-type") or "text/plain").split(";")[0].strip().lower()
+    if ctype != "text/plain":
+        app.respond(tx, req, 415, "Unsupported Media Type", [("Accept", "text/plain")])
+        return
+    app.respond(tx, req, 202, "Accepted")
+    text = req.body.decode("utf-8", "replace")
+    lc = app.config.lines.get(caller)
+    display = lc.display if lc is not None and lc.display else ""
+    replies = await app.features["chat"].handle(text, line=caller, display=display)
+    from .messaging import send_text
+
+    system = f"sip:{app.config.server.system}@{app.config.server.realm}"
+    for reply in replies:
+        await send_text(app, [caller], reply, from_uri=system)

@@ -1,0 +1,521 @@
+"""SQLite location store: write-through, every read served from memory.
+
+Layout. One file (``sipyard.db`` in the data dir, WAL mode) with a
+``bindings`` table keyed by ``(aor, binding_id)`` and a ``state`` key/value
+table. At :meth:`SqliteStore.open` expired rows are deleted and the rest is
+loaded into a :class:`~sipyard.store.cache.BindingCache`; from then on
+``lookup``/``all``/``count``/``get_state`` never touch the database. The cache
+assumes this process is the only writer while it runs (several workers
+sharing bindings is what the redis backend is for).
+
+Writes. One writer thread owns the connection. Each write is an operation
+put on a queue; the thread takes everything queued, runs it in one
+``BEGIN IMMEDIATE … COMMIT`` (a savepoint per operation, so one failing
+operation does not fail its neighbours) and hands the outcomes back to the
+loop in order. This is group commit: updates that arrive while a commit is
+running are committed together in the next transaction, so a burst of N
+REGISTERs costs a handful of commits, not N. ``update()`` returns only after
+its transaction committed, and the cache changes only then (in the loop, in
+commit order): a failed commit (disk full, locked, read-only, closed) raises
+:class:`StoreError` and leaves no trace in memory.
+
+Atomicity. ``update(aor, now, fn)`` holds a per-AOR lock from reading the
+bindings ``fn`` sees until its write is applied to the cache (released by the
+write's completion, so even a cancelled caller cannot let a second update of
+the AOR read a stale list). Writes are applied to the cache as deltas, so an
+``expire()`` committed in between is never undone.
+
+Durability: ``PRAGMA synchronous=NORMAL`` (default). In WAL mode a COMMIT
+with NORMAL has written the transaction's frames to the WAL file with
+``write()`` before it returns; from then on it is in the kernel's page cache
+and survives the process dying in any way (kill -9, OOM, crash): a committed
+binding is never lost while the machine keeps running. Only an OS crash or a
+power loss can drop the last transactions before the next checkpoint's fsync
+(the database stays consistent). FULL would fsync the WAL on every commit:
+with group commit that is one fsync per batch, but it still adds a disk flush
+(0.1–10 ms) to every REGISTER's latency. Bindings are soft state that clients
+refresh on their own, and a power loss takes the server down with them, so
+NORMAL is the default; ``sqlite:///path/to.db?synchronous=full`` selects FULL
+where power-loss durability matters more than latency.
+
+Strings are bound as TEXT; a string that UTF-8 cannot encode (a lone
+surrogate from a ``surrogateescape`` decode) is stored as a BLOB of its
+``surrogatepass`` encoding and decoded back on load, so every ``str``
+round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .base import Binding, LocationStore, StoreError, UpdateFn, normalize_update
+from .cache import BindingCache, KeyedLocks
+
+__all__ = ["SqliteStore", "DB_NAME"]
+
+DB_NAME = "sipyard.db"
+SCHEMA_VERSION = 1
+#: most operations committed in one transaction (bounds one commit's latency)
+MAX_BATCH = 1024
+
+_COLUMNS = (
+    "aor, binding_id, contact, params, q, expires_at, registered_at, call_id, cseq, "
+    "source_ip, source_port, transport, conn_id, path, user_agent, instance, reg_id"
+)
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS bindings (
+    aor TEXT NOT NULL, binding_id TEXT NOT NULL, contact TEXT NOT NULL, params TEXT NOT NULL,
+    q REAL, expires_at REAL NOT NULL, registered_at REAL NOT NULL, call_id TEXT NOT NULL,
+    cseq INTEGER NOT NULL, source_ip TEXT NOT NULL, source_port INTEGER NOT NULL,
+    transport TEXT NOT NULL, conn_id TEXT, path TEXT NOT NULL, user_agent TEXT NOT NULL,
+    instance TEXT, reg_id INTEGER,
+    PRIMARY KEY (aor, binding_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS bindings_expires_at ON bindings (expires_at);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+#: column order == Binding field order, so a row maps to Binding positionally
+INSERT_SQL = f"INSERT OR REPLACE INTO bindings ({_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+_DELETE_ONE = "DELETE FROM bindings WHERE aor = ? AND binding_id = ?"
+_DELETE_EXPIRED_ONE = "DELETE FROM bindings WHERE aor = ? AND binding_id = ? AND expires_at <= ?"
+_BLOB_CHECK = " OR ".join(
+    f"typeof({c}) = 'blob'"
+    for c in ("aor", "binding_id", "contact", "params", "call_id", "source_ip", "transport",
+              "conn_id", "path", "user_agent", "instance")
+)
+_SELECT_LIVE = (
+    f"SELECT {_COLUMNS}, ({_BLOB_CHECK}) FROM bindings WHERE expires_at > ? ORDER BY aor"
+)
+
+
+# -- row mapping ---------------------------------------------------------------
+
+
+def binding_row(b: Binding) -> tuple[Any, ...]:
+    """The ``bindings`` row of a binding (INSERT_SQL parameter order)."""
+    return (
+        b.aor, b.binding_id, b.contact, b.params, b.q, b.expires_at, b.registered_at,
+        b.call_id, b.cseq, b.source_ip, b.source_port, b.transport, b.conn_id,
+        json.dumps(b.path, ensure_ascii=False) if b.path else "", b.user_agent,
+        b.instance, b.reg_id,
+    )
+
+
+def _blobify(value: Any) -> Any:
+    """A str UTF-8 cannot encode becomes the BLOB of its surrogatepass encoding."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogatepass")
+    return value
+
+
+def _unblob(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogatepass")
+    return value
+
+
+def _executemany(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """executemany, retrying with BLOB-encoded strings when a str is not UTF-8 encodable.
+
+    Every statement used here is idempotent, so re-running rows that already
+    went through before the failing one is harmless.
+    """
+    try:
+        conn.executemany(sql, rows)
+    except UnicodeEncodeError:
+        conn.executemany(sql, [tuple(_blobify(v) for v in row) for row in rows])
+
+
+def _load_rows(conn: sqlite3.Connection, now: float) -> list[Binding]:
+    """Every unexpired binding, with repeated strings shared to keep the cache small."""
+    pool: dict[str, str] = {"": ""}
+    out: list[Binding] = []
+    append = out.append
+    last_aor = ""
+    for (aor, bid, contact, params, q, exp, reg, call_id, cseq, ip, port, transport, conn_id,
+         path, ua, instance, reg_id, has_blob) in conn.execute(_SELECT_LIVE, (now,)):
+        if has_blob:
+            aor, bid, contact, params, call_id, ip, transport, conn_id, path, ua, instance = map(
+                _unblob,
+                (aor, bid, contact, params, call_id, ip, transport, conn_id, path, ua, instance))
+        if aor == last_aor:
+            aor = last_aor  # rows come ordered by aor: share one object per AOR
+        last_aor = aor
+        params = pool.setdefault(params, params)
+        transport = pool.setdefault(transport, transport)
+        ua = pool.setdefault(ua, ua)
+        append(Binding(aor, bid, contact, params, q, exp, reg, call_id, cseq, ip, port,
+                       transport, conn_id, tuple(json.loads(path)) if path else (), ua,
+                       instance, reg_id))
+    return out
+
+
+# -- the writer thread ---------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _Op:
+    """One write: ``run(conn)`` in the writer thread inside a transaction, then
+    ``on_commit(result)`` in the loop, in commit order (never for a failed write)."""
+
+    run: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    on_commit: Callable[[Any], Any] | None = None
+    #: run alone, outside any transaction (close, pragmas)
+    alone: bool = False
+    outcome: tuple[bool, Any] = field(default=(False, None))
+
+
+_STOP = object()
+
+
+class _Writer(threading.Thread):
+    """Owns the connection; commits queued operations in groups."""
+
+    def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop,
+                 deliver: Callable[[list[_Op]], None]) -> None:
+        super().__init__(name="sipyard-store-writer", daemon=True)
+        self.conn = conn
+        self.commits = 0
+        self._loop = loop
+        self._deliver = deliver
+        self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
+
+    def submit(self, op: _Op | object) -> None:
+        self._queue.put(op)
+
+    def run(self) -> None:
+        q = self._queue
+        stop = False
+        while not stop:
+            first = q.get()
+            items = [first]
+            while len(items) < MAX_BATCH:
+                try:
+                    items.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            batch: list[_Op] = []
+            for item in items:
+                if item is _STOP:
+                    stop = True  # ops queued after close() fail below
+                elif stop:
+                    assert isinstance(item, _Op)
+                    item.outcome = (False, sqlite3.ProgrammingError("store closed"))
+                    self._hand_back([item])
+                else:
+                    assert isinstance(item, _Op)
+                    if item.alone:
+                        self._commit(batch)
+                        batch = []
+                        self._run_alone(item)
+                    else:
+                        batch.append(item)
+            self._commit(batch)
+        try:
+            self.conn.close()
+        except sqlite3.Error:
+            pass
+
+    def _run_alone(self, op: _Op) -> None:
+        try:
+            op.outcome = (True, op.run(self.conn))
+        except Exception as exc:
+            op.outcome = (False, exc)
+        self._hand_back([op])
+
+    def _commit(self, batch: list[_Op]) -> None:
+        if not batch:
+            return
+        conn = self.conn
+        single = len(batch) == 1
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                if single:
+                    op.outcome = (True, op.run(conn))
+                    continue
+                conn.execute("SAVEPOINT op")
+                try:
+                    op.outcome = (True, op.run(conn))
+                except Exception as exc:
+                    op.outcome = (False, exc)
+                    if not conn.in_transaction:  # SQLite rolled the whole transaction back
+                        raise
+                    conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+            self.commits += 1
+        except Exception as exc:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            for op in batch:  # nothing of this batch is committed
+                if op.outcome[0] or op.outcome[1] is None:
+                    op.outcome = (False, exc)
+        self._hand_back(batch)
+
+    def _hand_back(self, ops: list[_Op]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, ops)
+        except RuntimeError:  # the loop is gone: nobody is waiting any more
+            pass
+
+
+# -- the store -----------------------------------------------------------------
+
+
+def _store_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, (sqlite3.Error, OSError)):
+        err = StoreError(f"sqlite: {exc}")
+        err.__cause__ = exc
+        return err
+    return exc
+
+
+class SqliteStore(LocationStore):
+    """The default backend (see the module docstring)."""
+
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
+        synchronous = synchronous.upper()
+        if synchronous not in ("NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self._cache = BindingCache()
+        self._state: dict[str, str] = {}
+        self._locks = KeyedLocks()
+        self._expire_lock = asyncio.Lock()
+        self._writer: _Writer | None = None
+        self._closing = False
+        #: seconds the last open() took (schema, sweep, load)
+        self.load_seconds = 0.0
+
+    # -- life cycle ----------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            raise StoreError("store already open")
+        started = time.monotonic()
+        try:
+            conn, bindings, state = await asyncio.to_thread(self._open_sync, time.time())
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"sqlite: cannot open {self.path}: {exc}") from exc
+        cache = BindingCache()
+        cache.load(bindings)
+        self._cache = cache
+        self._state = state
+        self._closing = False
+        self._writer = _Writer(conn, asyncio.get_running_loop(), self._deliver)
+        self._writer.start()
+        self.load_seconds = time.monotonic() - started
+
+    def _open_sync(self, now: float) -> tuple[sqlite3.Connection, list[Binding], dict[str, str]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot use WAL journal mode (got {mode})")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA journal_size_limit=67108864")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"schema version {version} is newer than this sipyard ({SCHEMA_VERSION})")
+            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+            conn.execute("DELETE FROM bindings WHERE expires_at <= ?", (now,))
+            bindings = _load_rows(conn, now)
+            state = {_unblob(k): _unblob(v)
+                     for k, v in conn.execute("SELECT key, value FROM state")}
+        except BaseException:
+            conn.close()
+            raise
+        return conn, bindings, state
+
+    async def close(self) -> None:
+        writer = self._writer
+        if writer is None or self._closing:
+            return
+        self._closing = True  # from here on _submit refuses, so nothing queues behind _STOP
+        fut = self._new_future()
+        writer.submit(_Op(lambda conn: None, fut, alone=True))
+        writer.submit(_STOP)
+        try:
+            await fut
+        finally:
+            self._writer = None
+            await asyncio.to_thread(writer.join, 5.0)
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed since open (group commit makes it < writes)."""
+        return self._writer.commits if self._writer is not None else 0
+
+    # -- reads (memory only) ---------------------------------------------------
+
+    async def lookup(self, aor: str, now: float) -> list[Binding]:
+        self._check_open()
+        return self._cache.visible(aor, now)
+
+    async def all(self, now: float) -> list[Binding]:
+        self._check_open()
+        return self._cache.all(now)
+
+    async def count(self, now: float) -> int:
+        self._check_open()
+        return self._cache.count(now)
+
+    async def get_state(self, key: str) -> str | None:
+        self._check_open()
+        return self._state.get(key)
+
+    # -- writes ----------------------------------------------------------------
+
+    async def update(self, aor: str, now: float, fn: UpdateFn) -> list[Binding]:
+        self._check_open()
+        await self._locks.acquire(aor)
+        try:
+            current = self._cache.visible(aor, now)
+            puts, removes = normalize_update(aor, fn(list(current)))
+            if not puts and not removes:
+                self._locks.release(aor)
+                return current
+            rows = [binding_row(b) for b in puts]
+            fut = self._submit(_Op(
+                partial(_write_delta, aor, rows, removes), self._new_future(),
+                on_commit=partial(self._committed_update, aor, puts, removes, now)))
+        except BaseException:
+            self._locks.release(aor)
+            raise
+        # The lock is released when the write is applied, whatever the caller does.
+        fut.add_done_callback(lambda _: self._locks.release(aor))
+        result: list[Binding] = await asyncio.shield(fut)
+        return result
+
+    def _committed_update(self, aor: str, puts: tuple[Binding, ...],
+                          removes: tuple[str, ...], now: float, _: Any) -> list[Binding]:
+        self._cache.apply(aor, puts, removes)
+        return self._cache.visible(aor, now)
+
+    async def remove_aor(self, aor: str) -> list[Binding]:
+        self._check_open()
+        await self._locks.acquire(aor)
+        try:
+            fut = self._submit(_Op(
+                partial(_delete_aor, aor), self._new_future(),
+                on_commit=lambda _: list(self._cache.pop_aor(aor))))
+        except BaseException:
+            self._locks.release(aor)
+            raise
+        fut.add_done_callback(lambda _: self._locks.release(aor))
+        result: list[Binding] = await asyncio.shield(fut)
+        return result
+
+    async def expire(self, now: float) -> list[Binding]:
+        self._check_open()
+        async with self._expire_lock:
+            due = self._cache.expired(now)
+            if not due:
+                return []
+            keys = [(b.aor, b.binding_id, now) for b in due]
+            fut = self._submit(_Op(
+                partial(_executemany_op, _DELETE_EXPIRED_ONE, keys), self._new_future(),
+                on_commit=lambda _: self._cache.discard(due)))
+            result: list[Binding] = await asyncio.shield(fut)
+            return result
+
+    async def set_state(self, key: str, value: str | None) -> None:
+        self._check_open()
+        fut = self._submit(_Op(
+            partial(_write_state, key, value), self._new_future(),
+            on_commit=lambda _: self._apply_state(key, value)))
+        await asyncio.shield(fut)
+
+    def _apply_state(self, key: str, value: str | None) -> None:
+        if value is None:
+            self._state.pop(key, None)
+        else:
+            self._state[key] = value
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._writer is None or self._closing:
+            raise StoreError("sqlite: store is not open")
+
+    def _new_future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    def _submit(self, op: _Op) -> asyncio.Future[Any]:
+        writer = self._writer
+        if writer is None or self._closing:
+            raise StoreError("sqlite: store is not open")
+        writer.submit(op)
+        return op.future
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], Any], *, alone: bool = True) -> Any:
+        """Run ``fn(conn)`` on the writer thread (maintenance and tests); StoreError on failure."""
+        self._check_open()
+        return await self._submit(_Op(fn, self._new_future(), alone=alone))
+
+    def _deliver(self, ops: list[_Op]) -> None:
+        """In the loop, in commit order: apply committed changes, then wake the callers."""
+        for op in ops:
+            ok, value = op.outcome
+            if ok and op.on_commit is not None:
+                try:
+                    value = op.on_commit(value)
+                except Exception as exc:  # a bug; never leave the caller hanging
+                    ok, value = False, exc
+            fut = op.future
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(_store_error(value))
+
+
+# -- write operations (writer thread) -------------------------------------------
+
+
+def _write_delta(aor: str, rows: list[tuple[Any, ...]], removes: Iterable[str],
+                 conn: sqlite3.Connection) -> None:
+    if removes:
+        _executemany(conn, _DELETE_ONE, [(aor, rid) for rid in removes])
+    if rows:
+        _executemany(conn, INSERT_SQL, rows)
+
+
+def _delete_aor(aor: str, conn: sqlite3.Connection) -> None:
+    _executemany(conn, "DELETE FROM bindings WHERE aor = ?", [(aor,)])
+
+
+def _executemany_op(sql: str, rows: list[tuple[Any, ...]], conn: sqlite3.Connection) -> None:
+    _executemany(conn, sql, rows)
+
+
+def _write_state(key: str, value: str | None, conn: sqlite3.Connection) -> None:
+    if value is None:
+        _executemany(conn, "DELETE FROM state WHERE key = ?", [(key,)])
+    else:
+        _executemany(conn, "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
+                     [(key, value)])
