@@ -20,8 +20,6 @@ from .sip.message import Request
 
 __all__ = ["Authenticator", "AuthResult", "load_secret"]
 
-_HA1_KEYS = {"MD5": "ha1_md5", "SHA-256": "ha1_sha256", "SHA-512-256": "ha1_sha512_256"}
-
 
 @dataclass(frozen=True, slots=True)
 class AuthResult:
@@ -76,7 +74,7 @@ class Authenticator:
             if line.secret:
                 value = compute_ha1(username, self.realm, line.secret, algorithm)
             else:
-                value = getattr(line, _HA1_KEYS.get(algorithm, ""), None) or None
+                value = line.ha1.get(algorithm) or None
         if line is not None or len(self._ha1) < 10000:
             self._ha1[key] = value
         return value
@@ -111,11 +109,12 @@ class Authenticator:
         if verdict.ok and verdict.username in self.config.lines:
             self.guard.success(src_ip)
             return AuthResult(verdict.username)
-        if verdict.status is VerdictStatus.STALE:
+        if verdict.status in (VerdictStatus.STALE, VerdictStatus.REPLAY):
+            # The password was right: a fresh nonce with stale=true lets the client
+            # retry silently; a replayed header never authenticates twice.
             return AuthResult(None, self.challenge_for(target_line, now, stale=True))
         reason = {
             VerdictStatus.INVALID: "wrong-credentials",
-            VerdictStatus.REPLAY: "replayed-nonce",
             VerdictStatus.UNSUPPORTED: "unsupported-algorithm",
         }.get(verdict.status, verdict.status.value)
         self.guard.failure(src_ip, verdict.username, reason, now)

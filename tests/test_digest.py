@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -64,11 +65,12 @@ def params_of(challenge: str) -> dict[str, str]:
 
 def answer(challenge: str, user: str = "alice", password: str | None = None,
            method: str = "REGISTER", uri: str = "sip:example.com", nc: int = 1,
-           cnonce: str = "c0ffee", **kw: str | None) -> str:
+           cnonce: str = "c0ffee") -> str:
+    """The independent client's answer to *challenge* (as a UA would build it)."""
     p = params_of(challenge)
     return client_response(user, p["realm"], USERS.get(user, "x") if password is None else password,
                            method, uri, p["nonce"], nc, cnonce, algorithm=p["algorithm"],
-                           opaque=p.get("opaque"), **kw)  # type: ignore[arg-type]
+                           opaque=p.get("opaque"))
 
 
 def server(**kw: object) -> DigestServer:
@@ -505,7 +507,6 @@ def test_parse_credentials() -> None:
 
 
 def test_parser_is_linear_on_pathological_input() -> None:
-    import time
     s = server()
     nasty = ['Digest a="' + "\\x" * 200_000 + '"', "Digest " + "a=b," * 100_000,
              'Digest a="' + '\\"' * 200_000, "Digest " + " " * 400_000 + "a",
@@ -513,13 +514,13 @@ def test_parser_is_linear_on_pathological_input() -> None:
     start = time.perf_counter()
     for value in nasty:
         s.verify(value, "REGISTER", T0, Lookup())
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 10.0  # quadratic would take hours
 
 
 _param_text = st.text(alphabet=st.sampled_from(list('ab =,"\\\t')), max_size=40)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(_param_text)
 def test_fast_split_agrees_with_full_scan(text: str) -> None:
     """The split fast path either defers or gives exactly what the scanner gives."""
@@ -557,7 +558,7 @@ _names = st.sampled_from(["username", "username*", "realm", "nonce", "uri", "res
                           "nc", "cnonce", "algorithm", "opaque", "userhash", "x"])
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.dictionaries(_names, st.text(max_size=80)), st.booleans())
 def test_structured_garbage_never_passes(params: dict[str, str], quote_all: bool) -> None:
     def q(v: str) -> str:

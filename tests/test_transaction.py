@@ -540,7 +540,7 @@ def test_random_traffic_invariants(script: list[tuple[str, int, str, bool, float
 def test_memory_returns_to_baseline_after_100k_expire() -> None:
     n = 100_000
     layer = TransactionLayer()
-    pad = b"x" * 360
+    pad = b"x" * 366
     # Keys and 400-byte responses are built before tracing (it makes allocation ~5x
     # slower); from then on the layer holds the only reference to each.
     keys = [make_key(f"z9hG4bK{i:010d}", SENT_BY, "REGISTER") for i in range(n)]
@@ -567,32 +567,45 @@ def test_memory_returns_to_baseline_after_100k_expire() -> None:
         left = tracemalloc.get_traced_memory()[0] - base
     finally:
         tracemalloc.stop()
+    # What may remain: deque's cache of <= 16 free blocks (~8 KiB) and the new empty dict.
     assert left < 16 * 1024, f"{left} bytes still held after expiry (grew by {grown})"
 
 
 def test_benchmark_receive_and_send(capsys: pytest.CaptureFixture[str]) -> None:
-    n = 50_000
-    layer = TransactionLayer()
+    """Prints µs per operation (run with -s); asserts only that the work was done.
+
+    Best of three rounds, garbage collector off while timing: the number is the
+    layer's own cost, not the noise of a shared machine or of gc passes (the app
+    tunes gc for the whole process).
+    """
+    n = 20_000
     keys = [make_key(f"z9hG4bK{i}", SENT_BY, "REGISTER") for i in range(n)]
     data = b"x" * 400
-    receive, send = layer.receive_request, layer.send_response
+    best = [float("inf")] * 3
     gc.collect()
-    start = time.perf_counter()
-    for k in keys:
-        _, tx, _ = receive(k, "REGISTER", False, DEST, 0.0)
-        send(tx, 200, data, 0.0)  # type: ignore[arg-type]
-    pair = (time.perf_counter() - start) / n * 1e6
-    start = time.perf_counter()
-    for k in keys:
-        receive(k, "REGISTER", False, DEST, 1.0)
-    retrans = (time.perf_counter() - start) / n * 1e6
-    start = time.perf_counter()
-    layer.handle_timer(LONG)
-    expire = (time.perf_counter() - start) / n * 1e6
-    assert len(layer) == 0
+    gc.disable()
+    try:
+        for _round in range(3):
+            layer = TransactionLayer()
+            receive, send = layer.receive_request, layer.send_response
+            t0 = time.perf_counter()
+            for k in keys:
+                _, tx, _ = receive(k, "REGISTER", False, DEST, 0.0)
+                send(tx, 200, data, 0.0)  # type: ignore[arg-type]
+            t1 = time.perf_counter()
+            for k in keys:
+                receive(k, "REGISTER", False, DEST, 1.0)
+            t2 = time.perf_counter()
+            layer.handle_timer(LONG)
+            t3 = time.perf_counter()
+            assert len(layer) == 0
+            for j, dt in enumerate((t1 - t0, t2 - t1, t3 - t2)):
+                best[j] = min(best[j], dt / n * 1e6)
+    finally:
+        gc.enable()
     with capsys.disabled():
-        print(f"\n[transaction] receive_request+send_response: {pair:.2f} µs/pair, "
-              f"retransmission: {retrans:.2f} µs, expiry: {expire:.2f} µs/tx")
+        print(f"\n[transaction] receive_request+send_response: {best[0]:.2f} µs/pair, "
+              f"retransmission: {best[1]:.2f} µs, expiry: {best[2]:.2f} µs/tx")
 
 
 def test_core_imports_no_io_or_clock() -> None:

@@ -58,10 +58,11 @@ Decisions, and why:
   ``INVALID`` as for a wrong password; all checks that can fail early depend on
   the request only, never on the user's existence. Comparisons use
   :func:`hmac.compare_digest`.
-* **Hostile input.** :func:`parse_credentials` is a single forward scan using
-  ``str.find`` (no regular expressions, linear in the input); any malformed
-  header gives ``INVALID``/``MISSING``; :meth:`DigestServer.verify` raises only
-  what ``lookup_ha1`` raises.
+* **Hostile input.** :func:`parse_credentials` uses no regular expressions:
+  a ``split(",")`` fast path for the usual header, else one forward scan with
+  ``str.find``; both linear in the input. Any malformed header gives
+  ``INVALID`` (or ``MISSING`` when it is not Digest at all);
+  :meth:`DigestServer.verify` raises only what ``lookup_ha1`` raises.
 
 What the caller does with a :class:`Verdict`: ``OK`` → proceed as
 ``verdict.username``; ``STALE`` and ``REPLAY`` → 401 with
@@ -428,14 +429,10 @@ class DigestServer:
         suffix = self._suffixes.get(key)
         if suffix is None:
             opaque = f", opaque={_quoted(self._opaque)}" if self._opaque else ""
-            suffix = f"\"{opaque}{', stale=true' if stale else ''}, algorithm={alg.name}, qop=\"auth\""
+            flag = ", stale=true" if stale else ""
+            suffix = f'"{opaque}{flag}, algorithm={alg.name}, qop="auth"'
             self._suffixes[key] = suffix
         return suffix
-
-    def make_nonce(self, now: float, algorithms: Sequence[str] | None = None) -> str:
-        """A fresh nonce valid for *algorithms* (default: the server's offer)."""
-        mask = self._mask if algorithms is None else self._offer(algorithms)[1]
-        return self._nonce(now, mask)
 
     def _nonce(self, now: float, mask: int) -> str:
         ms = int(now * 1000.0) if math.isfinite(now) else 0
@@ -480,9 +477,11 @@ class DigestServer:
         """Check one ``Authorization`` / ``Proxy-Authorization`` value.
 
         ``lookup_ha1(username, base_algorithm)`` returns the stored hex HA1
-        (``compute_ha1``) or ``None``; it is called once for every request
-        that gets that far, known user or not. A successful verify records the
-        nonce count, so call it once per request.
+        (``compute_ha1``; the base name, e.g. "MD5" for MD5-sess) or ``None``;
+        a value that is not hex of the algorithm's length counts as ``None``.
+        It is called once for every request that gets that far, known user or
+        not, and may raise (a store failure): that is the only exception.
+        A successful verify records the nonce count: call it once per request.
         """
         scheme, params = parse_credentials(header_value)
         if scheme.lower() != "digest":

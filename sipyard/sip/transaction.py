@@ -36,6 +36,14 @@ What the app must still do (the layer builds no messages): send the 100
 :meth:`~TransactionLayer.terminate` every new transaction (Trying and
 Proceeding have no timer, by the RFC), and retransmit its own 2xx to INVITE
 (§13.3.1.4) through :meth:`~TransactionLayer.send_response` while Accepted.
+For RFC 2543 peers the ACK's To tag is not compared with ours (the key leaves
+the To tag out); the app may check it against ``last_response`` if it cares.
+
+Choices where the RFCs leave room: a retransmitted INVITE in Accepted gets
+no bytes back (RFC 6026 §7.1: absorbed, the TU resends its 2xx); in Confirmed
+it gets the final again (harmless, the peer has it). A stray ACK before any
+final, or the ACK of a 2xx, comes back ACK_UNMATCHED for the app to judge.
+``now`` must not go backwards (the FIFOs rely on time order).
 """
 
 from __future__ import annotations
@@ -194,12 +202,30 @@ _ACK = _E.ACK
 _SEND_1XX = _E.SEND_1XX
 _SEND_2XX = _E.SEND_2XX
 _SEND_3XX_6XX = _E.SEND_3XX_6XX
-_TIMER_G = _E.TIMER_G
 _TIMER_H = _E.TIMER_H
 _TIMER_I = _E.TIMER_I
 _TIMER_J = _E.TIMER_J
 _TIMER_L = _E.TIMER_L
 _ABORT = _E.ABORT
+
+
+def _fixed_timer_rows(
+    table: dict[tuple[TxState, TxEvent], TxState],
+) -> dict[TxState, tuple[TxEvent, TxState]]:
+    """The table's fixed-duration timer rows by state: handle_timer's fast path.
+
+    Derived from the table, so the table stays the one source of truth; the
+    timer loop may free inline because every such row ends the transaction.
+    """
+    rows = {s: (e, n) for (s, e), n in table.items() if e in _FIXED_TIMER_EVENTS}
+    assert len(rows) == sum(e in _FIXED_TIMER_EVENTS for _s, e in table), "one timer a state"
+    assert all(n is _TERMINATED for _e, n in rows.values()), "fixed timers terminate"
+    return rows
+
+
+_FIXED_TIMER_EVENTS = frozenset({_TIMER_H, _TIMER_I, _TIMER_J, _TIMER_L})
+_INVITE_TIMERS = _fixed_timer_rows(INVITE_TRANSITIONS)
+_NON_INVITE_TIMERS = _fixed_timer_rows(NON_INVITE_TRANSITIONS)
 
 
 def _illegal(tx: ServerTransaction, event: TxEvent) -> TransactionError:
@@ -398,20 +424,11 @@ class TransactionLayer:
                 _deadline, tx, armed = q.popleft()
                 if tx.state is not armed:
                     continue  # stale: the tx moved on since this timer was armed
-                if armed is _COMPLETED:
-                    if tx.invite:
-                        event = _TIMER_H
-                        out.append((tx, None))
-                    else:
-                        event = _TIMER_J
-                elif armed is _CONFIRMED:
-                    event = _TIMER_I
-                else:
-                    event = _TIMER_L
-                table = INVITE_TRANSITIONS if tx.invite else NON_INVITE_TRANSITIONS
-                # Every fixed timer ends the transaction; _free inlined (hot at scale).
-                tx.state = table[(armed, event)]
+                # The table row (armed, H|I|J|L) -> TERMINATED; _free inlined (hot at scale).
+                event, tx.state = (_INVITE_TIMERS if tx.invite else _NON_INVITE_TIMERS)[armed]
                 del txs[tx.key]
+                if event is _TIMER_H:
+                    out.append((tx, None))
         if len(txs) != live:
             self._compact()
         heap = self._g_heap

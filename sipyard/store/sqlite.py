@@ -47,6 +47,7 @@ round-trips exactly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import sqlite3
@@ -226,10 +227,8 @@ class _Writer(threading.Thread):
                     else:
                         batch.append(item)
             self._commit(batch)
-        try:
+        with contextlib.suppress(sqlite3.Error):
             self.conn.close()
-        except sqlite3.Error:
-            pass
 
     def _run_alone(self, op: _Op) -> None:
         try:
@@ -272,10 +271,9 @@ class _Writer(threading.Thread):
         self._hand_back(batch)
 
     def _hand_back(self, ops: list[_Op]) -> None:
-        try:
+        # RuntimeError: the loop is gone, so nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._deliver, ops)
-        except RuntimeError:  # the loop is gone: nobody is waiting any more
-            pass
 
 
 # -- the store -----------------------------------------------------------------

@@ -35,6 +35,7 @@ Contacts (templates)
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
@@ -49,11 +50,10 @@ from sipyard.sip.uri import escape
 from ..contacts import Contact
 
 try:  # the regex parser, for the safety check (private API; the check is skipped if it moves)
-    import re._constants as _sre_c
-    import re._parser as _sre_p
+    _sre_c: Any = importlib.import_module("re._constants")
+    _sre_p: Any = importlib.import_module("re._parser")
 except ImportError:  # pragma: no cover
-    _sre_c = None  # type: ignore[assignment]
-    _sre_p = None  # type: ignore[assignment]
+    _sre_c = _sre_p = None
 
 __all__ = [
     "UserPattern", "compile_user_pattern", "HostMatcher", "compile_hosts", "TimeWindows",
@@ -335,9 +335,9 @@ def _parse_window(window: str) -> list[tuple[int, int]]:
     if fields:
         days = []
         for item in fields[0].split(","):
-            lo, sep, hi = item.partition("-")
-            first = _day(lo, window)
-            last = _day(hi, window) if sep else first
+            a, sep, b = item.partition("-")
+            first = _day(a, window)
+            last = _day(b, window) if sep else first
             d = first
             while True:
                 if d not in days:

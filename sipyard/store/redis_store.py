@@ -1,0 +1,443 @@
+"""Redis location store: several workers or hosts share one set of bindings.
+
+Keys (prefix ``sipyard:`` by default, ``?key_prefix=`` in the URL changes it):
+
+* ``sipyard:b:<aor>:<binding_id>`` — a hash per binding (one field per
+  :class:`Binding` field; None fields absent), ``PEXPIREAT`` at its expiry, so
+  redis itself drops expired bindings and no sweeper is needed.
+* ``sipyard:aor:<aor>`` — set of the AOR's binding ids, ``PEXPIREAT`` at the
+  latest expiry of its bindings; ids whose hash has expired are pruned lazily
+  by reads (a Lua script reads set and hashes in one round trip).
+* ``sipyard:aors`` — set of AORs, for :meth:`RedisStore.all`; pruned lazily.
+* ``sipyard:state:<key>`` — state values.
+* ``sipyard:end:<aor>:<binding_id>:<expires_at>`` — short-lived "someone has
+  reported the end of this binding version" markers (see Expiry).
+
+Scripts touch keys they compute from ``ARGV``: fine for a standalone redis or
+a replicated primary, not for Redis Cluster.
+
+Atomicity. :meth:`update` is optimistic: ``WATCH`` the AOR's id set, read the
+bindings, run ``fn``, then ``MULTI … EXEC`` the delta, always touching the id
+set (``PEXPIREAT`` or ``DEL``) so that any concurrent committed update of the
+AOR, from any process, aborts this ``EXEC`` and the whole read–fn–write is
+retried with fresh data. Updates of one AOR inside a process are serialised by
+a local lock first, so retries only happen between processes.
+
+Expiry. Redis deletes expired hashes silently, so ``release`` events need a
+source. This store keeps a *known set*: the bindings it wrote, plus everything
+present at :meth:`open` (a restarted single worker still reports bindings
+registered before the restart). :meth:`expire` takes the known bindings
+whose time has come and, in one Lua call, *claims* each one: a claim succeeds
+if the binding's hash is gone or still holds that same version, and a
+``SET … NX`` on its ``end:`` marker is won. So of several workers knowing a
+binding exactly one reports it; a version that was refreshed by another
+worker is not reported (that worker knows the newer one); an explicit remove
+sets the marker itself, so a removal is never also reported as an expiry.
+Best effort: a binding written by a worker that then died is reported only
+by workers that loaded it at their open(). The alternative is redis keyspace
+notifications (``notify-keyspace-events Ex`` and a subscriber on
+``__keyevent@<db>__:expired``), which carry only the key name: the hash is
+gone by then, so the event would need a shadow copy of every binding, and a
+notification is lost while no subscriber is connected.
+
+Errors: connection refused, timeouts (2 s socket timeout, one reconnect) and
+server errors raise :class:`StoreError`. Strings go through UTF-8 with
+``surrogatepass``, so every ``str`` round-trips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
+from redis.exceptions import (
+    NoScriptError,
+    RedisError,
+    WatchError,
+)
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,
+)
+
+from .base import Binding, LocationStore, StoreError, UpdateFn, normalize_update, sort_key
+from .cache import BindingCache, KeyedLocks
+
+__all__ = ["RedisStore"]
+
+SOCKET_TIMEOUT = 2.0
+#: optimistic retries of one update before giving up with StoreError
+MAX_ATTEMPTS = 64
+#: how long an ``end:`` marker outlives the binding version it settles (ms)
+END_MARKER_MS = 600_000
+#: AORs per script call in all()/count()/open()
+CHUNK = 256
+
+_READ_LUA = """
+local prefix, prune = ARGV[1], ARGV[2] == '1'
+local out = {}
+for i = 3, #ARGV do
+  local aor = ARGV[i]
+  local setkey = prefix .. 'aor:' .. aor
+  local hashes = {}
+  for _, id in ipairs(redis.call('SMEMBERS', setkey)) do
+    local h = redis.call('HGETALL', prefix .. 'b:' .. aor .. ':' .. id)
+    if #h > 0 then
+      hashes[#hashes + 1] = h
+    elseif prune then
+      redis.call('SREM', setkey, id)
+    end
+  end
+  if prune and #hashes == 0 then
+    redis.call('SREM', KEYS[1], aor)
+  end
+  out[#out + 1] = hashes
+end
+return out
+"""
+
+_COUNT_LUA = """
+local prefix, now = ARGV[1], tonumber(ARGV[2])
+local n = 0
+for i = 3, #ARGV do
+  local aor = ARGV[i]
+  for _, id in ipairs(redis.call('SMEMBERS', prefix .. 'aor:' .. aor)) do
+    local exp = redis.call('HGET', prefix .. 'b:' .. aor .. ':' .. id, 'expires_at')
+    if exp and tonumber(exp) > now then n = n + 1 end
+  end
+end
+return n
+"""
+
+_CLAIM_LUA = """
+local prefix, ttl = ARGV[1], ARGV[2]
+local out = {}
+for i = 3, #ARGV, 3 do
+  local aor, id, exp = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local bkey = prefix .. 'b:' .. aor .. ':' .. id
+  local setkey = prefix .. 'aor:' .. aor
+  local cur = redis.call('HGET', bkey, 'expires_at')
+  local won = 0
+  if (not cur or cur == exp)
+      and redis.call('SET', prefix .. 'end:' .. aor .. ':' .. id .. ':' .. exp, '1',
+                     'NX', 'PX', ttl) then
+    won = 1
+    if cur then redis.call('DEL', bkey) end
+    redis.call('SREM', setkey, id)
+    if redis.call('SCARD', setkey) == 0 then redis.call('SREM', KEYS[1], aor) end
+  end
+  out[#out + 1] = won
+end
+return out
+"""
+
+
+class _Script:
+    __slots__ = ("src", "sha")
+
+    def __init__(self, src: str) -> None:
+        self.src = src
+        self.sha = hashlib.sha1(src.encode()).hexdigest()
+
+
+_READ = _Script(_READ_LUA)
+_COUNT = _Script(_COUNT_LUA)
+_CLAIM = _Script(_CLAIM_LUA)
+
+
+def _encode(b: Binding) -> dict[str, str]:
+    d = {
+        "aor": b.aor, "binding_id": b.binding_id, "contact": b.contact, "params": b.params,
+        "expires_at": repr(b.expires_at), "registered_at": repr(b.registered_at),
+        "call_id": b.call_id, "cseq": str(b.cseq), "source_ip": b.source_ip,
+        "source_port": str(b.source_port), "transport": b.transport,
+        "path": json.dumps(b.path, ensure_ascii=False) if b.path else "",
+        "user_agent": b.user_agent,
+    }
+    if b.q is not None:
+        d["q"] = repr(b.q)
+    if b.conn_id is not None:
+        d["conn_id"] = b.conn_id
+    if b.instance is not None:
+        d["instance"] = b.instance
+    if b.reg_id is not None:
+        d["reg_id"] = str(b.reg_id)
+    return d
+
+
+def _decode(flat: Sequence[str]) -> Binding:
+    d = dict(zip(flat[::2], flat[1::2], strict=True))
+    try:
+        q, path, reg_id = d.get("q"), d["path"], d.get("reg_id")
+        return Binding(
+            d["aor"], d["binding_id"], d["contact"], d["params"],
+            float(q) if q is not None else None, float(d["expires_at"]),
+            float(d["registered_at"]), d["call_id"], int(d["cseq"]), d["source_ip"],
+            int(d["source_port"]), d["transport"], d.get("conn_id"),
+            tuple(json.loads(path)) if path else (), d["user_agent"], d.get("instance"),
+            int(reg_id) if reg_id is not None else None)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise StoreError(f"redis: corrupt binding hash {d.get('aor')!r}: {exc}") from exc
+
+
+def _ms(t: float) -> int:
+    return int(t * 1000)
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    """redis-py turns a connection lost while WATCHing into WatchError; tell it apart."""
+    ctx = exc.__context__
+    return isinstance(ctx, (RedisConnectionError, RedisTimeoutError, OSError))
+
+
+class RedisStore(LocationStore):
+    """Bindings in redis (see the module docstring)."""
+
+    def __init__(self, url: str, *, key_prefix: str | None = None,
+                 track_expiry: bool = True) -> None:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        options = dict(query)
+        prefix = options.pop("key_prefix", None)
+        self.url = urlunsplit(parts._replace(
+            query=urlencode([(k, v) for k, v in query if k != "key_prefix"])))
+        self.prefix = key_prefix if key_prefix is not None else prefix or "sipyard:"
+        self.track_expiry = track_expiry
+        self._aors_key = self.prefix + "aors"
+        self._client: aioredis.Redis | None = None
+        self._known = BindingCache()
+        self._locks = KeyedLocks()
+        self._expire_lock = asyncio.Lock()
+        #: optimistic transactions retried because another process won (tests, metrics)
+        self.conflicts = 0
+
+    # -- life cycle ----------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._client is not None:
+            raise StoreError("store already open")
+        try:
+            client = aioredis.Redis.from_url(
+                self.url, decode_responses=True, encoding_errors="surrogatepass",
+                socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT,
+                retry=Retry(NoBackoff(), 1))
+        except ValueError as exc:
+            raise StoreError(f"redis: bad URL {self.url!r}: {exc}") from exc
+        self._client = client
+        try:
+            await client.ping()
+            known = BindingCache()
+            if self.track_expiry:
+                known.load(await self.all(time.time()))
+            self._known = known
+        except BaseException:
+            self._client = None
+            await client.aclose()
+            raise
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    # -- reads -----------------------------------------------------------------
+
+    async def lookup(self, aor: str, now: float) -> list[Binding]:
+        raw = await self._eval(self._redis(), _READ, [self._aors_key], [self.prefix, "1", aor])
+        return self._visible(raw[0], now)
+
+    async def all(self, now: float) -> list[Binding]:
+        out: list[Binding] = []
+        for chunk in await self._aor_chunks():
+            raw = await self._eval(self._redis(), _READ, [self._aors_key],
+                                   [self.prefix, "1", *chunk])
+            for hashes in raw:
+                out.extend(self._visible(hashes, now))
+        return out
+
+    async def count(self, now: float) -> int:
+        n = 0
+        for chunk in await self._aor_chunks():
+            n += int(await self._eval(self._redis(), _COUNT, [],
+                                      [self.prefix, repr(now), *chunk]))
+        return n
+
+    async def get_state(self, key: str) -> str | None:
+        client = self._redis()
+        value: str | None = await self._call(client.get(self.prefix + "state:" + key))
+        return value
+
+    async def set_state(self, key: str, value: str | None) -> None:
+        client = self._redis()
+        name = self.prefix + "state:" + key
+        await self._call(client.delete(name) if value is None else client.set(name, value))
+
+    # -- writes ----------------------------------------------------------------
+
+    async def update(self, aor: str, now: float, fn: UpdateFn) -> list[Binding]:
+        self._redis()
+        await self._locks.acquire(aor)
+        try:
+            return (await self._transact(aor, now, fn))[1]
+        finally:
+            self._locks.release(aor)
+
+    async def remove_aor(self, aor: str) -> list[Binding]:
+        self._redis()
+        await self._locks.acquire(aor)
+        try:
+            removed, _ = await self._transact(
+                aor, float("-inf"), lambda cur: ([], [b.binding_id for b in cur]))
+            return removed
+        finally:
+            self._locks.release(aor)
+
+    async def _transact(self, aor: str, now: float,
+                        fn: UpdateFn) -> tuple[list[Binding], list[Binding]]:
+        """WATCH / read / fn / MULTI-EXEC until it commits.
+
+        Returns (the bindings fn saw, the AOR's unexpired bindings afterwards).
+        """
+        setkey = self.prefix + "aor:" + aor
+        for attempt in range(MAX_ATTEMPTS):
+            client = self._redis()
+            async with client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(setkey)
+                    raw = await self._eval(pipe, _READ, [self._aors_key],
+                                           [self.prefix, "0", aor], wrap=False)
+                except WatchError as exc:
+                    raise StoreError(f"redis: {exc}") from exc
+                except (RedisError, OSError) as exc:
+                    raise StoreError(f"redis: {exc}") from exc
+                existing = {b.binding_id: b for b in map(_decode, raw[0])}
+                current = sorted((b for b in existing.values() if b.expires_at > now),
+                                 key=sort_key)
+                puts, removes = normalize_update(aor, fn(list(current)))
+                if not puts and not removes:
+                    return current, current
+                final = dict(existing)
+                for rid in removes:
+                    final.pop(rid, None)
+                final.update((b.binding_id, b) for b in puts)
+                self._queue_writes(pipe, aor, setkey, existing, puts, removes, final)
+                try:
+                    await pipe.execute()
+                except WatchError as exc:
+                    if _is_connection_failure(exc):
+                        raise StoreError(f"redis: {exc}") from exc
+                    self.conflicts += 1
+                    await asyncio.sleep(random.random() * min(0.001 * (attempt + 1), 0.02))
+                    continue
+                except (RedisError, OSError) as exc:
+                    raise StoreError(f"redis: {exc}") from exc
+            if self.track_expiry:
+                self._known.apply(aor, puts, removes)
+            after = sorted((b for b in final.values() if b.expires_at > now), key=sort_key)
+            return current, after
+        raise StoreError(f"redis: update of {aor!r} lost {MAX_ATTEMPTS} races in a row")
+
+    def _queue_writes(self, pipe: Any, aor: str, setkey: str, existing: dict[str, Binding],
+                      puts: Iterable[Binding], removes: Iterable[str],
+                      final: dict[str, Binding]) -> None:
+        bprefix = self.prefix + "b:" + aor + ":"
+        pipe.multi()
+        for rid in removes:
+            pipe.delete(bprefix + rid)
+            pipe.srem(setkey, rid)
+            old = existing.get(rid)
+            if old is not None:  # settle this version: no worker reports it as expired
+                pipe.set(self._end_key(old), "1",
+                         pxat=max(_ms(old.expires_at), _ms(time.time())) + END_MARKER_MS)
+        for b in puts:
+            key = bprefix + b.binding_id
+            pipe.delete(key)  # fields absent from the new version must go
+            pipe.hset(key, mapping=_encode(b))
+            pipe.pexpireat(key, _ms(b.expires_at))
+            pipe.sadd(setkey, b.binding_id)
+        # Always write the id set: that is what makes concurrent EXECs of this AOR abort.
+        if final:
+            pipe.pexpireat(setkey, max(_ms(b.expires_at) for b in final.values()))
+            pipe.sadd(self._aors_key, aor)
+        else:
+            pipe.delete(setkey)
+            pipe.srem(self._aors_key, aor)
+
+    async def expire(self, now: float) -> list[Binding]:
+        self._redis()
+        async with self._expire_lock:
+            due = self._known.expired(now)
+            won: list[Binding] = []
+            settled: list[Binding] = []
+            for i in range(0, len(due), CHUNK):
+                chunk = due[i:i + CHUNK]
+                args: list[str] = [self.prefix, str(END_MARKER_MS)]
+                for b in chunk:
+                    args += (b.aor, b.binding_id, repr(b.expires_at))
+                try:
+                    res = await self._eval(self._redis(), _CLAIM, [self._aors_key], args)
+                except StoreError:
+                    if not settled:
+                        raise
+                    break  # report what was claimed; the rest is retried next tick
+                won.extend(b for b, r in zip(chunk, res, strict=True) if int(r) == 1)
+                settled.extend(chunk)
+            self._known.discard(settled)
+            return won
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _redis(self) -> aioredis.Redis:
+        client = self._client
+        if client is None:
+            raise StoreError("redis: store is not open")
+        return client
+
+    def _end_key(self, b: Binding) -> str:
+        return f"{self.prefix}end:{b.aor}:{b.binding_id}:{b.expires_at!r}"
+
+    def _visible(self, hashes: Sequence[Sequence[str]], now: float) -> list[Binding]:
+        out = [b for b in map(_decode, hashes) if b.expires_at > now]
+        out.sort(key=sort_key)
+        return out
+
+    async def _aor_chunks(self) -> list[list[str]]:
+        client = self._redis()
+        seen: set[str] = set()
+        try:
+            async for aor in client.sscan_iter(self._aors_key, count=1000):
+                seen.add(aor)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        aors = sorted(seen)
+        return [aors[i:i + CHUNK] for i in range(0, len(aors), CHUNK)]
+
+    async def _eval(self, client: Any, script: _Script, keys: list[str], args: list[str],
+                    *, wrap: bool = True) -> Any:
+        """EVALSHA, falling back to EVAL when the server does not know the script yet."""
+        try:
+            try:
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                return await client.eval(script.src, len(keys), *keys, *args)
+        except (RedisError, OSError) as exc:
+            if not wrap:
+                raise
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
