@@ -72,6 +72,7 @@ class App:
         self.stats = Stats()
         self.transports = Transports(
             self._on_bytes, max_udp=srv.max_message_size, max_tcp_header=srv.max_message_size,
+            tcp_idle=srv.tcp_idle,
             on_framing_error=self._on_framing_error, on_oversize=self._on_oversize)
         self.uac = Uac(self.transports.send, server_header=self.server_header)
         self._tag_prefix = secrets.token_hex(3)

@@ -40,6 +40,7 @@ Keys (type = default)
   metrics: str = "" -- "HOST:PORT" of the metrics endpoint; "" = off.
   max_message_size = 65536 -- bytes; larger requests are answered 513.
   nonce_ttl = 300 -- seconds a digest nonce stays fresh.
+  tcp_idle = 300 -- seconds a TCP connection may stay silent before it is closed.
   server_header: str = "sipyard/<version>" -- Server/User-Agent value; "" = send none.
 ``[logging]`` level: str = "info" -- debug, info, warning or error (any case).
 ``[security]``
@@ -184,6 +185,7 @@ class ServerConfig:
     metrics: tuple[str, int] | None
     max_message_size: int
     nonce_ttl: int
+    tcp_idle: float
     server_header: str
     #: realm + domains, normalised (lower case, no brackets, no trailing dot): for is_our_domain.
     our_domains: frozenset[str] = field(repr=False)
@@ -704,6 +706,7 @@ def _server(ctx: _Ctx, data_dir: str | Path | None, listen: Sequence[str] | None
         timezone=timezone, metrics=metrics,
         max_message_size=t.integer("max_message_size", 65536, 1024, 16 * 1024 * 1024),
         nonce_ttl=t.integer("nonce_ttl", 300, 1, 86400),
+        tcp_idle=t.number("tcp_idle", 300.0, 0.1, 86400.0),
         server_header="" if header is None else header.strip(),
         our_domains=ours,
     )

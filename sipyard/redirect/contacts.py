@@ -111,10 +111,15 @@ class ContactSet:
     Removing and replacing stay allowed after sealing: they can only narrow or edit.
     """
 
-    __slots__ = ("_items", "sealed", "sealed_by", "modified")
+    __slots__ = ("_items", "_uris", "sealed", "sealed_by", "modified")
 
     def __init__(self, items: Sequence[Contact] = ()) -> None:
-        self._items: list[Contact] = list(items)
+        self._items: list[Contact] = []
+        self._uris: set[str] = set()
+        for c in items:
+            if c.uri not in self._uris:
+                self._items.append(c)
+                self._uris.add(c.uri)
         self.sealed = False
         self.sealed_by = ""
         #: True once any redirector changed the set (sipX's "touched" flag).
@@ -131,13 +136,15 @@ class ContactSet:
 
     def __contains__(self, item: object) -> bool:
         uri = item.uri if isinstance(item, Contact) else item
-        return any(c.uri == uri for c in self._items)
+        return uri in self._uris
 
     def __repr__(self) -> str:
         return f"ContactSet({self._items!r}, sealed={self.sealed})"
 
     def _index(self, item: Contact | str) -> int:
         uri = item.uri if isinstance(item, Contact) else item
+        if uri not in self._uris:
+            return -1
         for i, c in enumerate(self._items):
             if c.uri == uri:
                 return i
@@ -149,8 +156,10 @@ class ContactSet:
             return False
         if isinstance(contact, str):
             contact = Contact(contact, q, source=source)
-        if self._index(contact) >= 0:
+        uris = self._uris
+        if contact.uri in uris:
             return False
+        uris.add(contact.uri)
         self._items.append(contact)
         self.modified = True
         return True
@@ -160,7 +169,7 @@ class ContactSet:
         i = self._index(item)
         if i < 0:
             return False
-        del self._items[i]
+        self._uris.discard(self._items.pop(i).uri)
         self.modified = True
         return True
 
@@ -170,21 +179,31 @@ class ContactSet:
         gone = len(self._items) - len(keep)
         if gone:
             self._items = keep
+            self._uris = {c.uri for c in keep}
             self.modified = True
         return gone
 
     def replace(self, old: Contact | str, new: Contact) -> bool:
-        """Put ``new`` where ``old`` was (same position); False when ``old`` is absent."""
+        """Put ``new`` where ``old`` was (same position); False when ``old`` is absent.
+
+        If ``new``'s URI is already elsewhere in the set, ``old`` is just removed.
+        """
         i = self._index(old)
         if i < 0:
             return False
-        self._items[i] = new
+        items = self._items
+        self._uris.discard(items[i].uri)
+        if new.uri in self._uris:
+            del items[i]
+        else:
+            items[i] = new
+            self._uris.add(new.uri)
         self.modified = True
         return True
 
     def clear(self) -> None:
-        if self._items:
-            self._items.clear()
+        self._items.clear()
+        self._uris.clear()
         self.modified = True
 
     def seal(self, by: str = "") -> None:

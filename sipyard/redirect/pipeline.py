@@ -176,7 +176,7 @@ class _Request:
 
     __slots__ = ("seq", "key", "request", "caller", "target", "line", "bindings", "slots",
                  "suspended", "pending", "resumed_early", "running", "waiter", "ended",
-                 "cancelled", "finished", "passes")
+                 "cancelled", "finished", "passes", "timer", "timed_out")
 
     def __init__(self, seq: int, key: Hashable, request: Request, caller: str | None) -> None:
         self.seq = seq
@@ -196,6 +196,8 @@ class _Request:
         self.cancelled = False
         self.finished = False
         self.passes = 0
+        self.timer: asyncio.TimerHandle | None = None  # the suspend_timeout, armed once
+        self.timed_out = False
 
 
 class ResumeHandle:
@@ -224,7 +226,7 @@ class RedirectContext:
     """What a redirector sees: the request, the (rewritable) target, the contact set so far."""
 
     __slots__ = ("request", "target", "caller", "contacts", "seq", "bindings", "line", "now",
-                 "pass_number", "max_forwards", "_server", "_rec", "_index")
+                 "pass_number", "_server", "_rec", "_index")
 
     def __init__(self, server: RedirectServer, rec: _Request, target: SipUri, now: float) -> None:
         self.request = rec.request
@@ -241,8 +243,6 @@ class RedirectContext:
         self.now = now
         #: 0 on the first pass, 1 after the first resume …
         self.pass_number = rec.passes
-        #: Loop-detection info: the request's Max-Forwards (None when absent or unreadable).
-        self.max_forwards = _max_forwards(rec.request)
         self._server = server
         self._rec = rec
         self._index = 0
@@ -266,6 +266,11 @@ class RedirectContext:
     def resume_handle(self) -> ResumeHandle:
         """A callable that resumes this redirector for this request (for timers, callbacks)."""
         return ResumeHandle(self._server, self._rec, self._index)
+
+    @property
+    def max_forwards(self) -> int | None:
+        """Loop-detection info: the request's Max-Forwards (None when absent or unreadable)."""
+        return _max_forwards(self.request)
 
     @property
     def user(self) -> str | None:
@@ -424,8 +429,6 @@ class RedirectServer:
             self._cancel_states(rec)
             return RedirectOutcome(500, "Server Internal Error", (("Retry-After", "5"),),
                                    seq=rec.seq)
-        deadline: float | None = None
-        loop: asyncio.AbstractEventLoop | None = None
         while True:
             if rec.ended is not None:
                 return rec.ended
@@ -436,23 +439,28 @@ class RedirectServer:
                 return outcome
             if not rec.pending:
                 continue  # every suspender resumed during the pass: run again at once
-            if loop is None:
-                loop = asyncio.get_running_loop()
-            if deadline is None:
-                deadline = loop.time() + self.suspend_timeout
+            loop = asyncio.get_running_loop()
+            if rec.timer is None:  # one timer for the whole request, from its first suspension
+                rec.timer = loop.call_later(self.suspend_timeout, self._timeout, rec)
             waiter = rec.waiter = loop.create_future()
             self._suspended += 1
             try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
-            except TimeoutError:
+                await waiter
+            finally:
+                rec.waiter = None
+                self._suspended -= 1
+            if rec.timed_out and rec.ended is None:
                 self.log.warning("redirect: %s seq %d still suspended after %.1f s (waiting "
                                  "for %s): 408", request.method, rec.seq, self.suspend_timeout,
                                  ", ".join(self._name(i) for i in sorted(rec.pending)))
                 return self._end(rec, "timeout")
-            finally:
-                rec.waiter = None
-                self._suspended -= 1
+
+    def _timeout(self, rec: _Request) -> None:
+        rec.timer = None
+        rec.timed_out = True
+        waiter = rec.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _run_pass(self, rec: _Request, target: SipUri) -> RedirectOutcome | None:
         """One pass of the chain: an outcome, or None when somebody suspended."""
@@ -608,6 +616,9 @@ class RedirectServer:
         """The request is over (answered, cancelled, timed out or its task was cancelled)."""
         self._cancel_states(rec)
         rec.finished = True
+        if rec.timer is not None:
+            rec.timer.cancel()
+            rec.timer = None
         if rec.slots is not None:
             rec.slots.clear()
             rec.slots = None

@@ -11,10 +11,25 @@ practice that needs it.
 from __future__ import annotations
 
 __all__ = [
-    "ALPHANUM", "UNRESERVED", "USER_CHARS", "PASSWORD_CHARS", "PARAM_CHARS",
-    "HEADER_CHARS", "TOKEN_CHARS", "VALUE_CHARS", "DISPLAY_CHARS", "HEX",
-    "LWS", "chars_ok", "escapes_ok", "is_token", "is_scheme", "valid_host",
-    "valid_ipv4", "valid_ipv6", "parse_port",
+    "ALPHANUM",
+    "UNRESERVED",
+    "USER_CHARS",
+    "PASSWORD_CHARS",
+    "PARAM_CHARS",
+    "HEADER_CHARS",
+    "TOKEN_CHARS",
+    "VALUE_CHARS",
+    "DISPLAY_CHARS",
+    "HEX",
+    "LWS",
+    "chars_ok",
+    "escapes_ok",
+    "is_token",
+    "is_scheme",
+    "valid_host",
+    "valid_ipv4",
+    "valid_ipv6",
+    "parse_port",
 ]
 
 _DIGITS = "0123456789"

@@ -32,8 +32,17 @@ from sipyard.sip.errors import ParseError
 from sipyard.sip.uri import Uri, parse_uri
 
 __all__ = [
-    "split_values", "parse_params", "NameAddr", "parse_name_addr", "Via", "parse_via",
-    "parse_cseq", "parse_uint", "parse_auth", "quote", "unquote",
+    "split_values",
+    "parse_params",
+    "NameAddr",
+    "parse_name_addr",
+    "Via",
+    "parse_via",
+    "parse_cseq",
+    "parse_uint",
+    "parse_auth",
+    "quote",
+    "unquote",
 ]
 
 Params = list[tuple[str, str | None]]

@@ -369,9 +369,7 @@ class TransactionLayer:
 
     # -- responses --------------------------------------------------------
 
-    def send_response(
-        self, tx: ServerTransaction, status: int, data: bytes, now: float
-    ) -> bytes:
+    def send_response(self, tx: ServerTransaction, status: int, data: bytes, now: float) -> bytes:
         """Record a response the app sends on ``tx`` and drive the FSM; returns ``data``.
 
         Raises TransactionError when the state does not allow it (a second

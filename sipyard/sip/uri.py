@@ -41,8 +41,15 @@ from sipyard.sip._abnf import (
 from sipyard.sip.errors import ParseError
 
 __all__ = [
-    "MAX_URI_LENGTH", "SipUri", "TelUri", "AbsoluteUri", "Uri",
-    "parse_uri", "uri_equal", "escape", "unescape",
+    "MAX_URI_LENGTH",
+    "SipUri",
+    "TelUri",
+    "AbsoluteUri",
+    "Uri",
+    "parse_uri",
+    "uri_equal",
+    "escape",
+    "unescape",
 ]
 
 #: Longer URIs are refused with 414 before any work is done on them.
@@ -317,8 +324,11 @@ def _parse_sip(text: str, scheme: str, pos: int) -> SipUri:
     if qmark >= 0:
         for item in text[qmark + 1 :].split("&"):
             name, eq, value = item.partition("=")
-            if not eq or not name or not chars_ok(name, HEADER_CHARS) or not chars_ok(
-                value, HEADER_CHARS
+            if (
+                not eq
+                or not name
+                or not chars_ok(name, HEADER_CHARS)
+                or not chars_ok(value, HEADER_CHARS)
             ):
                 raise _bad(text, "header")
             headers.append((name, value))

@@ -5,13 +5,15 @@
 it can report from :meth:`expire`). It is only ever touched from the event
 loop thread.
 
-Expiry uses a one-second timer wheel, ``second -> {aor}``, kept exact on
-every change (an AOR sits in bucket ``s`` iff one of its bindings has
-``int(expires_at) == s``). A heap would have to keep a stale entry per
-refresh; the wheel costs one set slot per binding, finds the due bindings of
-a one-second tick without scanning the other 100 000, and lets
-:meth:`count` subtract the few expired-but-unswept bindings instead of
-counting everything.
+Memory matters (a registrar holds every device): an AOR with one binding
+maps to the Binding itself, not a 1-tuple, and expiry uses a one-second
+timer wheel, ``second -> {aor: None}`` (a dict: its str-keyed entries are
+smaller than a set's slots), kept exact on every change (an AOR sits in
+bucket ``s`` iff one of its bindings has ``int(expires_at) == s``). A heap
+would keep a stale entry per refresh; the wheel costs one small dict entry
+per binding, finds the due bindings of a one-second tick without scanning
+the other 100 000, and lets :meth:`count` subtract the few
+expired-but-unswept bindings instead of counting everything.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ __all__ = ["BindingCache", "KeyedLocks"]
 
 
 class BindingCache:
-    """``aor -> tuple[Binding, ...]`` (sorted by :func:`sort_key`) plus an expiry wheel."""
+    """``aor -> bindings`` (sorted by :func:`sort_key`) plus an expiry wheel."""
 
     __slots__ = ("_aors", "_wheel", "_cursor", "_total")
 
     def __init__(self) -> None:
-        self._aors: dict[str, tuple[Binding, ...]] = {}
-        self._wheel: dict[int, set[str]] = {}
+        #: a lone binding is stored as itself, several as a tuple
+        self._aors: dict[str, Binding | tuple[Binding, ...]] = {}
+        self._wheel: dict[int, dict[str, None]] = {}
         #: no wheel bucket below this second holds anything (None: wheel empty)
         self._cursor: int | None = None
         self._total = 0
@@ -40,13 +43,28 @@ class BindingCache:
 
     def get(self, aor: str) -> tuple[Binding, ...]:
         """All cached bindings of the AOR, expired ones included."""
-        return self._aors.get(aor, ())
+        v = self._aors.get(aor)
+        if v is None:
+            return ()
+        return (v,) if isinstance(v, Binding) else v
 
     def visible(self, aor: str, now: float) -> list[Binding]:
-        return [b for b in self._aors.get(aor, ()) if b.expires_at > now]
+        v = self._aors.get(aor)
+        if v is None:
+            return []
+        if isinstance(v, Binding):
+            return [v] if v.expires_at > now else []
+        return [b for b in v if b.expires_at > now]
 
     def all(self, now: float) -> list[Binding]:
-        return [b for bs in self._aors.values() for b in bs if b.expires_at > now]
+        out: list[Binding] = []
+        for v in self._aors.values():
+            if isinstance(v, Binding):
+                if v.expires_at > now:
+                    out.append(v)
+            else:
+                out.extend(b for b in v if b.expires_at > now)
+        return out
 
     def count(self, now: float) -> int:
         return self._total - sum(1 for _ in self._due(now))
@@ -60,8 +78,8 @@ class BindingCache:
         return self._total
 
     def __iter__(self) -> Iterator[Binding]:
-        for bs in self._aors.values():
-            yield from bs
+        for aor in self._aors:
+            yield from self.get(aor)
 
     # -- writes ------------------------------------------------------------
 
@@ -71,7 +89,7 @@ class BindingCache:
         for b in bindings:
             grouped.setdefault(b.aor, []).append(b)
         for aor, bs in grouped.items():
-            bs.extend(self._aors.get(aor, ()))
+            bs.extend(self.get(aor))
             bs.sort(key=sort_key)
             self._set(aor, tuple(bs))
 
@@ -80,13 +98,13 @@ class BindingCache:
         puts = tuple(puts)
         drop = set(remove_ids)
         drop.update(b.binding_id for b in puts)
-        new = [b for b in self._aors.get(aor, ()) if b.binding_id not in drop]
+        new = [b for b in self.get(aor) if b.binding_id not in drop]
         new.extend(puts)
         new.sort(key=sort_key)
         self._set(aor, tuple(new))
 
     def pop_aor(self, aor: str) -> tuple[Binding, ...]:
-        old = self._aors.get(aor, ())
+        old = self.get(aor)
         self._set(aor, ())
         return old
 
@@ -102,7 +120,7 @@ class BindingCache:
         removed: list[Binding] = []
         for aor, gone in by_aor.items():
             ids = {id(b) for b in gone}
-            old = self._aors.get(aor, ())
+            old = self.get(aor)
             keep = tuple(b for b in old if id(b) not in ids)
             if len(keep) != len(old):
                 removed.extend(b for b in old if id(b) in ids)
@@ -113,29 +131,30 @@ class BindingCache:
 
     def _set(self, aor: str, new: tuple[Binding, ...]) -> None:
         """Replace the AOR's tuple, keeping the wheel and the total exact."""
-        aors = self._aors
         wheel = self._wheel
-        old = aors.get(aor, ())
+        old = self.get(aor)
         for b in old:
             sec = int(b.expires_at)
             bucket = wheel.get(sec)
             if bucket is not None:
-                bucket.discard(aor)
+                bucket.pop(aor, None)
                 if not bucket:
                     del wheel[sec]
         for b in new:
             sec = int(b.expires_at)
             bucket = wheel.get(sec)
             if bucket is None:
-                wheel[sec] = {aor}
+                wheel[sec] = {aor: None}
             else:
-                bucket.add(aor)
+                bucket[aor] = None
             if self._cursor is None or sec < self._cursor:
                 self._cursor = sec
-        if new:
-            aors[aor] = new
+        if len(new) == 1:
+            self._aors[aor] = new[0]
+        elif new:
+            self._aors[aor] = new
         else:
-            aors.pop(aor, None)
+            self._aors.pop(aor, None)
         self._total += len(new) - len(old)
         if not wheel:
             self._cursor = None
@@ -164,7 +183,7 @@ class BindingCache:
             if first_left is None:
                 first_left = sec
             for aor in tuple(bucket):
-                for b in self._aors.get(aor, ()):
+                for b in self.get(aor):
                     if int(b.expires_at) == sec and b.expires_at <= now:
                         yield b
         if advance:
