@@ -173,9 +173,10 @@ class App:
         if branch is not None and len(branch) > 7 and branch.startswith("z9hG4bK"):
             key = make_key(branch, sent_by, method)
         else:
-            to_tag = req.to.tag or ""
+            # RFC 3261 §17.2.3 / RFC 2543 matching; the To tag is left out so the
+            # ACK (which carries our tag) finds its INVITE.
             key = make_key(branch, sent_by, method, fallback=(
-                req.uri, to_tag, req.from_.tag or "", req.call_id, str(req.cseq[0]), via.raw))
+                req.uri, req.from_.tag or "", req.call_id, str(req.cseq[0]), via.raw))
         now = self.loop.time() if self.loop is not None else time.monotonic()
         outcome, tx, cached = self.txl.receive_request(key, method, src.reliable, dest, now)
         if outcome is Outcome.RETRANSMISSION:

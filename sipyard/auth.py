@@ -4,6 +4,18 @@ One place decides, for REGISTER, redirected requests and chat alike, so the
 answers are the same everywhere: an unknown line and a wrong password give the
 same 401 (status, reason phrase and header set), and every failure is counted
 by the :class:`~sipyard.security.Guard` against the source address.
+
+What counts as what:
+
+* No credentials for our realm (none at all, another realm, an unknown scheme
+  as in RFC 4475 regaut01): a plain challenge, not a failure.
+* A ``Digest`` header that cannot be read at all (broken quoting, no
+  ``username``): ``ParseError(400, "Bad Authorization header")``, counted as a
+  failure (``reason=malformed``) so that garbage is no free probe.
+* Wrong password, unknown user, forged nonce, algorithm not offered: 401 with
+  a fresh challenge, counted.
+* Right password on an expired nonce, or a replayed nonce count: 401 with
+  ``stale=true``, not counted (the phone retries on its own).
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from typing import Any
 
 from .security import Guard
 from .sip.digest import DigestServer, VerdictStatus, compute_ha1
+from .sip.errors import ParseError
 from .sip.message import Request
 
 __all__ = ["Authenticator", "AuthResult", "load_secret"]
@@ -52,14 +65,20 @@ class Authenticator:
     def __init__(self, config: Any, secret: bytes, guard: Guard) -> None:
         self.guard = guard
         self._secret = secret
+        self._digest_params: tuple[str, float, tuple[str, ...]] | None = None
         self.configure(config)
 
     def configure(self, config: Any) -> None:
         srv = config.server
         self.config = config
         self.realm = srv.realm
-        self.digest = DigestServer(self._secret, srv.realm, nonce_ttl=float(srv.nonce_ttl),
-                                   algorithms=tuple(srv.algorithms))
+        params = (srv.realm, float(srv.nonce_ttl), tuple(srv.algorithms))
+        if self._digest_params != params:
+            # A reload that leaves these alone keeps the server and so its table of
+            # nonce counts: a new one would accept one replay of any recent header.
+            self.digest = DigestServer(self._secret, srv.realm, nonce_ttl=params[1],
+                                       algorithms=params[2])
+            self._digest_params = params
         self._ha1: dict[tuple[str, str], str | None] = {}
 
     def _lookup(self, username: str, algorithm: str) -> str | None:
@@ -95,6 +114,8 @@ class Authenticator:
         ``target_line`` selects per-line algorithm overrides for the challenge
         (REGISTER's To user); it changes nothing for lines without overrides,
         so the answer for an unknown line equals that of a default line.
+        Raises ``ParseError(400, "Bad Authorization header")`` for a Digest
+        header that cannot be parsed (see the module doc).
         """
         values = req.get_lines("authorization")
         verdict = None
@@ -109,6 +130,10 @@ class Authenticator:
         if verdict.ok and verdict.username in self.config.lines:
             self.guard.success(src_ip)
             return AuthResult(verdict.username)
+        if verdict.status is VerdictStatus.INVALID and verdict.username is None:
+            # Unreadable (bad quoting, duplicate or missing parameters, no username).
+            self.guard.failure(src_ip, None, "malformed", now)
+            raise ParseError(400, "Bad Authorization header")
         if verdict.status in (VerdictStatus.STALE, VerdictStatus.REPLAY):
             # The password was right: a fresh nonce with stale=true lets the client
             # retry silently; a replayed header never authenticates twice.

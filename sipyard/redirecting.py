@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .redirect.pipeline import RedirectServer
 from .sip.errors import ParseError
 from .sip.message import Request
-from .sip.transaction import ServerTransaction, make_key
+from .sip.transaction import ServerTransaction
 from .sip.uri import SipUri
 from .transport import Source
 
@@ -185,9 +185,7 @@ def _trying(app: App, tx: ServerTransaction, req: Request) -> None:
 
 
 def on_cancel(app: App, req: Request, src: Source, tx: ServerTransaction) -> None:
-    via = req.top_via
-    key = make_key(via.branch, f"{via.host}:{via.port or ''}", "INVITE")
-    invite = app.txl.find_invite(key)
+    invite = app.txl.find_invite(tx.key)
     if invite is None:
         app.respond(tx, req, 481, "Call/Transaction Does Not Exist")
         return

@@ -18,6 +18,16 @@ Choices where the RFC leaves room (documented in the README):
   retry 403 in a loop).
 * The granted expiry of a contact is echoed exactly; other bindings show their
   remaining time rounded up, so a refresh never sees its expiry shrink by one.
+* Expiry precedence per contact: its ``expires`` param, else the Expires
+  header, else ``default_expires``; 0 < value < ``min_expires`` answers 423
+  with Min-Expires; larger values (also past 2**32-1) are clamped to
+  ``max_expires``. Anything but digits is a 400 naming the header.
+* ``q`` must be an RFC 3261 qvalue; ``reg-id`` counts only beside
+  ``+sip.instance``, and at most one contact may carry one (RFC 5626 §6).
+* Path (RFC 3327) is stored and echoed only when the REGISTER says
+  ``Supported: path``; otherwise it is ignored rather than refused with 420,
+  which some phones never recover from.
+* ``Contact: *`` needs ``Expires: 0`` and no other contact.
 """
 
 from __future__ import annotations
@@ -96,17 +106,19 @@ class Registrar:
         return user
 
     async def register(self, req: Request, line: str, src: Source, now: float) -> Reply:
-        """Apply a REGISTER for ``line`` (already authenticated) and build the 200."""
+        """Apply a REGISTER for ``line`` (already authenticated) and build the 200.
+
+        Raises :class:`Reject` for a request to refuse (the reason names the
+        header at fault) and lets :class:`StoreError` through (the caller
+        answers 500): a 200 is only built from what the store committed.
+        """
         cfg = self.config
         srv = cfg.server
-        try:
-            header_exp = req.expires
-        except ParseError:
-            raise Reject(400, "Bad Expires header") from None
+        header_exp = _header_expires(req)
         try:
             contacts = req.contacts
-        except ParseError:
-            raise Reject(400, "Bad Contact header") from None
+        except ParseError as exc:
+            raise Reject(400, _contact_reason(exc)) from None
         call_id = req.call_id
         cseq = req.cseq[0]
         aor = self.aor_for(line)
@@ -118,20 +130,24 @@ class Registrar:
             path = tuple(req.get_all("path"))
         ua = (req.get("user-agent") or "")[:200]
 
+        seen: list[int] = []  # bindings the update saw: for activate/release
         if contacts == STAR:
             if header_exp != 0:
                 raise Reject(400, "Bad Contact header: * requires Expires: 0")
-            fn = _remove_all(call_id, cseq)
             wants: list[_Want] = []
+            after = await self.store.update(aor, now, _remove_all(call_id, cseq, seen))
         else:
             assert not isinstance(contacts, str)
             wants = [self._want(c, header_exp, srv) for c in contacts]
-            fn = _apply(wants, call_id, cseq, now, src, path, ua, aor, max_contacts, overflow)
-        before_list = await self.store.lookup(aor, now)
-        if not wants and contacts != STAR:
-            after = before_list  # a fetch
-        else:
-            after = await self.store.update(aor, now, fn)
+            if sum(1 for w in wants if w.reg_id is not None) > 1:
+                # RFC 5626 §6: one flow per REGISTER.
+                raise Reject(400, "Bad Contact header: more than one reg-id")
+            if wants:
+                after = await self.store.update(aor, now, _apply(
+                    wants, call_id, cseq, now, src, path, ua, aor, max_contacts, overflow, seen))
+            else:
+                after = await self.store.lookup(aor, now)  # a fetch
+                seen.append(len(after))
         granted = {w.binding_id: w.expires for w in wants if w.expires > 0}
         headers: list[tuple[str, str]] = []
         for b in sorted(after, key=lambda b: -(b.q if b.q is not None else 1.0)):
@@ -145,26 +161,22 @@ class Registrar:
         if path:
             headers.append(("Supported", "path"))
         added = tuple(b for b in after if b.binding_id in granted)
-        return Reply(200, "OK", tuple(headers), len(before_list), len(after), aor, line, added)
+        before = seen[0] if seen else 0
+        return Reply(200, "OK", tuple(headers), before, len(after), aor, line, added)
 
     def _want(self, c: NameAddr, header_exp: int | None, srv: Any) -> _Want:
         uri = c.uri
         try:
-            parsed = parse_uri(uri)
+            parse_uri(uri)
         except ParseError:
-            raise Reject(400, "Bad Contact header") from None
-        if not isinstance(parsed, SipUri) and not uri.lower().startswith("tel:"):
-            # Other schemes (RFC 3261 allows any URI) are stored as given.
-            pass
+            raise Reject(400, "Bad Contact header: bad URI") from None
+        # Any scheme is a valid contact (RFC 3261 §10.2.1: tel:, mailto:, …); it is
+        # stored as written and handed back as written.
         exp_text = c.param("expires")
         if exp_text is not None:
-            try:
-                expires = parse_uint(exp_text, 2**32 - 1)
-            except ParseError:
-                if exp_text.isdigit():
-                    expires = srv.max_expires  # overlarge: clamp (RFC 4475 scalar02)
-                else:
-                    raise Reject(400, "Bad Contact header: expires") from None
+            expires = _parse_expires(exp_text.strip(), srv.max_expires)
+            if expires is None:
+                raise Reject(400, "Bad Contact header: expires")
         elif header_exp is not None:
             expires = header_exp
         else:
@@ -175,20 +187,21 @@ class Registrar:
         q: float | None = None
         qtext = c.param("q")
         if qtext is not None:
-            try:
-                q = float(qtext)
-            except ValueError:
-                raise Reject(400, "Bad Contact header: q") from None
-            if not 0.0 <= q <= 1.0 or not math.isfinite(q):
+            q = _parse_q(qtext)
+            if q is None:
                 raise Reject(400, "Bad Contact header: q")
         instance = c.param("+sip.instance")
+        if instance is not None and not instance:
+            raise Reject(400, "Bad Contact header: +sip.instance")
         reg_id: int | None = None
         rid = c.param("reg-id")
-        if rid is not None:
+        if rid is not None and instance is not None:  # reg-id alone means nothing (RFC 5626 §6)
             try:
                 reg_id = parse_uint(rid, 2**31 - 1)
             except ParseError:
                 raise Reject(400, "Bad Contact header: reg-id") from None
+            if reg_id == 0:
+                raise Reject(400, "Bad Contact header: reg-id")
         params = "".join(
             f";{k}" if v is None else f";{k}={v}"
             for k, v in c.params if k.lower() not in ("q", "expires"))
@@ -197,6 +210,53 @@ class Registrar:
         else:
             bid = f"c:{uri}"
         return _Want(uri, params, q, expires, instance, reg_id, bid)
+
+
+def _contact_reason(exc: ParseError) -> str:
+    reason = exc.reason
+    return reason if reason.startswith("Bad Contact header") else "Bad Contact header"
+
+
+def _header_expires(req: Request) -> int | None:
+    """The Expires header: None when absent, 400 when malformed.
+
+    A value past 2**32-1 is taken as 2**32-1 (RFC 3261 §20.19, RFC 4475
+    scalar02) and so clamped to ``max_expires`` later; anything but digits is
+    an error, not silently the default, so a broken client hears about it.
+    """
+    lines = req.get_lines("expires")
+    if not lines:
+        return None
+    if len(lines) > 1:
+        raise Reject(400, "Bad Expires header: more than one")
+    value = _parse_expires(lines[0].strip(), 2**32 - 1)
+    if value is None:
+        raise Reject(400, "Bad Expires header")
+    return value
+
+
+def _parse_expires(text: str, cap: int) -> int | None:
+    """delta-seconds (1*DIGIT); overlarge values give ``cap``; None when malformed."""
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    if len(text) > 12:
+        return cap
+    return min(int(text), cap, 2**32 - 1)
+
+
+def _parse_q(text: str) -> float | None:
+    """RFC 3261 qvalue: ``0[.ddd]`` or ``1[.000]``; None for anything else.
+
+    Strict on purpose: ``float()`` would take "nan", "1e-1", "0_5" or " .5".
+    """
+    if not text or len(text) > 5 or not text.isascii():
+        return None
+    head, _, frac = text.partition(".")
+    if head not in ("0", "1") or len(frac) > 3 or (frac and not frac.isdigit()):
+        return None
+    if head == "1" and frac.strip("0"):
+        return None
+    return float(f"{head}.{frac or '0'}")
 
 
 def _fmt_q(q: float) -> str:
@@ -212,8 +272,9 @@ def _check_order(existing: Binding, call_id: str, cseq: int) -> None:
         raise Reject(400, "Out of Order CSeq")
 
 
-def _remove_all(call_id: str, cseq: int) -> Fn:
+def _remove_all(call_id: str, cseq: int, seen: list[int]) -> Fn:
     def fn(current: list[Binding]) -> tuple[list[Binding], list[str]]:
+        seen[:] = [len(current)]
         for b in current:
             _check_order(b, call_id, cseq)
         return [], [b.binding_id for b in current]
@@ -221,8 +282,15 @@ def _remove_all(call_id: str, cseq: int) -> Fn:
 
 
 def _apply(wants: list[_Want], call_id: str, cseq: int, now: float, src: Source,
-           path: tuple[str, ...], ua: str, aor: str, max_contacts: int, overflow: str) -> Fn:
+           path: tuple[str, ...], ua: str, aor: str, max_contacts: int, overflow: str,
+           seen: list[int]) -> Fn:
+    """The update of one AOR for a REGISTER's contacts (RFC 3261 §10.3 steps 6-7).
+
+    Runs inside the store's atomic update, on the bindings as they are at
+    commit time; ``seen`` receives how many there were (for activate hooks).
+    """
     def fn(current: list[Binding]) -> tuple[list[Binding], list[str]]:
+        seen[:] = [len(current)]
         by_id = {b.binding_id: b for b in current}
         put: list[Binding] = []
         remove: list[str] = []

@@ -1,16 +1,33 @@
 """Defence against scanners and password guessing (ban list, rate limit).
 
 Failures are counted per source address and per line in a sliding window;
-``max_auth_failures`` within ``failure_window`` seconds bans the *source* for
+``max_failures`` within ``window`` seconds bans the *source* for
 ``ban_seconds`` (a line is never locked, or an attacker could lock out a
-phone). Networks in ``allow`` are never banned nor rate-limited. Loopback is
-not implicitly allowed: a box behind a NAT or border proxy sees everything
-from one address, so the admin must say so.
+phone). Networks in ``allow`` are never banned nor rate-limited; making a
+network allowed (reload) lifts its bans. Loopback is not implicitly allowed: a
+box behind a NAT or border proxy sees everything from one address, so the
+admin must say so.
+
+A successful authentication does *not* reset the source's count: otherwise
+anyone holding one valid account could interleave a good REGISTER between
+guesses at other lines and never be banned. Old failures simply age out of
+the window.
+
+The per-source and per-line tables are keyed by attacker-chosen values
+(spoofable UDP sources, made-up user names), so each is capped: past
+``MAX_TRACKED`` keys the stale ones are pruned, then the oldest ones dropped.
 
 Every failure is logged on one stable line naming the source IP, for fail2ban
 (``examples/fail2ban/``)::
 
-    sipyard auth failure: src=192.0.2.7 line=10 reason=wrong-password
+    sipyard auth failure: src=192.0.2.7 line=10 reason=wrong-credentials
+
+``line`` is whatever user name the client claimed; it is escaped by
+:func:`log_safe` (no spaces, no control characters, at most 64 characters), so
+a crafted user name can never forge a second log line or a ``src=`` field.
+A failure from an allowed source is logged with a trailing
+``(allowed source)`` so that the fail2ban filter, anchored at the end of the
+line, does not ban an address sipyard itself was told to trust.
 """
 
 from __future__ import annotations
@@ -21,11 +38,45 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["Guard", "Ban"]
+__all__ = ["Guard", "Ban", "log_safe", "MAX_TRACKED"]
 
 log = logging.getLogger("sipyard.security")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: most keys held in each failure table (sources, lines) and in the rate table
+MAX_TRACKED = 100_000
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()+@:")
+
+
+def log_safe(text: str | None, limit: int = 64) -> str:
+    """``text`` fit for a one-line, space-separated log record.
+
+    Characters outside a conservative set are written ``%XX`` (UTF-8), so the
+    result has no spaces, ``=``, quotes or control characters and cannot be
+    mistaken for another field by a log parser such as fail2ban. ``-`` stands
+    for nothing; overlong values are cut and end in ``...``.
+    """
+    if not text:
+        return "-"
+    if len(text) <= limit and all(c in _SAFE for c in text):
+        return text
+    out: list[str] = []
+    size = 0
+    for c in text[: limit * 2]:
+        if c in _SAFE:
+            piece = c
+        else:
+            piece = "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+        if size + len(piece) > limit:
+            out.append("...")
+            break
+        out.append(piece)
+        size += len(piece)
+    else:
+        if len(text) > limit * 2:
+            out.append("...")
+    return "".join(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +87,14 @@ class Ban:
 
 
 class Guard:
+    """Failure counting, bans and the per-source REGISTER rate limit.
+
+    Time is passed in (``now``, seconds, any clock as long as it is the same
+    one everywhere) so tests drive it without sleeping.
+    """
+
     def __init__(self, *, max_failures: int = 20, window: float = 60.0, ban_seconds: float = 600.0,
                  allow: Iterable[str] = (), register_rate: int = 500) -> None:
-        self.max_failures = max_failures
-        self.window = window
-        self.ban_seconds = ban_seconds
-        self.allow: list[IPNetwork] = [ipaddress.ip_network(a, strict=False) for a in allow]
-        self.register_rate = register_rate
         self._fails: dict[str, deque[float]] = {}
         self._line_fails: dict[str, deque[float]] = {}
         self._bans: dict[str, Ban] = {}
@@ -51,15 +103,22 @@ class Guard:
         self.total_failures = 0
         self.total_bans = 0
         self.rate_limited = 0
+        self.configure(max_failures=max_failures, window=window, ban_seconds=ban_seconds,
+                       allow=allow, register_rate=register_rate)
 
     def configure(self, *, max_failures: int, window: float, ban_seconds: float,
                   allow: Iterable[str], register_rate: int) -> None:
+        """Apply (new) limits; counts and bans are kept, except that a source
+        now on the allow list is unbanned at once."""
         self.max_failures = max_failures
-        self.window = window
-        self.ban_seconds = ban_seconds
-        self.allow = [ipaddress.ip_network(a, strict=False) for a in allow]
+        self.window = float(window)
+        self.ban_seconds = float(ban_seconds)
+        self.allow: list[IPNetwork] = [ipaddress.ip_network(a, strict=False) for a in allow]
         self.register_rate = register_rate
         self._allowed_cache.clear()
+        for ip in [ip for ip in self._bans if self.allowed(ip)]:
+            del self._bans[ip]
+            self._fails.pop(ip, None)
 
     def allowed(self, ip: str) -> bool:
         hit = self._allowed_cache.get(ip)
@@ -90,8 +149,8 @@ class Guard:
         if limit <= 0 or self.allowed(ip):
             return True
         slot = self._rate.get(ip)
-        if slot is None or now - slot[0] >= 1.0:
-            if len(self._rate) > 65536:
+        if slot is None or not 0.0 <= now - slot[0] < 1.0:
+            if slot is None and len(self._rate) >= MAX_TRACKED:
                 self._rate.clear()
             self._rate[ip] = [now, 1.0]
             return True
@@ -102,48 +161,64 @@ class Guard:
         return True
 
     def failure(self, ip: str, line: str | None, reason: str, now: float) -> bool:
-        """Record one failed authentication; True when the source is now banned."""
+        """Record one failed authentication; True when the source is banned by it."""
         self.total_failures += 1
-        log.warning("sipyard auth failure: src=%s line=%s reason=%s", ip, line or "-", reason)
+        allowed = self.allowed(ip)
+        log.warning("sipyard auth failure: src=%s line=%s reason=%s%s", log_safe(ip),
+                    log_safe(line), log_safe(reason), " (allowed source)" if allowed else "")
         if line:
             self._count(self._line_fails, line, now)
-        if self.allowed(ip):
+        if allowed or ip in self._bans:
             return False
         n = self._count(self._fails, ip, now)
-        if self.max_failures > 0 and n >= self.max_failures and ip not in self._bans:
+        if self.max_failures > 0 and n >= self.max_failures:
+            if len(self._bans) >= MAX_TRACKED:
+                self.bans(now)
             self._bans[ip] = Ban(ip, now + self.ban_seconds, n)
             self.total_bans += 1
             self._fails.pop(ip, None)
-            log.warning("sipyard ban: src=%s failures=%d seconds=%d", ip, n, int(self.ban_seconds))
+            log.warning("sipyard ban: src=%s failures=%d seconds=%d", log_safe(ip), n,
+                        int(self.ban_seconds))
             return True
         return False
 
     def _count(self, table: dict[str, deque[float]], key: str, now: float) -> int:
         q = table.get(key)
         if q is None:
-            if len(table) > 100000:
+            if len(table) >= MAX_TRACKED:
                 self._prune(table, now)
             q = table[key] = deque()
         q.append(now)
         cutoff = now - self.window
-        while q and q[0] < cutoff:
+        while q and q[0] <= cutoff:
             q.popleft()
         return len(q)
 
     def _prune(self, table: dict[str, deque[float]], now: float) -> None:
+        """Drop keys with no failure in the window, then the oldest keys, to half the cap."""
         cutoff = now - self.window
-        for key in [k for k, q in table.items() if not q or q[-1] < cutoff]:
+        for key in [k for k, q in table.items() if not q or q[-1] <= cutoff]:
             del table[key]
+        excess = len(table) - MAX_TRACKED // 2
+        if excess > 0:
+            for key in list(table)[:excess]:  # dicts keep insertion order: oldest first
+                del table[key]
 
     def success(self, ip: str) -> None:
-        self._fails.pop(ip, None)
+        """A source authenticated. Deliberately keeps its failure count (see module doc)."""
+
+    def failures(self, ip: str, now: float) -> int:
+        """Failures of a source within the window (0 once banned: the ban took them)."""
+        return self._recent(self._fails.get(ip), now)
 
     def line_failures(self, line: str, now: float) -> int:
-        q = self._line_fails.get(line)
+        return self._recent(self._line_fails.get(line), now)
+
+    def _recent(self, q: deque[float] | None, now: float) -> int:
         if not q:
             return 0
         cutoff = now - self.window
-        return sum(1 for t in q if t >= cutoff)
+        return sum(1 for t in q if t > cutoff)
 
     def bans(self, now: float) -> list[Ban]:
         for ip in [ip for ip, b in self._bans.items() if b.until <= now]:

@@ -10,6 +10,7 @@ lets tests drive the app without sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import socket
@@ -64,13 +65,11 @@ class _Udp(asyncio.DatagramProtocol):
         # CPython's selector transport reads 256 KiB per datagram by default,
         # an mmap/munmap per packet (bench README pitfall 3).
         if hasattr(transport, "max_size"):
-            transport.max_size = self.owner.max_udp  # type: ignore[attr-defined]
+            transport.max_size = self.owner.max_udp
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-            except OSError:
-                pass
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if len(data) > self.owner.max_udp:
@@ -92,18 +91,28 @@ class _Tcp(asyncio.Protocol):
         self.peer: tuple[str, int] = ("", 0)
         self.last_rx = time.monotonic()
         self.outbound = outbound
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Only connect_tcp() awaits this; an inbound connection has none, else every
+        # refused or dropped one would leave a "Future exception was never retrieved"
+        # error in the log (one per connection: a log flood under a connection storm).
+        self.ready: asyncio.Future[None] | None = (
+            asyncio.get_running_loop().create_future() if outbound else None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
+        # An inbound flow's listener was built with the configured address (maybe
+        # port 0 or a wildcard); the Via of requests sent on this flow needs the real
+        # one. An outbound flow keeps the listener's address: its own port is ephemeral.
+        local = transport.get_extra_info("sockname") if not self.outbound else None
+        if local:
+            self.local = (local[0], local[1])
         if not self.outbound and not self.owner._admit(self):
             transport.close()
             return
         self.owner._conns[self.conn_id] = self
         self.owner._by_peer.setdefault(self.peer, self.conn_id)
-        if not self.ready.done():
+        if self.ready is not None and not self.ready.done():
             self.ready.set_result(None)
 
     def data_received(self, data: bytes) -> None:
@@ -138,7 +147,7 @@ class _Tcp(asyncio.Protocol):
                 if other.peer == self.peer:
                     owner._by_peer[self.peer] = other.conn_id
                     break
-        if not self.ready.done():
+        if self.ready is not None and not self.ready.done():
             self.ready.set_exception(ConnectionError("connection lost"))
 
 
@@ -188,7 +197,7 @@ class Transports:
                 self.bound.append(Listen("tcp", addr[0], addr[1]))
             else:
                 raise ValueError(f"unknown transport {spec.transport!r}")
-        # TCP handlers were built with the requested port (maybe 0): fix them up.
+        # TCP connections learn their real local address in connection_made().
         self._idle_task = asyncio.create_task(self._reap_idle())
         return self.bound
 
@@ -247,6 +256,7 @@ class Transports:
         local = self.local_for("tcp", 0)
         _, proto = await asyncio.wait_for(
             loop.create_connection(lambda: _Tcp(self, local, outbound=True), ip, port), timeout)
+        assert proto.ready is not None
         await proto.ready
         return Source("tcp", ip, port, proto.conn_id, local)
 
@@ -274,7 +284,5 @@ class Transports:
             if proto.transport is not None:
                 proto.transport.close()
         for server in self._servers:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
-            except (TimeoutError, asyncio.TimeoutError):
-                pass

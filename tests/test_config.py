@@ -16,6 +16,7 @@ import pytest
 from sipyard import __version__
 from sipyard.config import (
     DEFAULT_CHAIN,
+    DEMO_LINES,
     Config,
     ConfigError,
     Listen,
@@ -574,7 +575,7 @@ def test_demo_config_loads(tmp_path: Path) -> None:
     assert all(cfg.lines[n].secret == pw for n, pw in passwords.items())
     assert cfg.lines["10"].display == "Line 10" and cfg.lines["18"].display == "Line 18"
     assert cfg.lines["19"].display == "Door" and cfg.lines["19"].type == "door"
-    assert cfg.groups["100"].display == "Door phones" and cfg.groups["100"].members == ("19",)
+    assert cfg.groups["100"].display == "Door bell" and cfg.groups["100"].members == ("10", "11")
     assert cfg.aliases == {"reception": ("sip:10@sipyard.local",)}
     assert cfg.features.directed_pickup == "*78" and cfg.features.join == "*79"
     assert cfg.mapping == () and cfg.warnings == ()
@@ -675,3 +676,20 @@ def test_set_line_credentials_rejects(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         set_line_credentials(tmp_path / "broken.toml", "10", secret="x")
     assert path.read_text() == before
+
+
+def test_demo_night_state_overlay(tmp_path: Path) -> None:
+    """The shipped night overlay (sipyard/data/states/night.toml) re-routes the door bell."""
+    from importlib import resources
+
+    main = tmp_path / "sipyard.toml"
+    main.write_text(demo_config_text({n: f"pw-{n}" for n in DEMO_LINES}))
+    (tmp_path / "states").mkdir()
+    night = resources.files("sipyard").joinpath("data/states/night.toml").read_text("utf-8")
+    (tmp_path / "states" / "night.toml").write_text(night)
+    day = load_config(main)
+    assert day.groups["100"].members == ("10", "11")
+    cfg = load_config(main, state="night")
+    assert cfg.state == "night"
+    assert cfg.groups["100"].members == ("12",)
+    assert cfg.groups["100"].display == "Door bell"

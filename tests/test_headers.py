@@ -211,6 +211,9 @@ def test_wsinv_via_lws_everywhere() -> None:
     spaced = parse_via("sip/2.0/udp  host.example.com : 5070 ; rport ; received = 192.0.2.1")
     assert (spaced.protocol, spaced.transport, spaced.port) == ("SIP/2.0", "UDP", 5070)
     assert (spaced.rport, spaced.received) == ("", "192.0.2.1")
+    tab = parse_via("SIP/2.0/TCP\thost.example.com\t;\tbranch=z9hG4bKx")
+    assert (tab.transport, tab.host, tab.branch) == ("TCP", "host.example.com", "z9hG4bKx")
+    assert parse_cseq("7\t\tACK") == (7, "ACK")
 
 
 def test_via_params_and_ipv6_rfc5118() -> None:
@@ -241,7 +244,7 @@ def test_via_params_and_ipv6_rfc5118() -> None:
         "SIP/2.0/UDP [xyz]", "SIP/2.0/UDP ho st", "SIP/2.0/UDP host extra",
         "SIP/2.0/UDP host;branch=a b", "SIP/2.0/UDP host;br anch=a", "SI P/2.0/UDP host",
         "SIP/2.0/U,DP host", "SIP/2.0/UDP host;branch=\"unterminated", "SIP/2.0/UDP 1.2.3",
-        "SIP/2.0/UDP 192.0.2.300", "SIP/2.0/UDP host;a=\"x\"y",
+        "SIP/2.0/UDP 192.0.2.300", "SIP/2.0/UDP host;a=\"x\"y", "SIP/2.0/UDP\x85host",
     ],
 )
 def test_malformed_vias(text: str) -> None:
@@ -585,7 +588,7 @@ def test_cseq_of_torture_messages() -> None:
 def test_cseq_and_uint() -> None:
     assert parse_cseq("4294967295 REGISTER") == (2**32 - 1, "REGISTER")
     for bad in ("4294967296 INVITE", "INVITE", "1", "-1 INVITE", "1 IN VITE", "x INVITE",
-                "1 INV;ITE", "", "١ INVITE"):
+                "1 INV;ITE", "", "١ INVITE", "1\x85INVITE", "1 INVITE\x85"):
         assert rejects(parse_cseq, bad).reason == "Bad CSeq"
     assert parse_uint("0068", 255) == 68  # wsinv Max-Forwards
     assert parse_uint("255", 255) == 255

@@ -226,7 +226,7 @@ class RedirectContext:
     """What a redirector sees: the request, the (rewritable) target, the contact set so far."""
 
     __slots__ = ("request", "target", "caller", "contacts", "seq", "bindings", "line", "now",
-                 "pass_number", "_server", "_rec", "_index")
+                 "pass_number", "_server", "_rec", "_index", "_user_of", "_user")
 
     def __init__(self, server: RedirectServer, rec: _Request, target: SipUri, now: float) -> None:
         self.request = rec.request
@@ -246,6 +246,8 @@ class RedirectContext:
         self._server = server
         self._rec = rec
         self._index = 0
+        self._user_of: SipUri | None = None
+        self._user: str | None = None
 
     @property
     def method(self) -> str:
@@ -274,8 +276,12 @@ class RedirectContext:
 
     @property
     def user(self) -> str | None:
-        """The target's user part, %-decoded (what dial patterns match against)."""
-        return self.target.user_unescaped
+        """The target's user part, %-decoded (what dial patterns match against); cached."""
+        target = self.target
+        if self._user_of is not target:
+            self._user = target.user_unescaped
+            self._user_of = target
+        return self._user
 
 
 def _max_forwards(request: Any) -> int | None:

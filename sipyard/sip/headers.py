@@ -73,6 +73,19 @@ def _skip_quoted(s: str, i: int, reason: str) -> int:
         j = b + 2
 
 
+def _split_lws(s: str) -> tuple[str, str]:
+    """``"word  rest…"`` → ``("word", "rest…")``, splitting at the first SP/HTAB only
+    (``str.split()`` would also split at NEL, FS and other Unicode spaces)."""
+    s = s.strip(LWS)
+    sp = s.find(" ")
+    tab = s.find("\t")
+    if tab >= 0 and (sp < 0 or tab < sp):
+        sp = tab
+    if sp < 0:
+        return s, ""
+    return s[:sp], s[sp + 1 :].lstrip(LWS)
+
+
 def quote(s: str) -> str:
     """Make a quoted-string: wrap in DQUOTEs, backslash-escape ``"`` and ``\\``."""
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -394,11 +407,10 @@ def parse_via(text: str) -> Via:
         if not is_token(name) or not is_token(version):
             raise ParseError(400, _BAD_VIA)
         protocol = f"{name.upper()}/{version}"
-    parts = s[s2 + 1 :].split(None, 1)
-    if len(parts) != 2 or not is_token(parts[0]):
+    word, rest = _split_lws(s[s2 + 1 :])
+    if not rest or not is_token(word):
         raise ParseError(400, _BAD_VIA)
-    transport = parts[0].upper()
-    rest = parts[1]
+    transport = word.upper()
     semi = rest.find(";")
     sent_by = rest[:semi].rstrip(LWS) if semi >= 0 else rest.rstrip(LWS)
     port: int | None = None
@@ -446,14 +458,14 @@ def parse_uint(text: str, limit: int = 2**32 - 1) -> int:
 
 def parse_cseq(text: str) -> tuple[int, str]:
     """``"0009 INVITE"`` → ``(9, "INVITE")``; ``ParseError(400, "Bad CSeq")`` otherwise."""
-    parts = text.split()
-    if len(parts) != 2 or not is_token(parts[1]):
+    digits, method = _split_lws(text)
+    if not is_token(method):
         raise ParseError(400, "Bad CSeq")
     try:
-        number = parse_uint(parts[0])
+        number = parse_uint(digits)
     except ParseError:
         raise ParseError(400, "Bad CSeq") from None
-    return number, parts[1]
+    return number, method
 
 
 _BAD_AUTH = "Bad Authorization"
@@ -468,13 +480,13 @@ def parse_auth(text: str) -> tuple[str, dict[str, str]]:
     values unquoted. token68 credentials (``Basic dXNlcg==``), duplicate keys
     and malformed pairs raise ``ParseError(400, "Bad Authorization")``.
     """
-    parts = text.strip(LWS).split(None, 1)
-    if not parts or not is_token(parts[0]):
+    scheme, rest = _split_lws(text)
+    if not is_token(scheme):
         raise ParseError(400, _BAD_AUTH)
     params: dict[str, str] = {}
-    if len(parts) == 2:
+    if rest:
         try:
-            items = split_values(parts[1])
+            items = split_values(rest)
         except ParseError:
             raise ParseError(400, _BAD_AUTH) from None
         for item in items:
@@ -490,4 +502,4 @@ def parse_auth(text: str) -> tuple[str, dict[str, str]]:
             elif not VALUE_CHARS.issuperset(value):
                 raise ParseError(400, _BAD_AUTH)
             params[name] = value
-    return parts[0], params
+    return scheme, params

@@ -84,14 +84,40 @@ class BindingCache:
     # -- writes ------------------------------------------------------------
 
     def load(self, bindings: Iterable[Binding]) -> None:
-        """Bulk insert (start-up); bindings must be new to the cache."""
-        grouped: dict[str, list[Binding]] = {}
+        """Bulk insert (start-up): one pass, no per-AOR bookkeeping calls."""
+        if self._aors:  # not the start-up case: take the general path
+            grouped: dict[str, list[Binding]] = {}
+            for b in bindings:
+                grouped.setdefault(b.aor, []).append(b)
+            for aor, bs in grouped.items():
+                bs.extend(self.get(aor))
+                self._set(aor, tuple(sorted(bs, key=sort_key)))
+            return
+        aors = self._aors
+        wheel = self._wheel
+        several: list[str] = []
+        n = 0
         for b in bindings:
-            grouped.setdefault(b.aor, []).append(b)
-        for aor, bs in grouped.items():
-            bs.extend(self.get(aor))
-            bs.sort(key=sort_key)
-            self._set(aor, tuple(bs))
+            aor = b.aor
+            prev = aors.get(aor)
+            if prev is None:
+                aors[aor] = b
+            elif isinstance(prev, Binding):
+                aors[aor] = (prev, b)
+                several.append(aor)
+            else:
+                aors[aor] = (*prev, b)
+            sec = int(b.expires_at)
+            bucket = wheel.get(sec)
+            if bucket is None:
+                wheel[sec] = {aor: None}
+            else:
+                bucket[aor] = None
+            n += 1
+        for aor in several:
+            aors[aor] = tuple(sorted(self.get(aor), key=sort_key))
+        self._total = n
+        self._cursor = min(wheel) if wheel else None
 
     def apply(self, aor: str, puts: Iterable[Binding], remove_ids: Iterable[str]) -> None:
         """Put (replace by binding_id) and remove, as a committed update did."""

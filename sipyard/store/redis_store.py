@@ -236,7 +236,7 @@ class RedisStore(LocationStore):
             raise StoreError(f"redis: bad URL {self.url!r}: {exc}") from exc
         self._client = client
         try:
-            await client.ping()
+            await self._call(client.ping())
             known = BindingCache()
             if self.track_expiry:
                 known.load(await self.all(time.time()))

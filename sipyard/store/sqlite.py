@@ -10,11 +10,11 @@ sharing bindings is what the redis backend is for).
 
 Writes. One writer thread owns the connection. Each write is an operation
 put on a queue; the thread takes everything queued, runs it in one
-``BEGIN IMMEDIATE … COMMIT`` (a savepoint per operation, so one failing
-operation does not fail its neighbours) and hands the outcomes back to the
-loop in order. This is group commit: updates that arrive while a commit is
-running are committed together in the next transaction, so a burst of N
-REGISTERs costs a handful of commits, not N. ``update()`` returns only after
+``BEGIN IMMEDIATE … COMMIT`` (an operation that fails is dropped and the
+rest retried, so one failing write does not fail its neighbours) and hands the outcomes back to the loop in order. This is group commit:
+updates that arrive while a commit is running are committed together in the
+next transaction, so a burst of N REGISTERs costs a handful of commits, not
+N (200 concurrent updates: ~5 commits). ``update()`` returns only after
 its transaction committed, and the cache changes only then (in the loop, in
 commit order): a failed commit (disk full, locked, read-only, closed) raises
 :class:`StoreError` and leaves no trace in memory.
@@ -71,7 +71,7 @@ MAX_BATCH = 1024
 
 _COLUMNS = (
     "aor, binding_id, contact, params, q, expires_at, registered_at, call_id, cseq, "
-    "source_ip, source_port, transport, conn_id, path, user_agent, instance, reg_id"
+    "source_ip, source_port, transport, conn_id, path, user_agent, instance, reg_id, blobs"
 )
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS bindings (
@@ -80,24 +80,19 @@ CREATE TABLE IF NOT EXISTS bindings (
     cseq INTEGER NOT NULL, source_ip TEXT NOT NULL, source_port INTEGER NOT NULL,
     transport TEXT NOT NULL, conn_id TEXT, path TEXT NOT NULL, user_agent TEXT NOT NULL,
     instance TEXT, reg_id INTEGER,
+    -- 1 when some text column holds a BLOB (a str UTF-8 cannot encode, see above)
+    blobs INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (aor, binding_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS bindings_expires_at ON bindings (expires_at);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 PRAGMA user_version = {SCHEMA_VERSION};
 """
-#: column order == Binding field order, so a row maps to Binding positionally
-INSERT_SQL = f"INSERT OR REPLACE INTO bindings ({_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+#: column order == Binding field order (+ blobs), so a row maps to Binding positionally
+INSERT_SQL = f"INSERT OR REPLACE INTO bindings ({_COLUMNS}) VALUES ({', '.join('?' * 18)})"
 _DELETE_ONE = "DELETE FROM bindings WHERE aor = ? AND binding_id = ?"
 _DELETE_EXPIRED_ONE = "DELETE FROM bindings WHERE aor = ? AND binding_id = ? AND expires_at <= ?"
-_BLOB_CHECK = " OR ".join(
-    f"typeof({c}) = 'blob'"
-    for c in ("aor", "binding_id", "contact", "params", "call_id", "source_ip", "transport",
-              "conn_id", "path", "user_agent", "instance")
-)
-_SELECT_LIVE = (
-    f"SELECT {_COLUMNS}, ({_BLOB_CHECK}) FROM bindings WHERE expires_at > ? ORDER BY aor"
-)
+_SELECT_LIVE = f"SELECT {_COLUMNS} FROM bindings WHERE expires_at > ? ORDER BY aor"
 
 
 # -- row mapping ---------------------------------------------------------------
@@ -109,7 +104,7 @@ def binding_row(b: Binding) -> tuple[Any, ...]:
         b.aor, b.binding_id, b.contact, b.params, b.q, b.expires_at, b.registered_at,
         b.call_id, b.cseq, b.source_ip, b.source_port, b.transport, b.conn_id,
         json.dumps(b.path, ensure_ascii=False) if b.path else "", b.user_agent,
-        b.instance, b.reg_id,
+        b.instance, b.reg_id, 0,
     )
 
 
@@ -129,16 +124,25 @@ def _unblob(value: Any) -> Any:
     return value
 
 
-def _executemany(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+def _executemany(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]],
+                 *, flag: bool = False) -> None:
     """executemany, retrying with BLOB-encoded strings when a str is not UTF-8 encodable.
 
-    Every statement used here is idempotent, so re-running rows that already
-    went through before the failing one is harmless.
+    With ``flag`` the last column of a row is the ``blobs`` marker, set to 1
+    where a value was blob-encoded. Every statement used here is idempotent,
+    so re-running rows that went through before the failing one is harmless.
     """
     try:
         conn.executemany(sql, rows)
     except UnicodeEncodeError:
-        conn.executemany(sql, [tuple(_blobify(v) for v in row) for row in rows])
+        conn.executemany(sql, [_blobify_row(row, flag) for row in rows])
+
+
+def _blobify_row(row: tuple[Any, ...], flag: bool) -> tuple[Any, ...]:
+    new = tuple(_blobify(v) for v in row)
+    if flag and new != row:
+        return (*new[:-1], 1)
+    return new
 
 
 def _load_rows(conn: sqlite3.Connection, now: float) -> list[Binding]:
@@ -148,8 +152,8 @@ def _load_rows(conn: sqlite3.Connection, now: float) -> list[Binding]:
     append = out.append
     last_aor = ""
     for (aor, bid, contact, params, q, exp, reg, call_id, cseq, ip, port, transport, conn_id,
-         path, ua, instance, reg_id, has_blob) in conn.execute(_SELECT_LIVE, (now,)):
-        if has_blob:
+         path, ua, instance, reg_id, blobs) in conn.execute(_SELECT_LIVE, (now,)):
+        if blobs:
             aor, bid, contact, params, call_id, ip, transport, conn_id, path, ua, instance = map(
                 _unblob,
                 (aor, bid, contact, params, call_id, ip, transport, conn_id, path, ua, instance))
@@ -238,36 +242,36 @@ class _Writer(threading.Thread):
         self._hand_back([op])
 
     def _commit(self, batch: list[_Op]) -> None:
-        if not batch:
-            return
-        conn = self.conn
-        single = len(batch) == 1
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op in batch:
-                if single:
-                    op.outcome = (True, op.run(conn))
-                    continue
-                conn.execute("SAVEPOINT op")
-                try:
-                    op.outcome = (True, op.run(conn))
-                except Exception as exc:
-                    op.outcome = (False, exc)
-                    if not conn.in_transaction:  # SQLite rolled the whole transaction back
-                        raise
-                    conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-            conn.execute("COMMIT")
-            self.commits += 1
-        except Exception as exc:
+        """One transaction for the whole batch.
+
+        If an operation fails, the others are retried without it, so one bad
+        write does not fail its neighbours (and the common, successful path
+        pays no savepoint per operation). If BEGIN or COMMIT fails (locked,
+        I/O error) nothing can be isolated: every operation of the batch fails.
+        """
+        pending = batch
+        while pending:
+            conn = self.conn
+            running: _Op | None = None
             try:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            for op in batch:  # nothing of this batch is committed
-                if op.outcome[0] or op.outcome[1] is None:
-                    op.outcome = (False, exc)
+                conn.execute("BEGIN IMMEDIATE")
+                for op in pending:
+                    running = op
+                    op.outcome = (True, op.run(conn))
+                running = None
+                conn.execute("COMMIT")
+                self.commits += 1
+                break
+            except Exception as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                if running is None or len(pending) == 1:
+                    for op in pending:
+                        op.outcome = (False, exc)
+                    break
+                running.outcome = (False, exc)
+                pending = [op for op in pending if op is not running]
         self._hand_back(batch)
 
     def _hand_back(self, ops: list[_Op]) -> None:
@@ -500,7 +504,7 @@ def _write_delta(aor: str, rows: list[tuple[Any, ...]], removes: Iterable[str],
     if removes:
         _executemany(conn, _DELETE_ONE, [(aor, rid) for rid in removes])
     if rows:
-        _executemany(conn, INSERT_SQL, rows)
+        _executemany(conn, INSERT_SQL, rows, flag=True)
 
 
 def _delete_aor(aor: str, conn: sqlite3.Connection) -> None:

@@ -281,7 +281,7 @@ class DialogFeature(Redirector):
         Default: ``<code><line>`` in one of our domains; a number that is not a line → [].
         """
         code = self.code
-        user = ctx.target.user_unescaped
+        user = ctx.user
         if not code or not user or not user.startswith(code) or len(user) == len(code):
             return None
         if not self.config.is_our_domain(ctx.target.host):

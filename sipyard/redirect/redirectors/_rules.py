@@ -3,34 +3,8 @@
 Everything is compiled once at load, so a syntax error is a ``ConfigError`` naming the rule
 (``FILE: mapping[2].users: …``) and a request only runs precompiled matchers.
 
-User patterns (sipX dial-plan syntax, anchored at both ends)
-  ``X`` / ``x`` one digit; ``[1-5]`` / ``[135]`` one character of the class; a trailing ``.``
-  the rest (any run, possibly empty); ``\\`` makes the next character literal; anything
-  else is literal (``*78``, ``#``, ``+``). ``.`` is allowed only at the end: with one
-  variable-length element at the end a match is a single left-to-right scan.
-  ``{vdigits}`` is the part from the first variable element to the end (``9XXX`` on
-  ``9123`` → ``123``).
-  ``re:<regex>``: a Python regex, full match. Nested or more than two unbounded
-  quantifiers, alternation inside an unbounded quantifier and backreferences are refused
-  at load (they are how a regex backtracks exponentially on a hostile user part), and
-  only user parts up to ``MAX_REGEX_INPUT`` characters are matched against a regex.
-  ``{vdigits}`` is the group named ``vdigits``, else group 1, else the whole user.
-Hosts
-  empty: any of our domains. ``example.com`` exact (case-insensitive), ``*.example.com``
-  any subdomain *and* ``example.com`` itself (as sipX's DnsWildcard).
-Permissions
-  the caller (authenticated line) must hold all of them; with no authenticated caller a
-  rule that otherwise matches answers NEEDS_AUTH (the app challenges).
-When
-  ``"Mon-Fri 08:00-18:00"``, ``"Sat,Sun"``, ``"12:00-13:30"``, ``"Fri 22:00-06:00"`` (past
-  midnight: into the next day); any listed window matches; start inclusive, end exclusive;
-  evaluated in the rule's ``timezone`` (default ``[server] timezone``).
-Contacts (templates)
-  Contact header values with ``{user}`` / ``{digits}`` (the whole user part), ``{vdigits}``,
-  ``{host}`` (the Request-URI host). The plain forms are %-escaped for a URI user part; the
-  ``-escaped`` forms (``{user-escaped}`` …) escape everything but unreserved characters, for
-  use inside URI parameters or headers. A contact that is not a valid URI after substitution
-  is skipped with a logged error, never sent.
+The rule syntax (users, hosts, permissions, when, contact templates) is documented for
+administrators in ``mapping.py``; this module implements it.
 """
 
 from __future__ import annotations
@@ -38,7 +12,7 @@ from __future__ import annotations
 import importlib
 import ipaddress
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -62,7 +36,9 @@ __all__ = [
 ]
 
 MAX_REGEX_INPUT: Final = 128
-_USER_SAFE: Final = "".join(sorted(set(USER_CHARS) - set("%#")))  # user-unreserved, no escapes
+#: Kept as is by the plain tokens: user-unreserved minus the characters that would end an
+#: addr-spec URI early (``;`` ``?`` ``,``) and ``%`` / ``#`` (always escaped).
+_USER_SAFE: Final = "".join(sorted(set(USER_CHARS) - set("%#;?,")))
 _DAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _WEEK: Final = 7 * 1440
 _TOKENS: Final = frozenset({"user", "digits", "vdigits", "host"})
@@ -235,19 +211,17 @@ def _check_regex(source: str) -> None:
 # ------------------------------------------------------------------------------------- hosts
 
 class HostMatcher:
-    """``match(host_lower)``; ``None`` patterns mean "one of our domains" (via config)."""
+    """``match(host_lower)``; no patterns (``ours``) means "one of our domains"."""
 
-    __slots__ = ("_exact", "_suffixes", "_ours")
+    __slots__ = ("_exact", "_suffixes", "ours")
 
-    def __init__(self, exact: frozenset[str], suffixes: tuple[str, ...],
-                 ours: Callable[[str], bool] | None) -> None:
+    def __init__(self, exact: frozenset[str], suffixes: tuple[str, ...], ours: bool) -> None:
         self._exact = exact
         self._suffixes = suffixes
-        self._ours = ours
+        #: True: the rule has no hosts; the caller checks our domains (once per request).
+        self.ours = ours
 
     def match(self, host: str) -> bool:
-        if self._ours is not None:
-            return self._ours(host)
         if host in self._exact:
             return True
         return any(host.endswith(s) for s in self._suffixes)
@@ -264,9 +238,9 @@ def _norm_host(host: str) -> str:
     return h
 
 
-def compile_hosts(patterns: Sequence[str], ours: Callable[[str], bool]) -> HostMatcher:
+def compile_hosts(patterns: Sequence[str]) -> HostMatcher:
     if not patterns:
-        return HostMatcher(frozenset(), (), ours)
+        return HostMatcher(frozenset(), (), True)
     exact: set[str] = set()
     suffixes: list[str] = []
     for p in patterns:
@@ -282,7 +256,7 @@ def compile_hosts(patterns: Sequence[str], ours: Callable[[str], bool]) -> HostM
             raise ValueError(f"bad host pattern {p!r} (exact host or *.example.com)")
         else:
             exact.add(_norm_host(p))
-    return HostMatcher(frozenset(exact), tuple(suffixes), None)
+    return HostMatcher(frozenset(exact), tuple(suffixes), False)
 
 
 # -------------------------------------------------------------------------------- time windows
@@ -463,8 +437,7 @@ class Rule:
 _SAMPLE: Final = {"user": "1234", "digits": "1234", "vdigits": "34", "host": "example.com"}
 
 
-def compile_rule(raw: Any, kind: str, index: int, ours: Callable[[str], bool],
-                 default_zone: str) -> Rule:
+def compile_rule(raw: Any, kind: str, index: int, default_zone: str) -> Rule:
     """Compile a RuleConfig (or a dict with the same keys); RuleError names the bad part."""
     def get(key: str, default: Any = ()) -> Any:
         value = raw.get(key, default) if isinstance(raw, dict) else getattr(raw, key, default)
@@ -479,7 +452,7 @@ def compile_rule(raw: Any, kind: str, index: int, ours: Callable[[str], bool],
         return tuple(value)
 
     try:
-        hosts = compile_hosts(strings("hosts"), ours)
+        hosts = compile_hosts(strings("hosts"))
     except ValueError as exc:
         raise RuleError("hosts", str(exc)) from None
     users: list[UserPattern] = []

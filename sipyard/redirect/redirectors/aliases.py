@@ -139,7 +139,7 @@ class Aliases(Redirector):
     # -- requests ------------------------------------------------------------------------
     def process(self, ctx: RedirectContext) -> Result | ErrorDescriptor:
         target = ctx.target
-        user = target.user_unescaped
+        user = ctx.user
         if user is None:
             return Result.SUCCESS
         hit = None

@@ -32,7 +32,7 @@ class Pickup(DialogFeature):
 
     def lines_for(self, ctx: RedirectContext) -> list[str] | None:
         code = self.code
-        if not code or ctx.target.user_unescaped != code:
+        if not code or ctx.user != code:
             return None
         if not self.config.is_our_domain(ctx.target.host):
             return None
@@ -40,7 +40,7 @@ class Pickup(DialogFeature):
 
     def process(self, ctx: RedirectContext) -> Result | ErrorDescriptor:
         target = ctx.target
-        if target.user_unescaped == ALL_CREDENTIALS and self.config.is_our_domain(target.host):
+        if ctx.user == ALL_CREDENTIALS and self.config.is_our_domain(target.host):
             if ctx.request.method != "SUBSCRIBE":
                 return _NOT_SUBSCRIBE
             contacts = ctx.contacts
