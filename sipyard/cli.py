@@ -212,6 +212,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+class _OfflineServices:
+    """Enough of the app for building the redirect chain without running it."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.logger = logging.getLogger("sipyard.check")
+
+    def now(self) -> float:
+        return time.time()
+
+
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -221,9 +232,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     try:
         cfg = _load(args, state=args.state)
-        from .redirect.pipeline import build_chain_check
+        from .redirect.loader import build_chain
 
-        build_chain_check(cfg)
+        # Compiles every rule and alias exactly as the server would (errors name file + rule).
+        build_chain(cfg, _OfflineServices(cfg))  # type: ignore[arg-type]
     except ConfigError as exc:
         return _fail(str(exc))
     except FileNotFoundError:

@@ -32,7 +32,8 @@ async def install(app: App) -> None:
     cfg = app.config
     data_dir = cfg.server.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(cfg.store.url, data_dir)
+    url = cfg.store.url or f"sqlite:?synchronous={cfg.store.synchronous}"
+    store = open_store(url, data_dir)
     await store.open()
     sec = cfg.security
     guard = Guard(max_failures=sec.max_auth_failures, window=sec.failure_window,

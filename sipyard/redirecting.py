@@ -51,7 +51,10 @@ class AppServices:
         if not cfg.is_our_domain(uri.host_lower):
             return None
         user = uri.user_unescaped
-        return user if user in cfg.lines else None
+        if user in cfg.lines:
+            return user
+        # Open registration accepts any user of the realm, so any user may have bindings.
+        return user if user and cfg.security.open_registration else None
 
     async def send_request(self, method: str, request_uri: str, *,
                            dest: tuple[str, int, str] | None,
@@ -101,7 +104,7 @@ async def install(app: App) -> None:
 async def uninstall(app: App) -> None:
     server = app.features.pop("redirect", None)
     if server is not None:
-        server.close()
+        server.close("shutdown")
 
 
 def _trusted(app: App, ip: str) -> bool:

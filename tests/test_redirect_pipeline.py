@@ -246,6 +246,24 @@ def test_bindings_prefetched_for_the_chain(config: Any) -> None:
     assert seen == [("13", ["sip:13@10.1.1.1"], "12", "MESSAGE", 70, 1_700_000_000.0)]
 
 
+def test_target_rewrite_is_seen_by_later_redirectors(config: Any) -> None:
+    from sipyard.sip.uri import SipUri, parse_uri
+
+    def rewrite(ctx: RedirectContext, me: Scripted) -> Result:
+        assert ctx.user == "alias"
+        new = parse_uri("sip:13@example.com")
+        assert isinstance(new, SipUri)
+        ctx.target = new
+        return Result.SUCCESS
+
+    def check(ctx: RedirectContext, me: Scripted) -> Result:
+        ctx.contacts.add(f"sip:{ctx.user}@10.0.0.1")
+        return Result.SUCCESS
+    server, _, _ = server_with(config, ("r", rewrite), ("c", check))
+    out = run(server.redirect(make_request(ruri="sip:alias@example.com")))
+    assert out.headers == (("Contact", "<sip:13@10.0.0.1>"),)
+
+
 def test_non_sip_target_and_lookup_failure(config: Any) -> None:
     server, chain, services = server_with(config, ("a", adds("sip:x@10.0.0.1")))
     assert run(server.redirect(make_request(ruri="tel:+15551234"))).status == 416

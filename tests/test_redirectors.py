@@ -172,6 +172,19 @@ def test_registrations_q_order_and_path_as_route(tmp_path: Path) -> None:
     ]
     # a line with nothing registered: 480
     assert redirect(config, "sip:13@example.com", services=s).status == 480
+    # one server, the same binding objects again (the store cache): the same answer from its
+    # per-binding cache; new binding objects are seen at once
+    server = RedirectServer(config, s, chain=build_chain(config, s, ["registrations"]))
+
+    async def twice() -> list[list[str]]:
+        out = [contacts(await server.redirect(make_request("sip:12@example.com")))]
+        out.append(contacts(await server.redirect(make_request("sip:12@example.com"))))
+        s.bindings["sip:12@example.com"] = [
+            FakeBinding("sip:12@example.com", "sip:12@10.0.0.6:5062")]
+        out.append(contacts(await server.redirect(make_request("sip:12@example.com"))))
+        return out
+    first, second, third = asyncio.run(twice())
+    assert first == second and len(first) == 2 and third == ["<sip:12@10.0.0.6:5062>"]
 
 
 def test_subscribe_strips_q(tmp_path: Path) -> None:

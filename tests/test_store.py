@@ -28,7 +28,8 @@ from sipyard.store.sqlite import DB_NAME, SqliteStore
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_SERVER = os.environ.get("SIPYARD_REDIS_SERVER") or shutil.which(
+    "redis-server") or "/usr/bin/redis-server"
 AOR = "sip:alice@example.com"
 
 
@@ -528,6 +529,17 @@ def test_open_store_urls(tmp_path: Path) -> None:
             open_store(bad, tmp_path)
 
 
+def test_sqlite_synchronous_setting(tmp_path: Path) -> None:
+    async def level(url: str | None) -> int:
+        async with open_store(url, tmp_path) as store:
+            assert isinstance(store, SqliteStore)
+            return int(await store._call(
+                lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]))
+
+    assert run(level(None)) == 1  # NORMAL: see the sqlite module docstring
+    assert run(level("sqlite:full.db?synchronous=full")) == 2
+
+
 def test_sqlite_group_commit(tmp_path: Path) -> None:
     async def body() -> None:
         now = time.time()
@@ -608,6 +620,7 @@ def _make_db(path: Path, n: int, now: float) -> None:
     run(create())
 
 
+@pytest.mark.slow
 def test_sqlite_loads_100k_bindings_fast(tmp_path: Path) -> None:
     n, now = 100_000, time.time()
     _make_db(tmp_path / DB_NAME, n, now)

@@ -10,7 +10,7 @@ response order, highest q first and stable among equals.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sipyard.sip.errors import ParseError
 from sipyard.sip.headers import parse_name_addr
@@ -56,6 +56,8 @@ class Contact:
     params: Params = ()
     display: str | None = None
     source: str = ""
+    #: header_value() once computed (contacts made from cached bindings are reused).
+    _header: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str, *, source: str = "") -> Contact:
@@ -91,12 +93,16 @@ class Contact:
 
     def header_value(self) -> str:
         """The Contact header value: ``[display ]<uri>[;params][;q=…]``."""
-        parts = [f"{self.display} <{self.uri}>" if self.display else f"<{self.uri}>"]
-        for name, value in self.params:
-            parts.append(f";{name}" if value is None else f";{name}={value}")
-        if self.q is not None:
-            parts.append(f";q={format_q(self.q)}")
-        return "".join(parts)
+        text = self._header
+        if text is None:
+            parts = [f"{self.display} <{self.uri}>" if self.display else f"<{self.uri}>"]
+            for name, value in self.params:
+                parts.append(f";{name}" if value is None else f";{name}={value}")
+            if self.q is not None:
+                parts.append(f";q={format_q(self.q)}")
+            text = "".join(parts)
+            object.__setattr__(self, "_header", text)  # a cache, not a change of value
+        return text
 
     def __str__(self) -> str:
         return self.header_value()

@@ -8,6 +8,12 @@ such as ``UnknownHeaderWithUnusualValue: ;;,,;;,;`` (RFC 4475 wsinv) survives.
 
 The header section is decoded with ``surrogateescape``: invalid UTF-8 round-trips
 to the same bytes instead of raising, and raw NULs (intmeth) are kept.
+
+The request path is benchmarked against Kamailio (DESIGN §8), so the split is
+written for the common case: header names are looked up in a fixed table of
+usual spellings before anything is lower-cased, folding and bare-LF handling
+only run when the datagram contains them, and lookups by name are C-level
+``list.index``/``list.count`` scans over the canonical keys.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+from ._abnf import TOKEN_CHARS
 from .errors import ParseError
 from .headers import NameAddr, Via, parse_cseq, parse_name_addr, parse_uint, parse_via, split_values
 from .uri import AbsoluteUri, SipUri, TelUri, Uri, parse_uri
@@ -52,9 +59,37 @@ _SINGLE_ITEM: Final = frozenset({
 #: Marker for ``Contact: *``.
 STAR: Final = "*"
 
-_TOKEN_CHARS: Final = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+#: Header names as phones and sipp usually spell them, so the split can skip
+#: ``rstrip``/token check/``lower`` for them: a fixed table, never grown from input.
+_USUAL_NAMES: Final = (
+    "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Content-Length",
+    "Content-Type", "Expires", "Min-Expires", "User-Agent", "Server", "Accept",
+    "Accept-Encoding", "Accept-Language", "Allow", "Allow-Events", "Supported", "Require",
+    "Proxy-Require", "Unsupported", "Route", "Record-Route", "Path", "Authorization",
+    "Proxy-Authorization", "WWW-Authenticate", "Proxy-Authenticate", "Authentication-Info",
+    "Date", "Timestamp", "Event", "Subscription-State", "Subject", "Organization", "Priority",
+    "Reply-To", "Refer-To", "Referred-By", "Replaces", "Content-Disposition",
+    "Content-Encoding", "Session-Expires", "Min-SE", "P-Asserted-Identity",
+    "P-Preferred-Identity", "Privacy", "Reason", "Warning", "Retry-After", "Call-Info",
+    "Alert-Info", "Error-Info", "MIME-Version", "In-Reply-To", "RSeq", "RAck", "SIP-ETag",
+    "SIP-If-Match", "Identity", "Identity-Info", "Accept-Contact", "Reject-Contact",
+    "Request-Disposition", "Join", "Security-Client", "Security-Server", "Security-Verify",
 )
+
+
+def _build_name_table() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for name in _USUAL_NAMES:
+        key = name.lower()
+        for spelling in (name, key, name.upper(), name.title(), key.capitalize()):
+            table[spelling] = key
+    for letter, key in COMPACT_FORMS.items():
+        table[letter] = key
+        table[letter.upper()] = key
+    return table
+
+
+_NAME_TABLE: Final[dict[str, str]] = _build_name_table()
 
 
 class Limits:
@@ -73,14 +108,26 @@ DEFAULT_LIMITS: Final = Limits()
 
 def canonical_name(name: str) -> str:
     """Lower-case a header name and expand its compact form."""
+    key = _NAME_TABLE.get(name)
+    if key is not None:
+        return key
     key = name.lower()
     return COMPACT_FORMS.get(key, key)
 
 
-class Message:
-    """Start line aside, requests and responses share the header model."""
+#: Typed values cached per message; writing a header drops its cache.
+_CACHED_KEYS: Final = frozenset({"via", "from", "to", "cseq", "call-id", "contact"})
 
-    __slots__ = ("headers", "_keys", "body", "version", "_vias", "_from", "_to", "_cseq")
+
+class Message:
+    """Start line aside, requests and responses share the header model.
+
+    ``headers`` holds ``(name as written, value)``; ``_keys`` the canonical
+    lower-case name of each, kept in step by every mutator below.
+    """
+
+    __slots__ = ("headers", "_keys", "body", "version", "_vias", "_from", "_to", "_cseq",
+                 "_call_id", "_contacts")
 
     def __init__(self, headers: list[tuple[str, str]], keys: list[str], body: bytes,
                  version: str = "SIP/2.0") -> None:
@@ -92,26 +139,40 @@ class Message:
         self._from: NameAddr | None = None
         self._to: NameAddr | None = None
         self._cseq: tuple[int, str] | None = None
+        self._call_id: str | None = None
+        self._contacts: list[NameAddr] | str | None = None
 
     # -- raw access ---------------------------------------------------------
     def get(self, name: str) -> str | None:
         """The first value of a header (the whole line for list headers)."""
         key = canonical_name(name)
         keys = self._keys
-        for i in range(len(keys)):
-            if keys[i] == key:
-                return self.headers[i][1]
-        return None
+        if key not in keys:
+            return None
+        return self.headers[keys.index(key)][1]
 
     def get_lines(self, name: str) -> list[str]:
         """Every occurrence of a header, each as one unsplit line."""
-        key = canonical_name(name)
-        return [self.headers[i][1] for i, k in enumerate(self._keys) if k == key]
+        return self._lines(canonical_name(name))
+
+    def _lines(self, key: str) -> list[str]:
+        keys = self._keys
+        n = keys.count(key)
+        if n == 0:
+            return []
+        if n == 1:
+            return [self.headers[keys.index(key)][1]]
+        hdrs = self.headers
+        return [hdrs[i][1] for i, k in enumerate(keys) if k == key]
 
     def get_all(self, name: str) -> list[str]:
-        """Every value of every occurrence, comma-split for list headers."""
+        """Every value of every occurrence, comma-split for list headers.
+
+        Commas inside quoted-strings and ``<…>`` do not split; an unterminated
+        quote raises ``ParseError(400)``.
+        """
         key = canonical_name(name)
-        lines = [self.headers[i][1] for i, k in enumerate(self._keys) if k == key]
+        lines = self._lines(key)
         if key in _SINGLE_ITEM:
             return lines
         out: list[str] = []
@@ -120,94 +181,146 @@ class Message:
         return out
 
     def count(self, name: str) -> int:
+        """Number of header lines with that name (compact forms count too)."""
         return self._keys.count(canonical_name(name))
 
     def has(self, name: str) -> bool:
         return canonical_name(name) in self._keys
 
+    def _invalidate(self, key: str) -> None:
+        if key in _CACHED_KEYS:
+            self._vias = None
+            self._from = None
+            self._to = None
+            self._cseq = None
+            self._call_id = None
+            self._contacts = None
+
     def set_header(self, name: str, value: str) -> None:
-        """Replace the first occurrence (or append) and drop the others."""
+        """Drop every occurrence and append one ``name: value``."""
         key = canonical_name(name)
         self.remove_header(name)
         self.headers.append((name, value))
         self._keys.append(key)
+        self._invalidate(key)
 
     def add_header(self, name: str, value: str, *, first: bool = False) -> None:
+        key = canonical_name(name)
         if first:
             self.headers.insert(0, (name, value))
-            self._keys.insert(0, canonical_name(name))
+            self._keys.insert(0, key)
         else:
             self.headers.append((name, value))
-            self._keys.append(canonical_name(name))
+            self._keys.append(key)
+        self._invalidate(key)
 
     def remove_header(self, name: str) -> None:
         key = canonical_name(name)
+        if key not in self._keys:
+            return
         keep = [i for i, k in enumerate(self._keys) if k != key]
         self.headers = [self.headers[i] for i in keep]
         self._keys = [self._keys[i] for i in keep]
+        self._invalidate(key)
 
     def replace_top_via(self, value: str) -> None:
         """Rewrite the topmost via-parm (for received/rport) keeping the others."""
-        for i, k in enumerate(self._keys):
-            if k == "via":
-                name, line = self.headers[i]
-                parts = split_values(line)
-                parts[0] = value
-                self.headers[i] = (name, ", ".join(parts))
-                self._vias = None
-                return
+        keys = self._keys
+        if "via" not in keys:
+            return
+        i = keys.index("via")
+        name, line = self.headers[i]
+        if "," in line:
+            parts = split_values(line)
+            parts[0] = value
+            line = ", ".join(parts)
+        else:
+            line = value
+        self.headers[i] = (name, line)
+        self._vias = None
 
     # -- typed access ---------------------------------------------------------
     def _single(self, key: str, label: str) -> str:
-        value: str | None = None
-        for i, k in enumerate(self._keys):
-            if k == key:
-                if value is not None:
-                    raise ParseError(400, f"Multiple {label} headers")
-                value = self.headers[i][1]
-        if value is None:
-            raise ParseError(400, f"Missing {label} header")
-        return value
+        """The value of a header that must appear exactly once (insuf, multi01)."""
+        keys = self._keys
+        n = keys.count(key)
+        if n != 1:
+            raise ParseError(400, f"Missing {label} header" if n == 0 else f"Multiple {label} headers")
+        return self.headers[keys.index(key)][1]
 
     @property
     def call_id(self) -> str:
-        value = self._single("call-id", "Call-ID")
-        if not value or " " in value or "," in value:
-            raise ParseError(400, "Bad Call-ID header")
+        value = self._call_id
+        if value is None:
+            value = self._single("call-id", "Call-ID")
+            # callid = word ["@" word]: no LWS, no comma (multi01 joins two with ",")
+            if not value or " " in value or "\t" in value or "," in value:
+                raise ParseError(400, "Bad Call-ID header")
+            self._call_id = value
         return value
 
     @property
     def cseq(self) -> tuple[int, str]:
-        if self._cseq is None:
-            try:
-                self._cseq = parse_cseq(self._single("cseq", "CSeq"))
-            except ParseError as exc:
-                raise ParseError(400, exc.reason if "CSeq" in exc.reason else "Bad CSeq header") from None
-        return self._cseq
+        cseq = self._cseq
+        if cseq is None:
+            value = self._single("cseq", "CSeq")
+            # fast path for the usual "1 OPTIONS"; anything else goes to parse_cseq
+            num, sp, method = value.partition(" ")
+            if (sp and 0 < len(num) <= 9 and num.isdigit() and num.isascii() and method
+                    and TOKEN_CHARS.issuperset(method)):
+                cseq = (int(num), method)
+            else:
+                try:
+                    cseq = parse_cseq(value)
+                except ParseError:
+                    raise ParseError(400, "Bad CSeq header") from None
+            self._cseq = cseq
+        return cseq
 
     @property
     def from_(self) -> NameAddr:
-        if self._from is None:
-            self._from = _name_addr(self._single("from", "From"), "From")
-        return self._from
+        na = self._from
+        if na is None:
+            na = self._from = _name_addr(self._single("from", "From"), "From")
+        return na
 
     @property
     def to(self) -> NameAddr:
-        if self._to is None:
-            self._to = _name_addr(self._single("to", "To"), "To")
-        return self._to
+        na = self._to
+        if na is None:
+            na = self._to = _name_addr(self._single("to", "To"), "To")
+        return na
+
+    def check_from_to(self) -> None:
+        """Validate From and To without building NameAddr objects when they are simple.
+
+        ``<sip:…>`` optionally followed by ``;tag=token`` is the shape nearly every
+        request has; anything else is parsed fully (and cached), so the torture
+        vectors baddn, quotbal and badaspec are still refused with 400.
+        """
+        if self._from is None and not _simple_name_addr(self._single("from", "From")):
+            self.from_  # noqa: B018 - full parse; raises on a bad value
+        if self._to is None and not _simple_name_addr(self._single("to", "To")):
+            self.to  # noqa: B018
 
     @property
     def vias(self) -> list[Via]:
-        if self._vias is None:
-            values = self.get_all("via")
-            if not values:
+        vias = self._vias
+        if vias is None:
+            lines = self._lines("via")
+            if not lines:
                 raise ParseError(400, "Missing Via header")
             try:
-                self._vias = [parse_via(v) for v in values]
+                if len(lines) == 1 and "," not in lines[0]:
+                    vias = [parse_via(lines[0])]
+                else:
+                    vias = [parse_via(v) for line in lines for v in split_values(line)]
             except ParseError:
                 raise ParseError(400, "Bad Via header") from None
-        return self._vias
+            if not vias:
+                raise ParseError(400, "Bad Via header")
+            self._vias = vias
+        return vias
 
     @property
     def top_via(self) -> Via:
@@ -215,40 +328,48 @@ class Message:
 
     @property
     def max_forwards(self) -> int | None:
-        lines = self.get_lines("max-forwards")
-        if not lines:
-            return None
-        if len(lines) > 1:
-            raise ParseError(400, "Multiple Max-Forwards headers")
-        try:
-            return parse_uint(lines[0], 255)
-        except ParseError:
-            raise ParseError(400, "Bad Max-Forwards header") from None
+        return self._uint("max-forwards", "Max-Forwards", 255)
 
     @property
     def expires(self) -> int | None:
-        lines = self.get_lines("expires")
-        if not lines:
+        return self._uint("expires", "Expires", 2**32 - 1)
+
+    def _uint(self, key: str, label: str, limit: int) -> int | None:
+        keys = self._keys
+        n = keys.count(key)
+        if n == 0:
             return None
-        if len(lines) > 1:
-            raise ParseError(400, "Multiple Expires headers")
+        if n > 1:
+            raise ParseError(400, f"Multiple {label} headers")
+        value = self.headers[keys.index(key)][1]
+        if 0 < len(value) <= 3 and value.isdigit() and value.isascii():
+            number = int(value)
+            if number <= limit:
+                return number
         try:
-            return parse_uint(lines[0])
+            return parse_uint(value, limit)
         except ParseError:
-            raise ParseError(400, "Bad Expires header") from None
+            raise ParseError(400, f"Bad {label} header") from None
 
     @property
     def contacts(self) -> list[NameAddr] | str:
-        values = self.get_all("contact")
-        if len(values) == 1 and values[0] == "*":
-            return STAR
-        if "*" in values:
-            raise ParseError(400, "Bad Contact header: * mixed with contacts")
-        return [_name_addr(v, "Contact") for v in values]
+        """The Contact values, or ``STAR`` for ``Contact: *`` (alone)."""
+        contacts = self._contacts
+        if contacts is None:
+            values = self.get_all("contact")
+            if len(values) == 1 and values[0] == "*":
+                contacts = STAR
+            elif "*" in values:
+                raise ParseError(400, "Bad Contact header: * mixed with contacts")
+            else:
+                contacts = [_name_addr(v, "Contact") for v in values]
+            self._contacts = contacts
+        return contacts
 
     def to_bytes(self) -> bytes:
+        """Serialise as ``Name: value`` lines; header bytes come back as received."""
         parts = [self.start_line()]
-        parts.extend(f"{n}: {v}" for n, v in self.headers)
+        parts.extend([f"{n}: {v}" for n, v in self.headers])
         parts.append("")
         parts.append("")
         return "\r\n".join(parts).encode("utf-8", "surrogateescape") + self.body
@@ -264,6 +385,31 @@ def _name_addr(value: str, label: str) -> NameAddr:
         raise ParseError(400, f"Bad {label} header") from None
 
 
+#: What a URI may hold on the fast path of ``_simple_name_addr``: RFC 3261
+#: URI characters minus everything that makes ``parse_name_addr`` look closer
+#: (LWS, quotes, ``<>``, ``,``, ``?``, non-ASCII, controls).
+_SIMPLE_URI_CHARS: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()%&=+$;:@[]/"
+)
+
+
+def _simple_name_addr(value: str) -> bool:
+    """True when ``value`` is ``<sip:…>`` or ``<sip:…>;tag=token``.
+
+    Only says yes to shapes that ``parse_name_addr`` accepts; a no means
+    "parse it fully", never "reject".
+    """
+    if not value.startswith("<sip:"):
+        return False
+    gt = value.find(">")
+    if gt < 0 or not _SIMPLE_URI_CHARS.issuperset(value[1:gt]):
+        return False
+    rest = value[gt + 1:]
+    if not rest:
+        return True
+    return rest.startswith(";tag=") and len(rest) > 5 and TOKEN_CHARS.issuperset(rest[5:])
+
+
 class Request(Message):
     __slots__ = ("method", "uri", "_ruri")
 
@@ -276,9 +422,10 @@ class Request(Message):
 
     @property
     def ruri(self) -> Uri:
-        if self._ruri is None:
-            self._ruri = parse_uri(self.uri)
-        return self._ruri
+        ruri = self._ruri
+        if ruri is None:
+            ruri = self._ruri = parse_uri(self.uri)
+        return ruri
 
     def start_line(self) -> str:
         return f"{self.method} {self.uri} {self.version}"
@@ -308,69 +455,86 @@ class Response(Message):
 def _split_head(data: bytes) -> tuple[bytes, int]:
     """Find the end of the header section: (head, offset of the body)."""
     i = data.find(b"\r\n\r\n")
-    j = data.find(b"\n\n")
-    if i >= 0 and (j < 0 or i < j):
-        return data[:i], i + 4
-    if j >= 0:
-        # Bare-LF messages (RFC 5118's archive form): tolerated.
-        return data[:j], j + 2
-    # No empty line at all (RFC 4475 baddn as archived): a datagram's end closes it.
-    return data.rstrip(b"\r\n"), len(data)
+    # a bare-LF blank line can only come first if it lies before the CRLF one
+    j = data.find(b"\n\n", 0, i) if i >= 0 else data.find(b"\n\n")
+    if j < 0:
+        if i >= 0:
+            return data[:i], i + 4
+        # No empty line at all (RFC 4475 baddn as archived): a datagram's end closes it.
+        return data.rstrip(b"\r\n"), len(data)
+    # Bare-LF messages (RFC 5118's archive form): tolerated.
+    head = data[:j]
+    if head.endswith(b"\r"):
+        head = head[:-1]  # "…\r\n\n": a CRLF line end followed by a bare-LF blank line
+    return head, j + 2
 
 
-def _parse_headers(lines: list[str], limits: Limits) -> tuple[list[tuple[str, str]], list[str]]:
+def _parse_headers(text: str, limits: Limits) -> tuple[str, list[tuple[str, str]], list[str]]:
+    """Split the decoded header section into (start line, headers, canonical keys)."""
+    lines = text.split("\r\n")
+    if text.count("\n") != len(lines) - 1:
+        lines = text.replace("\r\n", "\n").split("\n")  # bare LFs somewhere
+    if len(text) > limits.max_line:
+        max_line = limits.max_line
+        for line in lines:
+            if len(line) > max_line:
+                raise ParseError(400, "Header Line Too Long")
+    folded = "\n " in text or "\n\t" in text
     headers: list[tuple[str, str]] = []
     keys: list[str] = []
-    compact = COMPACT_FORMS
-    max_line = limits.max_line
+    table = _NAME_TABLE
+    first = True
     for line in lines:
-        if len(line) > max_line:
-            raise ParseError(400, "Header Line Too Long")
-        if line[:1] in (" ", "\t"):
-            if not headers:
-                raise ParseError(400, "Malformed header folding")
-            name, value = headers[-1]
-            cont = line.strip()
-            headers[-1] = (name, f"{value} {cont}" if value else cont)
+        if first:
+            first = False
             continue
         name, sep, value = line.partition(":")
-        if not sep:
-            if not line:
+        key = table.get(name)
+        if key is None:
+            if folded and line[:1] in (" ", "\t"):
+                if not headers:
+                    raise ParseError(400, "Malformed header folding")
+                prev_name, prev = headers[-1]
+                cont = line.strip(" \t")
+                if cont:
+                    headers[-1] = (prev_name, f"{prev} {cont}" if prev else cont)
                 continue
-            raise ParseError(400, "Malformed header line")
-        name = name.rstrip(" \t")
-        if not name or not _is_token(name):
-            raise ParseError(400, "Malformed header name")
-        key = name.lower()
-        keys.append(compact.get(key, key))
+            if not sep:
+                if not line:
+                    continue
+                raise ParseError(400, "Malformed header line")
+            name = name.rstrip(" \t")
+            if not name or not TOKEN_CHARS.issuperset(name):
+                raise ParseError(400, "Malformed header name")
+            key = name.lower()
+            key = COMPACT_FORMS.get(key, key)
+        elif not sep:
+            raise ParseError(400, "Malformed header line")  # "Via" alone on a line
+        keys.append(key)
         headers.append((name, value.strip(" \t")))
     if len(headers) > limits.max_headers:
         raise ParseError(400, "Too Many Header Fields")
-    return headers, keys
+    return lines[0], headers, keys
 
 
-def _is_token(text: str) -> bool:
-    tc = _TOKEN_CHARS
-    for ch in text:
-        if ch not in tc:
-            return False
-    return True
-
-
-def _content_length(msg: Message) -> int | None:
-    lines = msg.get_lines("content-length")
-    if not lines:
-        return None
-    values = set()
+def _content_length(lines: list[str]) -> int:
+    """The one Content-Length value; 400 on a bad or disagreeing one (ncl, mcl01)."""
+    value = -1
     for line in lines:
         for part in line.split(","):
-            part = part.strip()
+            part = part.strip(" \t")
             if not part.isdigit() or not part.isascii():
                 raise ParseError(400, "Bad Content-Length header")
-            values.add(int(part))
-    if len(values) > 1:
-        raise ParseError(400, "Multiple Content-Length values")
-    return values.pop()
+            if len(part) > 10:
+                part = part.lstrip("0") or "0"
+                if len(part) > 10:
+                    # no datagram is that long; and int() of a huge string is slow
+                    raise ParseError(400, "Content-Length larger than message")
+            n = int(part)
+            if value >= 0 and n != value:
+                raise ParseError(400, "Multiple Content-Length values")
+            value = n
+    return value
 
 
 def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
@@ -378,46 +542,41 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
 
     On a framing or start-line error a ParseError is raised; when the headers
     themselves could be read, ``exc.partial`` holds the message so the caller
-    can still address a 400 to its sender.
+    can still address a 400 to its sender. Octets after Content-Length are
+    ignored (dblreq); without Content-Length the body is the rest of the
+    datagram (inv2543).
     """
-    start = 0
-    n = len(data)
-    while start < n and data[start] in b"\r\n":
-        start += 1  # RFC 3261 §7.5: ignore CRLFs before the start line
-    if start:
-        data = data[start:]
+    if data[:1] in (b"\r", b"\n"):
+        # RFC 3261 §7.5: ignore CRLFs before the start line
+        data = data.lstrip(b"\r\n")
     head, body_at = _split_head(data)
-    text = head.decode("utf-8", "surrogateescape")
-    if "\n" in text:
-        lines = text.replace("\r\n", "\n").split("\n")
-    else:
-        lines = [text]
-    first = lines[0]
-    headers, keys = _parse_headers(lines[1:], limits)
+    first, headers, keys = _parse_headers(head.decode("utf-8", "surrogateescape"), limits)
     msg: Request | Response
     if first.startswith("SIP/"):
         msg = _response(first, headers, keys)
     else:
         msg = _request(first, headers, keys, limits)
+    if "content-length" not in keys:
+        msg.body = data[body_at:]
+        return msg
     try:
-        length = _content_length(msg)
-        avail = len(data) - body_at
-        if length is None:
-            msg.body = data[body_at:]
-        elif length > avail:
-            raise ParseError(400, "Content-Length larger than message")
-        else:
-            msg.body = data[body_at:body_at + length]
+        length = _content_length(msg._lines("content-length"))
     except ParseError as exc:
         exc.partial = msg
         raise
+    if length > len(data) - body_at:
+        exc = ParseError(400, "Content-Length larger than message")  # clerr
+        exc.partial = msg
+        raise exc
+    msg.body = data[body_at:body_at + length] if length else b""
     return msg
 
 
 def _response(first: str, headers: list[tuple[str, str]], keys: list[str]) -> Response:
     version, _, rest = first.partition(" ")
-    code, sp, reason = rest.partition(" ")
-    if len(code) != 3 or not code.isdigit() or not code.isascii() or code[0] == "0":
+    code, _, reason = rest.partition(" ")
+    # Status-Code = 3DIGIT, 100-699 (bigcode: 4294967301 is dropped)
+    if len(code) != 3 or not code.isdigit() or not code.isascii() or not "1" <= code[0] <= "6":
         raise ParseError(400, "Bad status code")
     if version.upper() != "SIP/2.0":
         raise ParseError(505, "Version Not Supported")
@@ -426,14 +585,15 @@ def _response(first: str, headers: list[tuple[str, str]], keys: list[str]) -> Re
 
 def _request(first: str, headers: list[tuple[str, str]], keys: list[str], limits: Limits) -> Request:
     parts = first.split(" ")
-    if len(parts) != 3 or not all(parts):
+    if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2]:
+        # lwsstart, trws, lwsruri: exactly one SP between the three elements
         req = Request("", "", "SIP/2.0", headers, keys, b"")
         exc = ParseError(400, "Malformed Request-Line")
         exc.partial = req
         raise exc
     method, uri, version = parts
     req = Request(method, uri, version, headers, keys, b"")
-    if not _is_token(method):
+    if not TOKEN_CHARS.issuperset(method):
         exc = ParseError(400, "Bad method")
         exc.partial = req
         raise exc
@@ -441,63 +601,67 @@ def _request(first: str, headers: list[tuple[str, str]], keys: list[str], limits
         exc = ParseError(414, "Request-URI Too Long")
         exc.partial = req
         raise exc
-    up = version.upper()
-    if up != "SIP/2.0":
-        status = 505 if up.startswith("SIP/") else 400
-        exc = ParseError(status, "Version Not Supported" if status == 505 else "Bad SIP version")
-        exc.partial = req
-        raise exc
-    req.version = "SIP/2.0"
+    if version != "SIP/2.0":
+        up = version.upper()
+        if up != "SIP/2.0":
+            status = 505 if up.startswith("SIP/") else 400  # badvers
+            exc = ParseError(status, "Version Not Supported" if status == 505 else "Bad SIP version")
+            exc.partial = req
+            raise exc
+        req.version = "SIP/2.0"
     return req
 
 
 # -- responses -------------------------------------------------------------------
+
+#: Headers a response copies from its request (RFC 3261 §8.2.6.2), canonical spelling.
+_COPIED: Final[dict[str, str]] = {
+    "via": "Via: ", "from": "From: ", "call-id": "Call-ID: ", "cseq": "CSeq: ",
+}
+
 
 def build_response(req: Request, status: int, reason: str, *, to_tag: str | None = None,
                    headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
                    server: str | None = None) -> bytes:
     """Serialise a response to ``req`` (RFC 3261 §8.2.6.2).
 
-    Via, From, Call-ID and CSeq are copied as received; To gets ``to_tag`` if it
-    has none and the status is above 100.
+    Via (every line, in order), From, Call-ID and CSeq are copied as received;
+    To gets ``to_tag`` if it has none and the status is above 100. Compact
+    names come out in their long form.
     """
     out = [f"SIP/2.0 {status} {reason}"]
-    keys = req._keys
     hdrs = req.headers
+    copied = _COPIED
     to_done = False
-    for i, key in enumerate(keys):
-        if key == "via":
-            out.append(f"Via: {hdrs[i][1]}")
-        elif key == "from":
-            out.append(f"From: {hdrs[i][1]}")
+    for i, key in enumerate(req._keys):
+        prefix = copied.get(key)
+        if prefix is not None:
+            out.append(prefix + hdrs[i][1])
         elif key == "to" and not to_done:
             value = hdrs[i][1]
-            if to_tag is not None and status > 100 and not _has_tag(value):
+            if to_tag is not None and status > 100 and not _has_tag(req, value):
                 value = f"{value};tag={to_tag}"
-            out.append(f"To: {value}")
+            out.append("To: " + value)
             to_done = True
-        elif key == "call-id":
-            out.append(f"Call-ID: {hdrs[i][1]}")
-        elif key == "cseq":
-            out.append(f"CSeq: {hdrs[i][1]}")
     for name, value in headers:
         out.append(f"{name}: {value}")
     if server:
-        out.append(f"Server: {server}")
-    out.append(f"Content-Length: {len(body)}")
-    out.append("")
-    out.append("")
-    return "\r\n".join(out).encode("utf-8", "surrogateescape") + body
+        out.append("Server: " + server)
+    out.append(f"Content-Length: {len(body)}\r\n\r\n")
+    data = "\r\n".join(out).encode("utf-8", "surrogateescape")
+    return data + body if body else data
 
 
-def _has_tag(to_value: str) -> bool:
-    """Cheap check for a tag param outside the URI (the common case)."""
-    if ";tag=" not in to_value.lower().replace(" ", ""):
+def _has_tag(req: Request, to_value: str) -> bool:
+    """Whether the To already carries a tag (a header param, not a URI param)."""
+    if req._to is not None:
+        return req._to.tag is not None
+    if "tag" not in to_value.lower():
         return False
     try:
         return parse_name_addr(to_value).tag is not None
     except ParseError:
-        return True
+        return True  # unparseable: leave it as it is rather than add a second tag
 
 
 def is_sip_uri(uri: Uri) -> bool:

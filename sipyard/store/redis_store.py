@@ -40,6 +40,10 @@ notifications (``notify-keyspace-events Ex`` and a subscriber on
 gone by then, so the event would need a shadow copy of every binding, and a
 notification is lost while no subscriber is connected.
 
+Durability: :meth:`update` returns once ``EXEC`` is done, i.e. every other
+client sees the write; whether it survives a *redis* restart is redis'
+configuration (``appendonly yes`` with ``appendfsync everysec`` or ``always``).
+
 Errors: connection refused, timeouts (2 s socket timeout, one reconnect) and
 server errors raise :class:`StoreError`. Strings go through UTF-8 with
 ``surrogatepass``, so every ``str`` round-trips.
@@ -48,6 +52,7 @@ server errors raise :class:`StoreError`. Strings go through UTF-8 with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
@@ -177,8 +182,9 @@ def _encode(b: Binding) -> dict[str, str]:
 
 
 def _decode(flat: Sequence[str]) -> Binding:
-    d = dict(zip(flat[::2], flat[1::2], strict=True))
+    d: dict[str, str] = {}
     try:
+        d = dict(zip(flat[::2], flat[1::2], strict=True))
         q, path, reg_id = d.get("q"), d["path"], d.get("reg_id")
         return Binding(
             d["aor"], d["binding_id"], d["contact"], d["params"],
@@ -208,8 +214,7 @@ class RedisStore(LocationStore):
                  track_expiry: bool = True) -> None:
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
-        options = dict(query)
-        prefix = options.pop("key_prefix", None)
+        prefix = dict(query).get("key_prefix")
         self.url = urlunsplit(parts._replace(
             query=urlencode([(k, v) for k, v in query if k != "key_prefix"])))
         self.prefix = key_prefix if key_prefix is not None else prefix or "sipyard:"
@@ -249,7 +254,8 @@ class RedisStore(LocationStore):
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            await client.aclose()
+            with contextlib.suppress(RedisError, OSError):  # a dead server is closed too
+                await client.aclose()
 
     # -- reads -----------------------------------------------------------------
 

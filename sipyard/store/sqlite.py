@@ -14,7 +14,7 @@ put on a queue; the thread takes everything queued, runs it in one
 rest retried, so one failing write does not fail its neighbours) and hands the outcomes back to the loop in order. This is group commit:
 updates that arrive while a commit is running are committed together in the
 next transaction, so a burst of N REGISTERs costs a handful of commits, not
-N (200 concurrent updates: ~5 commits). ``update()`` returns only after
+N (a test makes 200 concurrent updates and sees a few commits at most). ``update()`` returns only after
 its transaction committed, and the cache changes only then (in the loop, in
 commit order): a failed commit (disk full, locked, read-only, closed) raises
 :class:`StoreError` and leaves no trace in memory.

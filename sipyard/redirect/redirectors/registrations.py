@@ -9,17 +9,20 @@ Other binding params (``+sip.instance``, ``reg-id``) mean nothing to a caller an
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from sipyard.sip.uri import escape
 
 from ..contacts import Contact
-from ..pipeline import ErrorDescriptor, RedirectContext, Redirector, Result
+from ..pipeline import BindingLike, ErrorDescriptor, RedirectContext, Redirector, Result, Services
 
 __all__ = ["Registrations", "with_uri_header"]
 
 #: hnv-unreserved (RFC 3261 §25.1): kept as is in a URI header value.
 HNV_SAFE: Final = "[]/?:+$"
+#: Contacts remembered per binding object (the store's cache hands out the same immutable
+#: objects), so a hot line's 302 costs a dict lookup per binding; cleared when full.
+_CACHE_MAX: Final = 8192
 
 
 def with_uri_header(uri: str, name: str, value: str) -> str:
@@ -31,14 +34,28 @@ def with_uri_header(uri: str, name: str, value: str) -> str:
 class Registrations(Redirector):
     name = "registrations"
 
+    def __init__(self, config: Any, services: Services) -> None:
+        super().__init__(config, services)
+        # id(binding) -> (binding, contact); holding the binding keeps its id from being reused
+        self._cache: dict[int, tuple[BindingLike, Contact]] = {}
+
     def process(self, ctx: RedirectContext) -> Result | ErrorDescriptor:
         bindings = ctx.bindings
         if not bindings:
             return Result.SUCCESS
         add = ctx.contacts.add
+        cache = self._cache
         for b in bindings:
+            hit = cache.get(id(b))
+            if hit is not None and hit[0] is b:
+                add(hit[1])
+                continue
             uri = b.contact
             if b.path:
                 uri = with_uri_header(uri, "Route", ",".join(b.path))
-            add(Contact(uri, b.q, source="registrations"))
+            contact = Contact(uri, b.q, source="registrations")
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            cache[id(b)] = (b, contact)
+            add(contact)
         return Result.SUCCESS

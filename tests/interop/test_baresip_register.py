@@ -1,0 +1,52 @@
+"""baresip 1.0 (a real softphone, headless) registers at sipyard with MD5 digest."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from baresip import Baresip, account
+from support import PASSWORDS, Server, write_config
+
+pytestmark = pytest.mark.interop
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    cfg = write_config(tmp_path_factory.mktemp("baresip-srv"), lines=range(10, 14))
+    srv = Server(cfg).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def registry(server: Server, line: str) -> list[dict[str, object]]:
+    r = server.cli("registry", line, "--json")
+    assert r.returncode == 0, r.stderr
+    (entry,) = json.loads(r.stdout)["lines"]
+    bindings: list[dict[str, object]] = entry["bindings"]
+    return bindings
+
+
+def test_register_ok_and_binding_stored(server: Server, tmp_path: Path) -> None:
+    with Baresip(tmp_path / "phone") as phone:
+        phone.add_account(account("10", server.port, PASSWORDS["10"]))
+        ev = phone.wait_event({"REGISTER_OK", "REGISTER_FAIL"}, timeout=10)
+        assert ev["type"] == "REGISTER_OK", ev
+        assert ev["accountaor"] == f"sip:10@127.0.0.1:{server.port}"
+        (b,) = registry(server, "10")
+        assert f"127.0.0.1:{phone.sip_port}" in str(b["contact"])
+        assert str(b["user_agent"]).startswith("baresip")
+        assert "OK" in phone.reginfo()
+
+
+def test_wrong_password_is_register_fail(server: Server, tmp_path: Path) -> None:
+    with Baresip(tmp_path / "phone") as phone:
+        phone.add_account(account("11", server.port, "not-the-password"))
+        ev = phone.wait_event({"REGISTER_OK", "REGISTER_FAIL"}, timeout=10)
+        assert ev["type"] == "REGISTER_FAIL", ev
+        assert "401" in str(ev.get("param", "")), ev
+    assert registry(server, "11") == []
