@@ -45,6 +45,9 @@ ALLOW = "INVITE, ACK, CANCEL, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, MESSAGE, REF
 SUPPORTED = frozenset({"path", "outbound", "gruu"}) - {"gruu"}
 SUPPORTED_HEADER = "path, outbound"
 
+_OPTIONS_HEADERS = (("Allow", ALLOW), ("Accept", "application/sdp, text/plain"),
+                    ("Supported", SUPPORTED_HEADER))
+
 RequestHandler = Callable[["App", Request, Source, ServerTransaction], Awaitable[None] | None]
 
 
@@ -79,7 +82,7 @@ class App:
         self._tag_seq = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._peer_logged: dict[str, float] = {}
+        self._peer_logged: dict[tuple[str, str], float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._notify: dict[str, Callable[[Request], None]] = {}
         self._stopped = asyncio.Event()
@@ -196,7 +199,7 @@ class App:
             handler = self.handlers.get("*") if _has_user(req) else None
         if handler is None:
             if method == "OPTIONS":
-                self._options(tx, req)
+                self.options(tx, req)
             elif method in KNOWN_METHODS:
                 status, reason = (481, "Call/Transaction Does Not Exist") \
                     if method in ("BYE", "INFO", "UPDATE", "PRACK", "NOTIFY") \
@@ -224,10 +227,9 @@ class App:
             if tx.last_status is None or tx.last_status < 200:
                 self.respond(tx, req, 500, "Server Internal Error", [("Retry-After", "5")])
 
-    def _options(self, tx: ServerTransaction, req: Request) -> None:
-        self.respond(tx, req, 200, "OK", [
-            ("Allow", ALLOW), ("Accept", "application/sdp, text/plain"),
-            ("Supported", SUPPORTED_HEADER)])
+    def options(self, tx: ServerTransaction, req: Request) -> None:
+        """OPTIONS to the server itself: the keep-alive and capability probe."""
+        self.respond(tx, req, 200, "OK", _OPTIONS_HEADERS)
 
     @staticmethod
     def _response_dest(req: Request, via: Any, src: Source) -> Source:
@@ -276,14 +278,15 @@ class App:
         self.transports.send(dest, data)
         self.stats.responses[f"{status // 100}xx"] += 1
         self._log_peer_once(dest.ip, f"rejected {req.method or 'request'} from {dest.ip}: "
-                            f"{status} {reason}")
+                            f"{status} {reason}", f"reject-{status}")
         if reqlog.isEnabledFor(logging.INFO):
             self._log_request(req, dest, status)
 
     def _stateless(self, req: Request, src: Source, status: int, reason: str) -> None:
         """Answer a request whose Via could not be read: to its source, as best we can."""
         if req.method == "ACK" or not req.get("via"):
-            self._log_peer_once(src.ip, f"dropped unanswerable request from {src.ip}: {reason}")
+            self._log_peer_once(src.ip, f"dropped unanswerable request from {src.ip}: {reason}",
+                                "unanswerable")
             return
         self._reply_stateless(req, src, status, reason)
 
@@ -301,10 +304,12 @@ class App:
                 self._reply_stateless(partial, dest, exc.status, exc.reason)
                 return
         self.stats.dropped += 1
-        self._log_peer_once(src.ip, f"dropped malformed message from {src.ip}: {exc.reason}")
+        self._log_peer_once(src.ip, f"dropped malformed message from {src.ip}: {exc.reason}",
+                            "malformed")
 
     def _on_framing_error(self, exc: ParseError, src: Source) -> None:
-        self._log_peer_once(src.ip, f"closing tcp connection from {src.ip}:{src.port}: {exc.reason}")
+        self._log_peer_once(src.ip, f"closing tcp connection from {src.ip}:{src.port}: "
+                            f"{exc.reason}", "framing")
 
     def _on_oversize(self, src: Source, data: bytes) -> None:
         try:
@@ -318,16 +323,19 @@ class App:
                 dest = src
             self._reply_stateless(msg, dest, 513, "Message Too Large")
             return
-        self._log_peer_once(src.ip, f"dropped oversize datagram from {src.ip} ({len(data)} bytes)")
+        self._log_peer_once(src.ip, f"dropped oversize datagram from {src.ip} ({len(data)} bytes)",
+                            "oversize")
 
-    def _log_peer_once(self, ip: str, text: str) -> None:
+    def _log_peer_once(self, ip: str, text: str, kind: str = "") -> None:
+        """Log a peer's fault at most once a minute per kind, never per packet."""
         now = time.monotonic()
-        last = self._peer_logged.get(ip)
+        key = (ip, kind)
+        last = self._peer_logged.get(key)
         if last is not None and now - last < 60:
             return
         if len(self._peer_logged) > 10000:
             self._peer_logged.clear()
-        self._peer_logged[ip] = now
+        self._peer_logged[key] = now
         log.warning("%s", text)
 
     def _log_request(self, req: Request, dest: Source, status: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import logging
@@ -28,6 +29,14 @@ DEFAULT_CONFIG = "/etc/sipyard/sipyard.toml"
 LEVELS = ("debug", "info", "warning", "error")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 1 ("invalid argument"), not 2 ("timed out")."""
+
+    def error(self, message: str) -> Any:
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def _common(p: argparse.ArgumentParser, *, json_out: bool = True) -> None:
     p.add_argument("-c", "--config", default=os.environ.get("SIPYARD_CONFIG", DEFAULT_CONFIG),
                    help=f"config file (default {DEFAULT_CONFIG}, or $SIPYARD_CONFIG)")
@@ -38,7 +47,7 @@ def _common(p: argparse.ArgumentParser, *, json_out: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sipyard", description="SIP registrar and redirect server")
+    ap = _Parser(prog="sipyard", description="SIP registrar and redirect server")
     ap.add_argument("--version", action="version", version=f"sipyard {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
@@ -56,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default="demo")
 
     p = sub.add_parser("passwd", help="set a line's password (asks, or --password / stdin)")
-    _common(p, json_out=False)
+    _common(p)
     p.add_argument("line")
     p.add_argument("--password", help="the new password (else asked on the terminal)")
     p.add_argument("--ha1", action="store_true",
@@ -99,17 +108,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .config import ConfigError
+
     try:
         return int(_COMMANDS[args.cmd](args) or 0)
     except KeyboardInterrupt:
         return 130
+    except _Failed as exc:
+        return _fail(args, exc.message, exc.code, exc.extra)
+    except ConfigError as exc:
+        return _fail(args, str(exc), 1, _config_error_fields(exc))
+    except OSError as exc:  # an unreadable file, a full disk: one line, never a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(args, f"{where}{exc.strerror or exc}", 1)
 
 
 # -- helpers ------------------------------------------------------------------------
 
-def _fail(msg: str, code: int = 1) -> int:
-    print(f"sipyard: {msg}", file=sys.stderr)
+class _Failed(Exception):
+    """Ends a command with a one-line message on stderr and an exit code."""
+
+    def __init__(self, message: str, code: int = 1, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.extra = extra or {}
+
+
+def _fail(args: argparse.Namespace, msg: str, code: int = 1,
+          extra: dict[str, Any] | None = None) -> int:
+    """Report a failure: stderr always; with ``--json`` also one JSON document on stdout."""
+    print(f"sipyard {args.cmd}: {msg}", file=sys.stderr)
+    if getattr(args, "json", False):
+        doc = {"error": msg, "exit": code}
+        doc.update({k: v for k, v in (extra or {}).items() if k not in ("ok", "error")})
+        print(json.dumps(doc, indent=2, sort_keys=True))
     return code
+
+
+def _config_error_fields(exc: Any) -> dict[str, Any]:
+    return {"file": exc.file, "key": exc.key, "reason": exc.reason}
 
 
 def _load(args: argparse.Namespace, **kw: Any) -> Any:
@@ -119,33 +157,61 @@ def _load(args: argparse.Namespace, **kw: Any) -> Any:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
+    """Where the control socket is: ``--data``, else the config's ``[server] data_dir``.
+
+    A config that does not validate (someone is editing custom.toml and wants to see
+    ``sipyard reload`` refuse it) must not stop the tools from reaching the server, so
+    then the data dir is read from the raw TOML of the main file and custom.toml.
+    """
     if args.data:
-        return Path(args.data)
+        return Path(os.path.abspath(args.data))
     from .config import ConfigError
 
     try:
         return Path(_load(args).server.data_dir)
     except ConfigError:
-        raise
-    except FileNotFoundError:
-        return Path("/var/lib/sipyard")
+        found = _raw_data_dir(Path(args.config))
+        if found is None:
+            raise
+        return found
 
 
-def _call(args: argparse.Namespace, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    from .config import ConfigError
-    from .control import ControlClientError, call
+def _raw_data_dir(main: Path) -> Path | None:
+    import tomllib
+
+    def server_value(path: Path) -> Any:
+        with path.open("rb") as fh:
+            server = tomllib.load(fh).get("server")
+        return server.get("data_dir") if isinstance(server, dict) else None
 
     try:
-        sock = _data_dir(args) / "control.sock"
-    except ConfigError as exc:
-        return _fail(str(exc)), {}
+        value = server_value(main)
+    except (OSError, ValueError):
+        return None
+    custom = main.parent / "custom.toml"
+    with contextlib.suppress(OSError, ValueError):
+        value = server_value(custom) or value
+    if not isinstance(value, str) or not value:
+        value = "/var/lib/sipyard"
+    base = Path(os.path.abspath(main.parent))
+    return Path(os.path.normpath(base / Path(value).expanduser()))
+
+
+def _call(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
+    """One request to the running server; a failure raises :class:`_Failed`."""
+    from .control import EXIT_TIMEOUT, ControlClientError, call
+
+    sock = _data_dir(args) / "control.sock"
     try:
         reply = call(sock, request, timeout=args.timeout)
     except ControlClientError as exc:
-        return _fail(exc.message, exc.exit_code), {}
+        raise _Failed(exc.message, exc.exit_code) from None
     if not reply.get("ok"):
-        return _fail(str(reply.get("error", "refused"))), reply
-    return 0, reply
+        error = str(reply.get("error") or "refused")
+        # The server's own deadline for an op ran out: that is a time-out, not a refusal.
+        code = EXIT_TIMEOUT if error == "timed out" else 1
+        raise _Failed(error, code, reply)
+    return reply
 
 
 def _emit(args: argparse.Namespace, reply: dict[str, Any], text: str) -> int:
@@ -170,14 +236,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 # -- commands -------------------------------------------------------------------------
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .config import ConfigError
-
-    try:
-        cfg = _load(args, listen=args.listen)
-    except ConfigError as exc:
-        return _fail(str(exc))
-    except FileNotFoundError:
-        return _fail(f"{args.config}: (file): not found")
+    cfg = _load(args, listen=args.listen)
     level = (args.log_level or cfg.logging.level).upper()
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -199,7 +258,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             bound = await app.start()
         except OSError as exc:
             await app.stop()
-            return _fail(f"cannot listen: {exc}")
+            return _fail(args, f"cannot listen: {exc}")
+        except Exception as exc:  # e.g. ControlServerError: another sipyard on the socket
+            await app.stop()
+            return _fail(args, str(exc) or type(exc).__name__)
         for b in bound:
             print(f"sipyard {__version__} listening on {b.transport}:{_hostport(b.host, b.port)}",
                   flush=True)
@@ -212,8 +274,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class _OfflineServices:
-    """Enough of the app for building the redirect chain without running it."""
+    """Enough of the app for redirectors to be built (and rejected) without a server."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -222,30 +288,56 @@ class _OfflineServices:
     def now(self) -> float:
         return time.time()
 
+    async def lookup(self, aor: str) -> list[Any]:
+        return []
 
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    def line_for_uri(self, uri: Any) -> str | None:
+        return None
+
+    async def send_request(self, method: str, request_uri: str, *, dest: Any,
+                           headers: Any, body: bytes = b"") -> int:
+        return 503
+
+    def register_notify(self, call_id: str, callback: Any) -> None:
+        pass
+
+    def unregister_notify(self, call_id: str) -> None:
+        pass
+
+
+def _check_chain(cfg: Any) -> None:
+    """Build the redirect chain as a reload would: bad rules or names raise ConfigError."""
+    from .redirect.loader import build_chain
+
+    for redirector in build_chain(cfg, _OfflineServices(cfg)):
+        with contextlib.suppress(Exception):
+            redirector.close()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .config import ConfigError
-
-    try:
-        cfg = _load(args, state=args.state)
-        from .redirect.loader import build_chain
-
-        # Compiles every rule and alias exactly as the server would (errors name file + rule).
-        build_chain(cfg, _OfflineServices(cfg))  # type: ignore[arg-type]
-    except ConfigError as exc:
-        return _fail(str(exc))
-    except FileNotFoundError:
-        return _fail(f"{args.config}: (file): not found")
-    info = {"ok": True, "files": [str(p) for p in cfg.source_files], "lines": len(cfg.lines),
-            "groups": len(cfg.groups), "warnings": list(cfg.warnings), "state": cfg.state}
-    text = f"config ok: {', '.join(info['files'])} ({info['lines']} lines)"
+    cfg = _load(args, state=args.state)
+    _check_chain(cfg)
+    # Without --state every run-state overlay is checked too: a broken states/night.toml
+    # should show up now, not at night when `sipyard runstate night` is refused.
+    states: list[str] = []
+    if args.state is None and cfg.states_dir.is_dir():
+        for f in sorted(cfg.states_dir.glob("*.toml")):
+            _check_chain(_load(args, state=f.stem))
+            states.append(f.stem)
+    info = {"files": [str(p) for p in cfg.source_files], "lines": len(cfg.lines),
+            "groups": len(cfg.groups), "warnings": list(cfg.warnings), "state": cfg.state,
+            "states": states}
+    text = f"config ok: {', '.join(info['files'])} ({_n(len(cfg.lines), 'line')}, " \
+           f"{_n(len(cfg.groups), 'group')})"
+    if states:
+        text += f"\nrun states ok: {', '.join(states)}"
     for w in cfg.warnings:
         text += f"\nwarning: {w}"
     return _emit(args, info, text)
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def cmd_demo_init(args: argparse.Namespace) -> int:
@@ -284,40 +376,40 @@ def _install_demo_extras(d: Path) -> None:
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
-    from .config import ConfigError, set_line_credentials
+    from .config import set_line_credentials
     from .sip.digest import compute_ha1
 
-    try:
-        cfg = _load(args)
-    except ConfigError as exc:
-        return _fail(str(exc))
+    cfg = _load(args)
     if args.line not in cfg.server.extensions:
-        return _fail(f"line {args.line} is outside [server] extensions ({cfg.server.extensions})")
+        raise _Failed(f"line {args.line} is outside [server] extensions ({cfg.server.extensions})")
     pw = args.password
     if pw is None:
         if sys.stdin.isatty():
             pw = getpass.getpass(f"new password for line {args.line}: ")
             if getpass.getpass("again: ") != pw:
-                return _fail("passwords differ")
+                raise _Failed("passwords differ")
         else:
             pw = sys.stdin.readline().rstrip("\n")
     if not pw:
-        return _fail("empty password")
-    if args.ha1:
-        realm = cfg.server.realm
-        ha1 = {a: compute_ha1(args.line, realm, pw, a) for a in ("MD5", "SHA-256", "SHA-512-256")}
-        set_line_credentials(args.config, args.line, ha1=ha1)
-    else:
-        set_line_credentials(args.config, args.line, secret=pw)
-    print(f"line {args.line}: credentials updated in {args.config}"
-          " (run `sipyard reload` to apply)")
-    return 0
+        raise _Failed("empty password")
+    try:
+        if args.ha1:
+            realm = cfg.server.realm
+            ha1 = {a: compute_ha1(args.line, realm, pw, a)
+                   for a in ("MD5", "SHA-256", "SHA-512-256")}
+            set_line_credentials(args.config, args.line, ha1=ha1)
+        else:
+            set_line_credentials(args.config, args.line, secret=pw)
+    except ValueError as exc:
+        raise _Failed(str(exc)) from None
+    return _emit(args, {"line": args.line, "file": str(args.config),
+                        "form": "ha1" if args.ha1 else "secret"},
+                 f"line {args.line}: credentials updated in {args.config}"
+                 " (run `sipyard reload` to apply)")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    rc, r = _call(args, {"op": "status"})
-    if rc:
-        return rc
+    r = _call(args, {"op": "status"})
     up = int(r.get("uptime", 0))
     text = "\n".join([
         f"sipyard {r.get('version')}  pid {r.get('pid')}  up {up // 3600}h{up % 3600 // 60:02d}m{up % 60:02d}s",
@@ -342,9 +434,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
     req: dict[str, Any] = {"op": "registry"}
     if args.line:
         req["line"] = args.line
-    rc, r = _call(args, req)
-    if rc:
-        return rc
+    r = _call(args, req)
     rows = []
     for ln in r.get("lines", []):
         if not ln["bindings"]:
@@ -359,98 +449,110 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return _emit(args, r, text or "no lines")
 
 
+MAX_TEXT = 160
+MAX_SUBJECT = 64
+
+
 def cmd_message(args: argparse.Namespace) -> int:
+    """Exit 0 when some target got it, else 3 (failed or not registered anywhere)."""
     text = " ".join(args.text)
-    if len(text) > 160:
-        return _fail(f"text is {len(text)} characters; at most 160")
-    if args.subject is not None and len(args.subject) > 64:
-        return _fail("subject is longer than 64 characters")
+    if len(text) > MAX_TEXT:
+        raise _Failed(f"text is {len(text)} characters; at most {MAX_TEXT}")
+    if args.subject is not None and len(args.subject) > MAX_SUBJECT:
+        raise _Failed(f"subject is longer than {MAX_SUBJECT} characters")
     req: dict[str, Any] = {"op": "message", "to": args.to, "text": text}
     if args.subject:
         req["subject"] = args.subject
+    # The server bounds delivery by its own request_timeout; wait a little longer.
     args.timeout = max(args.timeout, 40.0)
-    rc, r = _call(args, req)
-    if rc:
-        return rc
-    rows = [[x["target"], x["status"], x.get("detail", "")] for x in r.get("results", [])]
+    r = _call(args, req)
+    results = r.get("results", [])
+    rows = [[x["target"], x["status"], x.get("detail", "")] for x in results]
     _emit(args, r, _table(rows, ["TARGET", "RESULT", "DETAIL"]))
-    if any(x["status"] == "failed" for x in r.get("results", [])) and \
-            not any(x["status"] == "delivered" for x in r.get("results", [])):
+    if not any(x["status"] == "delivered" for x in results):
+        if not getattr(args, "json", False):
+            print(f"sipyard message: not delivered to {args.to}", file=sys.stderr)
         return 3
     return 0
 
 
 def cmd_presence(args: argparse.Namespace) -> int:
-    rc, r = _call(args, {"op": "presence", "line": args.line, "state": args.state})
-    return rc or _emit(args, r, f"line {args.line}: {args.state}")
+    r = _call(args, {"op": "presence", "line": args.line, "state": args.state})
+    return _emit(args, r, f"line {args.line}: {args.state}")
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    rc, r = _call(args, {"op": "reload"})
-    return rc or _emit(args, r, f"reloaded: {', '.join(r.get('files', []))}"
-                       f" (run state {r.get('state') or 'none'})")
+    r = _call(args, {"op": "reload"})
+    text = f"reloaded: {', '.join(r.get('files', []))} (run state {r.get('state') or 'none'})"
+    if r.get("removed_lines"):
+        text += f"\nremoved lines (bindings dropped): {', '.join(r['removed_lines'])}"
+    return _emit(args, r, text)
 
 
 def cmd_level(args: argparse.Namespace) -> int:
     level = {"0": "error", "1": "warning", "2": "info", "3": "debug"}.get(args.level, args.level)
-    rc, r = _call(args, {"op": "level", "level": level})
-    return rc or _emit(args, r, f"log level {r.get('level')}")
+    r = _call(args, {"op": "level", "level": level})
+    return _emit(args, r, f"log level {r.get('level')}")
 
 
 def cmd_runstate(args: argparse.Namespace) -> int:
-    from .config import ConfigError
-    from .control import ControlClientError, call
+    """Show or select the run state; with the server stopped, read or record it in the store."""
+    from .control import EXIT_NOT_RUNNING, ControlClientError, call
 
     req: dict[str, Any] = {"op": "runstate"}
     if args.state is not None:
         req["state"] = args.state
-        try:  # validate the overlay before recording it anywhere
-            _load(args, state=args.state)
-        except ConfigError as exc:
-            return _fail(str(exc))
+        _load(args, state=args.state)  # validate the overlay before recording it anywhere
+    sock = _data_dir(args) / "control.sock"
     try:
-        sock = _data_dir(args) / "control.sock"
         reply = call(sock, req, timeout=args.timeout)
     except ControlClientError as exc:
-        if exc.exit_code != 4:
-            return _fail(exc.message, exc.exit_code)
-        # Not running: read or record the state in the store directly.
+        if exc.exit_code != EXIT_NOT_RUNNING:
+            raise _Failed(exc.message, exc.exit_code) from None
         state = asyncio.run(_offline_state(args, args.state))
         reply = {"ok": True, "state": state, "running": False}
-    except ConfigError as exc:
-        return _fail(str(exc))
     if not reply.get("ok"):
-        return _fail(str(reply.get("error")))
+        raise _Failed(str(reply.get("error")), 1, reply)
     st = reply.get("state") or "none"
-    note = "" if reply.get("running", True) else " (server not running; recorded)"
+    note = "" if reply.get("running", True) else " (server not running; recorded for its start)"
+    if args.state is None and not reply.get("running", True):
+        note = " (server not running)"
+    active = reply.get("active", reply.get("state"))
+    if reply.get("running", True) and (active or None) != (reply.get("state") or None):
+        note += f" (but the server runs with {active or 'none'}: it could not be applied)"
     return _emit(args, reply, f"run state: {st}{note}")
 
 
 async def _offline_state(args: argparse.Namespace, new: str | None) -> str | None:
-    from .store import open_store
+    from .store import StoreError, open_store
 
     cfg = _load(args)
-    store = open_store(cfg.store.url, Path(cfg.server.data_dir))
-    await store.open()
+    data_dir = Path(cfg.server.data_dir)
+    value = None if new is None or new.strip().lower() in ("", "none") else new.strip()
+    if new is None and cfg.store.url in (None, "") and not data_dir.is_dir():
+        return None  # never started here: nothing recorded, and nothing to create
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(cfg.store.url, data_dir)
     try:
-        if new is not None:
-            value = None if new.lower() == "none" else new
-            await store.set_state("runstate", value)
-            return value
-        return await store.get_state("runstate")
-    finally:
-        await store.close()
+        await store.open()
+        try:
+            if new is not None:
+                await store.set_state("runstate", value)
+                return value
+            return await store.get_state("runstate")
+        finally:
+            await store.close()
+    except StoreError as exc:
+        raise _Failed(f"store: {exc}") from None
 
 
 def cmd_unregister(args: argparse.Namespace) -> int:
-    rc, r = _call(args, {"op": "unregister", "line": args.line})
-    return rc or _emit(args, r, f"line {args.line}: {r.get('removed', 0)} binding(s) removed")
+    r = _call(args, {"op": "unregister", "line": args.line})
+    return _emit(args, r, f"line {args.line}: {r.get('removed', 0)} binding(s) removed")
 
 
 def cmd_bans(args: argparse.Namespace) -> int:
-    rc, r = _call(args, {"op": "bans"})
-    if rc:
-        return rc
+    r = _call(args, {"op": "bans"})
     now = time.time()
     rows = [[b["address"], str(b["failures"]), f"{max(0, int(b['until'] - now))}s"]
             for b in r.get("bans", [])]
@@ -458,18 +560,25 @@ def cmd_bans(args: argparse.Namespace) -> int:
 
 
 def cmd_unban(args: argparse.Namespace) -> int:
-    rc, r = _call(args, {"op": "unban", "address": args.address})
-    if rc:
-        return rc
+    r = _call(args, {"op": "unban", "address": args.address})
     if not r.get("removed"):
-        _emit(args, r, f"{args.address} was not banned")
-        return 1
-    return _emit(args, r, f"unbanned {args.address}")
+        _emit(args, r, "")
+        raise _Failed(f"{args.address} was not banned")
+    n = r["removed"]
+    what = f"{n} address(es)" if args.address == "all" else args.address
+    return _emit(args, r, f"unbanned {what}")
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    rc, r = _call(args, {"op": "stop"})
-    return rc or _emit(args, r, "stopping")
+    """Ask the server to stop and wait until its control socket is gone (bounded)."""
+    sock = _data_dir(args) / "control.sock"
+    r = _call(args, {"op": "stop"})
+    deadline = time.monotonic() + args.timeout
+    while sock.exists():
+        if time.monotonic() > deadline:
+            raise _Failed(f"timed out waiting for the server to stop ({sock} still there)", 2)
+        time.sleep(0.05)
+    return _emit(args, r, "stopped")
 
 
 _COMMANDS = {

@@ -40,7 +40,7 @@ async def send_to_binding(app: App, b: Binding, method: str, *, headers: Sequenc
                           call_id: str | None = None, timeout: float | None = None) -> int:
     try:
         dest = await binding_dest(app, b)
-    except (OSError, asyncio.TimeoutError, ConnectionError, socket.gaierror):
+    except (TimeoutError, OSError, ConnectionError, socket.gaierror):
         return 503
     cfg = app.config
     result = await app.uac.request(
@@ -51,8 +51,15 @@ async def send_to_binding(app: App, b: Binding, method: str, *, headers: Sequenc
 
 
 async def send_text(app: App, lines: Sequence[str], text: str, *, subject: str | None = None,
-                    from_uri: str | None = None) -> list[dict[str, Any]]:
-    """MESSAGE to every binding of each line; one result per line."""
+                    from_uri: str | None = None, timeout: float | None = None
+                    ) -> list[dict[str, Any]]:
+    """MESSAGE to every binding of each line; one result per line.
+
+    A result is ``{"target", "status", "detail"}``: status "delivered" when at least one
+    binding answered 2xx, "failed" when none did (detail lists each binding's final status,
+    408 when it did not answer within ``timeout``), "not registered" when the line has no
+    binding. Lines are reached in parallel, so one dead phone delays nobody else.
+    """
     store = app.features["store"]
     realm = app.config.server.realm
     now = app.now()
@@ -64,12 +71,13 @@ async def send_text(app: App, lines: Sequence[str], text: str, *, subject: str |
     async def one(line: str) -> dict[str, Any]:
         bindings = await store.lookup(f"sip:{line}@{realm}", now)
         if not bindings:
-            return {"target": line, "status": "not registered"}
+            return {"target": line, "status": "not registered", "detail": ""}
         codes = await asyncio.gather(*(send_to_binding(app, b, "MESSAGE", headers=headers,
-                                                       body=body, from_uri=from_uri)
+                                                       body=body, from_uri=from_uri,
+                                                       timeout=timeout)
                                        for b in bindings))
         ok = [c for c in codes if 200 <= c < 300]
         detail = ", ".join(str(c) for c in codes)
         return {"target": line, "status": "delivered" if ok else "failed", "detail": detail}
 
-    return list(await asyncio.gather(*(one(n) for n in lines)))
+    return list(await asyncio.gather(*(one(n) for n in dict.fromkeys(lines))))

@@ -31,10 +31,21 @@ async def render(app: App) -> str:
         for labels, value in samples:
             out.append(f"{name}{labels} {value}")
 
+    from . import __version__
+
+    metric("sipyard_info", "gauge", "Version of the running server",
+           [(f'{{version="{_esc(__version__)}"}}', 1)])
+    metric("sipyard_uptime_seconds", "gauge", "Seconds since the server started",
+           [("", round(now - app.stats.started, 3))])
     metric("sipyard_requests_total", "counter", "SIP requests received, by method",
            [(f'{{method="{_esc(m)}"}}', n) for m, n in sorted(app.stats.requests.items())])
     metric("sipyard_responses_total", "counter", "SIP responses sent, by class",
            [(f'{{class="{c}"}}', n) for c, n in sorted(app.stats.responses.items())])
+    # Per status code when the app counts them (Stats.codes: status -> count).
+    codes = getattr(app.stats, "codes", None)
+    if codes is not None:
+        metric("sipyard_responses_by_code_total", "counter", "SIP responses sent, by status code",
+               [(f'{{code="{c}"}}', n) for c, n in sorted(codes.items())])
     bindings = await app.features["store"].count(now)
     metric("sipyard_bindings", "gauge", "Registered bindings", [("", bindings)])
     guard = app.features["guard"]
@@ -46,6 +57,8 @@ async def render(app: App) -> str:
     metric("sipyard_suspended_requests", "gauge", "Requests waiting on a redirector",
            [("", redirect.suspended if redirect is not None else 0)])
     metric("sipyard_transactions", "gauge", "Live server transactions", [("", len(app.txl))])
+    metric("sipyard_tcp_connections", "gauge", "Open SIP TCP connections",
+           [("", app.transports.connections)])
     metric("sipyard_loop_lag_seconds", "gauge", "Event loop lag at the last probe",
            [("", app.features.get("loop_lag", 0.0))])
     for k, v in sorted(app.features["hooks"].stats().items()):
@@ -68,9 +81,11 @@ async def start_metrics(app: App, addr: tuple[str, int]) -> _Metrics:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)).strip():
-                pass
+            async with asyncio.timeout(5):  # the whole request head, however it trickles in
+                line = await reader.readline()
+                for _ in range(100):
+                    if not (await reader.readline()).strip():
+                        break
             parts = line.decode("latin-1").split()
             if len(parts) >= 2 and parts[0] == "GET" and parts[1] in ("/metrics", "/"):
                 body = (await render(app)).encode()
@@ -79,9 +94,9 @@ async def start_metrics(app: App, addr: tuple[str, int]) -> _Metrics:
                 body = b"not found\n"
                 head = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
             writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
-            pass
+            await asyncio.wait_for(writer.drain(), 5)
+        except (TimeoutError, ConnectionError, ValueError):
+            pass  # slow, gone, or a request line over the reader's limit
         finally:
             writer.close()
 

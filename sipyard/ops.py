@@ -169,17 +169,48 @@ async def _message(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
     from .messaging import send_text
 
     only_registered = req.get("to") == "all"
-    results = await send_text(app, targets, text, subject=subject)
+    # Finish inside the control channel's own deadline, so a phone that never answers is
+    # reported as "failed" (408) rather than the whole op as "timed out".
+    timeout = max(0.5, min(32.0, app.config.control.request_timeout - 0.5))
+    results = await send_text(app, targets, text, subject=subject, timeout=timeout)
     if only_registered:
         results = [r for r in results if r["status"] != "not registered"] or results
     return {"results": results}
 
 
-async def reload(app: App, *, state: str | None = ...) -> dict[str, Any]:  # type: ignore[assignment]
-    """Re-read every layer; swap atomically, or keep the running config."""
+_UNSET: Any = object()
+
+
+def _reload_lock(app: App) -> asyncio.Lock:
+    """One reload at a time: SIGHUP, ``sipyard reload`` and ``runstate`` may race."""
+    lock = app.features.get("reload_lock")
+    if lock is None:
+        lock = app.features["reload_lock"] = asyncio.Lock()
+    return lock
+
+
+def _state_name(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    text = str(raw).strip()
+    return None if text.lower() in ("", "none") else text
+
+
+async def reload(app: App, *, state: str | None = _UNSET) -> dict[str, Any]:
+    """Re-read every layer and swap atomically, or keep the running config.
+
+    ``state`` defaults to the run state recorded in the store. A refusal is
+    ``{"ok": false, "error": "reload refused: FILE: KEY: REASON", "file", "key",
+    "reason"}`` and changes nothing.
+    """
+    async with _reload_lock(app):
+        return await _reload_locked(app, state)
+
+
+async def _reload_locked(app: App, state: str | None) -> dict[str, Any]:
     old = app.config
     args = getattr(app, "load_args", {}) or {}
-    if state is ...:
+    if state is _UNSET:
         state = await app.features["store"].get_state("runstate")
     path = app.config_path or old.path
     try:
@@ -189,12 +220,18 @@ async def reload(app: App, *, state: str | None = ...) -> dict[str, Any]:  # typ
         chain = redirect_build(cfg) if redirect_build is not None else None
     except ConfigError as exc:
         log.error("reload refused, old config kept: %s", exc)
-        return _err(f"reload refused: {exc}")
+        reply = _err(f"reload refused: {exc}")
+        reply.update(file=exc.file, key=exc.key, reason=exc.reason)
+        return reply
     except OSError as exc:
         log.error("reload refused, old config kept: %s", exc)
-        return _err(f"reload refused: {exc}")
+        reply = _err(f"reload refused: {exc}")
+        reply.update(file=str(exc.filename or path), key="(file)",
+                     reason=exc.strerror or str(exc))
+        return reply
     from .features import reconfigure
 
+    notes = _unapplied(old, cfg)
     app.config = cfg
     reconfigure(app, cfg)
     swap = app.features.get("redirect_swap")
@@ -205,6 +242,8 @@ async def reload(app: App, *, state: str | None = ...) -> dict[str, Any]:  # typ
     logging.getLogger().setLevel(level)
     log.info("config reloaded from %s (run state %s)", ", ".join(map(str, cfg.source_files)),
              cfg.state or "none")
+    for note in notes:
+        log.warning("reload: %s", note)
     app.features["hooks"].fire("reload", {"event": "reload", "state": cfg.state or "none",
                                           "time": iso_time(app.now())})
     if (old.state or None) != (cfg.state or None):
@@ -212,7 +251,21 @@ async def reload(app: App, *, state: str | None = ...) -> dict[str, Any]:  # typ
                                              "previous": old.state or "none",
                                              "time": iso_time(app.now())})
     return {"files": [str(p) for p in cfg.source_files], "state": cfg.state,
-            "removed_lines": removed}
+            "removed_lines": removed, "notes": notes}
+
+
+def _unapplied(old: Any, new: Any) -> list[str]:
+    """Settings a reload cannot change in a running server (they need a restart)."""
+    out = []
+    pairs = [("server.listen", old.server.listen, new.server.listen),
+             ("server.data_dir", old.server.data_dir, new.server.data_dir),
+             ("server.metrics", old.server.metrics, new.server.metrics),
+             ("store", old.store, new.store),
+             ("control", old.control, new.control)]
+    for key, a, b in pairs:
+        if a != b:
+            out.append(f"{key} changed: takes effect at the next start")
+    return out
 
 
 async def _drop_removed_lines(app: App, old: Any, new: Any) -> list[str]:
@@ -242,15 +295,15 @@ async def _runstate(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]
     if "state" not in req:
         return {"state": await store.get_state("runstate"), "running": True,
                 "active": app.config.state}
-    raw = req.get("state")
-    new = None if raw in (None, "", "none") else str(raw)
-    old = await store.get_state("runstate")
-    await store.set_state("runstate", new)
+    new = _state_name(req.get("state"))
+    # Apply first, record after: a state whose overlay does not load is refused and the
+    # store keeps the old one, so the next start does not come up in a broken state.
     result = await reload(app, state=new)
     if not result.get("ok", True):
-        await store.set_state("runstate", old)
         return result
-    return {"state": new, "running": True, "files": result.get("files")}
+    await store.set_state("runstate", new)
+    return {"state": new, "running": True, "active": app.config.state,
+            "files": result.get("files")}
 
 
 async def _unregister(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:

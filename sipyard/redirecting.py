@@ -121,9 +121,7 @@ def _trusted(app: App, ip: str) -> bool:
 def on_redirected(app: App, req: Request, src: Source, tx: ServerTransaction) -> Any:
     uri = req.ruri
     if req.method == "OPTIONS" and not (isinstance(uri, SipUri) and uri.user):
-        app.respond(tx, req, 200, "OK", [
-            ("Allow", _allow()), ("Accept", "application/sdp, text/plain"),
-            ("Supported", "path, outbound")])
+        app.options(tx, req)
         return None
     guard = app.features["guard"]
     if guard.banned(src.ip, app.now()):
@@ -135,12 +133,6 @@ def on_redirected(app: App, req: Request, src: Source, tx: ServerTransaction) ->
             and uri.user_unescaped == cfg.server.system and cfg.is_our_domain(uri.host_lower)):
         return _chat(app, req, src, tx)
     return _redirect(app, req, src, tx)
-
-
-def _allow() -> str:
-    from .app import ALLOW
-
-    return ALLOW
 
 
 def _caller(app: App, req: Request, src: Source, tx: ServerTransaction,

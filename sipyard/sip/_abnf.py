@@ -1,14 +1,19 @@
 """RFC 3261 §25 grammar fragments shared by the URI and header parsers.
 
-The parsers split with ``str.find``/``partition`` and then check each piece
-against one of these character sets with ``frozenset.issuperset`` — a single
-C-level pass, no regular expressions, so hostile input costs O(n) and never
-backtracks. Every place where we accept more than the ABNF says is marked
+The full parsers split with ``str.find``/``partition`` and then check each
+piece against one of these character sets with ``frozenset.issuperset`` — a
+C-level pass, so hostile input costs O(n) and never backtracks. The fast paths
+(one precompiled regex per common header shape) build their character classes
+from the *same* sets with ``regex_class`` and the IPv4 / host alternation from
+``HOST_RE``, so a fast path can only ever accept a subset of what the full
+parser accepts. Every place where we accept more than the ABNF says is marked
 ``LENIENCY`` with the torture vector (RFC 4475 / RFC 5118) or the field
 practice that needs it.
 """
 
 from __future__ import annotations
+
+import re
 
 __all__ = [
     "ALPHANUM",
@@ -30,6 +35,8 @@ __all__ = [
     "valid_ipv4",
     "valid_ipv6",
     "parse_port",
+    "regex_class",
+    "HOST_RE",
 ]
 
 _DIGITS = "0123456789"
@@ -67,6 +74,29 @@ _IPV4_CHARS = frozenset(_DIGITS + ".")
 _IPV6_CHARS = HEX | frozenset(":.")
 #: linear white space once the message layer has unfolded continuation lines
 LWS = " \t\r\n"
+
+
+def regex_class(chars: frozenset[str] | str) -> str:
+    """A regex character class matching exactly ``chars`` (each one escaped).
+
+    Deriving the fast-path regexes from the frozensets above keeps the two
+    parsers from drifting apart: adding a LENIENCY to a set widens both.
+    """
+    return "[" + "".join(re.escape(c) for c in sorted(chars)) + "]"
+
+
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|[01][0-9][0-9]|[0-9][0-9]?)"
+#: ``valid_host`` as a regex, for hostnames and IPv4 (IPv6 references are left to
+#: the full parsers). A dotted quad of digits must be a valid IPv4address; a
+#: hostname must hold at least one non-digit, non-dot character (the lookahead
+#: stays inside the host because ``[0-9.]`` and ``[A-Za-z_-]`` are host
+#: characters) and cannot start with "." or "-". Possessive runs and an atomic
+#: group: each character is looked at a bounded number of times.
+HOST_RE = (
+    rf"(?>{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?!{regex_class(_HOST_CHARS)})"
+    rf"|(?=[0-9.]*+{regex_class(_HOST_CHARS - _IPV4_CHARS)})"
+    rf"{regex_class(_HOST_CHARS - frozenset('.-'))}{regex_class(_HOST_CHARS)}*+)"
+)
 
 
 def escapes_ok(s: str) -> bool:

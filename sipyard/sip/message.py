@@ -18,13 +18,14 @@ only run when the datagram contains them, and lookups by name are C-level
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Final
 
-from ._abnf import TOKEN_CHARS
+from ._abnf import PARAM_CHARS, TOKEN_CHARS, UNRESERVED, VALUE_CHARS
 from .errors import ParseError
 from .headers import NameAddr, Via, parse_cseq, parse_name_addr, parse_uint, parse_via, split_values
-from .uri import AbsoluteUri, SipUri, TelUri, Uri, parse_uri
+from .uri import MAX_URI_LENGTH, AbsoluteUri, SipUri, TelUri, Uri, parse_uri
 
 __all__ = [
     "COMPACT_FORMS",
@@ -312,9 +313,9 @@ class Message:
                 raise ParseError(400, "Missing Via header")
             try:
                 if len(lines) == 1 and "," not in lines[0]:
-                    vias = [parse_via(lines[0])]
+                    vias = [_fast_via(lines[0]) or parse_via(lines[0])]
                 else:
-                    vias = [parse_via(v) for line in lines for v in split_values(line)]
+                    vias = [_fast_via(v) or parse_via(v) for line in lines for v in split_values(line)]
             except ParseError:
                 raise ParseError(400, "Bad Via header") from None
             if not vias:
@@ -385,12 +386,83 @@ def _name_addr(value: str, label: str) -> NameAddr:
         raise ParseError(400, f"Bad {label} header") from None
 
 
-#: What a URI may hold on the fast path of ``_simple_name_addr``: RFC 3261
-#: URI characters minus everything that makes ``parse_name_addr`` look closer
-#: (LWS, quotes, ``<>``, ``,``, ``?``, non-ASCII, controls).
-_SIMPLE_URI_CHARS: Final = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()%&=+$;:@[]/"
-)
+# -- fast paths ----------------------------------------------------------------
+#
+# Nearly every request a registrar sees has the same simple shapes: ``SIP/2.0/UDP
+# 192.0.2.1:5060;branch=z9hG4bK…``, ``<sip:alice@example.com>;tag=…``,
+# ``sip:host:port``. One ``re.fullmatch`` recognises those (each pattern is a
+# chain of character classes separated by delimiters the classes exclude, so
+# matching is linear: no backtracking on attacker input) and builds the same
+# object the general parser in headers.py / uri.py would. Anything else —
+# LWS, quotes, escapes, IPv6, odd characters — returns None and goes to the
+# general parser, so a fast path can only ever accept a subset of what the
+# general parser accepts (tests/test_message.py checks both agree).
+
+def _cls(chars: frozenset[str]) -> str:
+    return "[" + "".join(re.escape(c) for c in sorted(chars)) + "]"
+
+
+_TOKEN = _cls(TOKEN_CHARS)
+# dotted quad, each octet <= 255 (leading zeros allowed, as _abnf.valid_ipv4 does)
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"
+# a hostname that is not all digits and dots (those must be an IPv4 address)
+_HOST = (rf"(?:{_OCTET}(?:\.{_OCTET}){{3}}"
+         r"|(?=[0-9.]*[A-Za-z_-])[A-Za-z0-9_][A-Za-z0-9._-]*)")
+
+_FAST_VIA: Final = re.compile(
+    rf"SIP/2\.0/([A-Za-z]+) ({_HOST})(?::([0-9]{{1,5}}))?"
+    rf"((?:;{_TOKEN}+(?:={_cls(VALUE_CHARS - frozenset(';'))}+)?)*)"
+).fullmatch
+
+_URI_PARAM = _cls(PARAM_CHARS - frozenset("%;="))
+_FAST_SIP_URI: Final = re.compile(
+    rf"sip:(?:({_cls(UNRESERVED | frozenset('&=+$,'))}+)@)?({_HOST})(?::([0-9]{{1,5}}))?"
+    rf"((?:;{_URI_PARAM}+(?:={_URI_PARAM}*)?)*)"
+).fullmatch
+
+_SIMPLE_NAME_ADDR: Final = re.compile(
+    rf"<sip:{_cls(UNRESERVED | frozenset('&=+$,;:@[]/%'))}+>(?:;tag={_TOKEN}+)?"
+).fullmatch
+
+
+def _fast_via(text: str) -> Via | None:
+    """``parse_via(text)`` for the usual shape, else None."""
+    m = _FAST_VIA(text)
+    if m is None:
+        return None
+    transport, host, port_text, params_text = m.groups()
+    port: int | None = None
+    if port_text is not None:
+        port = int(port_text)
+        if port > 65535:
+            return None
+    params: list[tuple[str, str | None]] = []
+    if params_text:
+        for item in params_text[1:].split(";"):
+            name, eq, value = item.partition("=")
+            params.append((name, value if eq else None))
+    return Via("SIP/2.0", transport.upper(), host, port, params, text)
+
+
+def _fast_sip_uri(text: str) -> SipUri | None:
+    """``parse_uri(text)`` for ``sip:[user@]host[:port][;params]``, else None."""
+    if len(text) > MAX_URI_LENGTH:
+        return None
+    m = _FAST_SIP_URI(text)
+    if m is None:
+        return None
+    user, host, port_text, params_text = m.groups()
+    port: int | None = None
+    if port_text is not None:
+        port = int(port_text)
+        if port > 65535:
+            return None
+    params: list[tuple[str, str | None]] = []
+    if params_text:
+        for item in params_text[1:].split(";"):
+            name, eq, value = item.partition("=")
+            params.append((name, value if eq else None))
+    return SipUri("sip", user, None, host, port, params, [], text)
 
 
 def _simple_name_addr(value: str) -> bool:
@@ -399,15 +471,7 @@ def _simple_name_addr(value: str) -> bool:
     Only says yes to shapes that ``parse_name_addr`` accepts; a no means
     "parse it fully", never "reject".
     """
-    if not value.startswith("<sip:"):
-        return False
-    gt = value.find(">")
-    if gt < 0 or not _SIMPLE_URI_CHARS.issuperset(value[1:gt]):
-        return False
-    rest = value[gt + 1:]
-    if not rest:
-        return True
-    return rest.startswith(";tag=") and len(rest) > 5 and TOKEN_CHARS.issuperset(rest[5:])
+    return _SIMPLE_NAME_ADDR(value) is not None
 
 
 class Request(Message):
@@ -424,7 +488,7 @@ class Request(Message):
     def ruri(self) -> Uri:
         ruri = self._ruri
         if ruri is None:
-            ruri = self._ruri = parse_uri(self.uri)
+            ruri = self._ruri = _fast_sip_uri(self.uri) or parse_uri(self.uri)
         return ruri
 
     def start_line(self) -> str:

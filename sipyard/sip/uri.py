@@ -6,9 +6,14 @@ parsed URI keeps its text in ``raw`` and every part *as written* — still
 %-escaped. Decoding happens only where meaning is needed: ``user_unescaped``,
 ``param()`` name lookup and ``uri_equal``.
 
-The parser is a handful of ``str.find`` calls plus one character-set check
-per part (see ``_abnf``); it runs for every Request-URI, so it stays in the
-low microseconds and never backtracks.
+``parse_uri`` runs for every Request-URI. The common shape —
+``sip[s]:[user@]host[:port][;params]`` with a hostname or IPv4 host and no
+password, escapes or headers — is recognised by one precompiled regex built
+from the ``_abnf`` character sets (possessive runs, no backtracking); anything
+else goes to the full parser (a handful of ``str.find`` calls plus one
+character-set check per part). The fast path accepts only what the full
+parser accepts and builds an equal ``SipUri`` (tests/test_uri.py checks both
+on generated and torture input).
 
 Strictness follows ``testdata/torture/INDEX.md``: LWS inside the URI
 (lwsruri), ``<…>`` around it (ltgtruri), an unbracketed IPv6 host (RFC 5118
@@ -21,12 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 from urllib.parse import unquote
 
 from sipyard.sip._abnf import (
     HEADER_CHARS,
+    HOST_RE,
     LWS,
     PARAM_CHARS,
     PASSWORD_CHARS,
@@ -35,6 +42,7 @@ from sipyard.sip._abnf import (
     chars_ok,
     is_scheme,
     parse_port,
+    regex_class,
     valid_host,
     valid_ipv6,
 )
@@ -236,12 +244,43 @@ def _bad(text: str, what: str) -> ParseError:
     return ParseError(400, f"Bad URI: {what}")
 
 
+# The fast path's shape. Escapes ("%") are left out of every class so no
+# escape check is needed; passwords (":" before "@"), headers ("?" after the
+# host) and IPv6 references fall through to the full parser. USER_CHARS and
+# the param classes contain neither "@" nor ":", so the possessive user run
+# stops exactly where the full parser's ``find("@")`` does.
+_SIP_FAST = re.compile(
+    rf"(sips?):(?:({regex_class(USER_CHARS - {'%'})}++)@)?+"
+    rf"({HOST_RE})(?::([0-9]{{1,5}}))?+"
+    rf"((?:;{regex_class(PARAM_CHARS - {'%'})}++(?:={regex_class(PARAM_CHARS - {'%'})}*+)?+)*+)"
+).fullmatch
+
+
 def parse_uri(text: str) -> Uri:
     """Parse a URI; ``ParseError(400, "Bad URI: …")`` when it is malformed.
 
     ``text`` is the URI alone — no ``<>``, no surrounding LWS. Longer than
     ``MAX_URI_LENGTH`` → ``ParseError(414, "Request-URI Too Long")``.
     """
+    m = _SIP_FAST(text) if len(text) <= MAX_URI_LENGTH else None
+    if m is not None:
+        scheme, user, host, port_text, seg = m.groups()
+        port: int | None = None
+        if port_text is not None:
+            port = int(port_text)
+            if port > 65535:
+                return _parse_uri_full(text)
+        params: Params = []
+        if seg:
+            for item in seg[1:].split(";"):
+                name, eq, value = item.partition("=")
+                params.append((name, value if eq else None))
+        return SipUri(scheme, user, None, host, port, params, [], text)
+    return _parse_uri_full(text)
+
+
+def _parse_uri_full(text: str) -> Uri:
+    """The general parser: every scheme, escapes, passwords, headers, IPv6."""
     if len(text) > MAX_URI_LENGTH:
         raise ParseError(414, "Request-URI Too Long")
     if text.startswith("sip:"):  # the common case skips the scheme checks

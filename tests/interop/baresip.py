@@ -123,7 +123,7 @@ class Baresip:
         cmd = ["baresip", "-f", str(self.dir), "-t", str(int(self.lifetime))]
         if self.trace:
             cmd.append("-s")
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -168,7 +168,7 @@ class Baresip:
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(65536)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 return None
             if not data:
                 raise BaresipError(f"ctrl_tcp connection closed:\n{self.log()}")
