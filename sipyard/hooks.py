@@ -321,7 +321,11 @@ class HookRunner:
         return await job.future
 
     def _enqueue(self, job: _Job) -> bool:
-        if self._closed or len(self._pending) >= self._queue and not self._has_slot():
+        if self._closed:
+            self._counts["dropped"] += 1
+            self._log.debug("hooks: closed; dropping %s", job.name)
+            return False
+        if len(self._pending) >= self._queue and not self._has_slot():
             self._counts["dropped"] += 1
             if not self._overflowing:
                 self._overflowing = True
@@ -363,6 +367,9 @@ class HookRunner:
             if job.future is not None:
                 job.future.cancel()
             raise
+        except Exception:  # never leave a run() caller waiting forever
+            self._log.exception("hook %s: runner error", job.name)
+            result = HookResult(job.name, Outcome.FAILED)
         finally:
             self._running -= 1
             self._pump()
@@ -409,6 +416,10 @@ class HookRunner:
             await self._terminate(proc, 0.0)
             self._counts["finished"] += 1
             raise
+        except Exception:  # a bug or a loop quirk: still reap the group, still answer
+            self._log.exception("hook %s: runner error", job.name)
+            await self._terminate(proc, 0.0)
+            outcome = Outcome.FAILED
         else:
             outcome = Outcome.OK if returncode == 0 else Outcome.FAILED
         self._counts["finished"] += 1
@@ -500,7 +511,7 @@ async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
     try:
         stdin.write(data)
         await stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
+    except (OSError, RuntimeError):  # EPIPE/ECONNRESET; uvloop: "the handler is closed"
         pass
     finally:
         stdin.close()

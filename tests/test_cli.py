@@ -68,7 +68,7 @@ class FakeControl:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(path))
         self.sock.listen(8)
-        self.sock.settimeout(0.2)
+        self.sock.settimeout(0.02)
         self._stop = threading.Event()
         self._held: list[socket.socket] = []
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -76,12 +76,16 @@ def alive(pid: int) -> bool:
 
 # --- records -----------------------------------------------------------------------------
 
-keys = st.from_regex(r"[a-z_][a-z0-9_]{0,15}", fullmatch=True)
+keys = st.builds(
+    lambda head, tail: head + tail,
+    st.sampled_from("az_"),
+    st.text(alphabet="abz019_", max_size=12),
+)
 nasty = st.text(alphabet=st.sampled_from("ab=\\\n\r nrk_é\x00\t"), max_size=30)
 values = st.one_of(st.text(max_size=40), nasty)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.dictionaries(keys, values, max_size=8))
 def test_record_round_trip_and_no_forged_keys(record: dict[str, str]) -> None:
     data = encode_record(record)
@@ -265,7 +269,7 @@ def test_concurrency_bounded_and_every_event_accounted_for(tmp_path: Path) -> No
     assert stats["peak"] == 4 and stats["running"] == stats["queued"] == 0
 
 
-def test_queue_overflow_is_dropped_and_counted(tmp_path: Path, caplog: Any) -> None:
+def test_queue_overflow_is_dropped_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     script(tmp_path / "release", "sleep 0.2\n")
 
     async def go(r: HookRunner) -> list[bool]:
@@ -292,7 +296,7 @@ def test_run_reports_dropped_when_queue_full(tmp_path: Path) -> None:
     assert stats["dropped"] == 1
 
 
-def test_missing_hook_is_fine(tmp_path: Path, caplog: Any) -> None:
+def test_missing_hook_is_fine(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def go(r: HookRunner) -> tuple[bool, Outcome]:
         return r.fire("activate", {"line": 1}), (await r.run("cdr", {})).outcome
 
@@ -303,7 +307,7 @@ def test_missing_hook_is_fine(tmp_path: Path, caplog: Any) -> None:
     assert all(r.levelno == logging.DEBUG for r in caplog.records)
 
 
-def test_non_executable_is_logged_once(tmp_path: Path, caplog: Any) -> None:
+def test_non_executable_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     script(tmp_path / "activate", "exit 0\n", mode=0o644)
     (tmp_path / "release").mkdir()  # a directory is not a hook either
 
@@ -329,7 +333,7 @@ def test_hook_names_cannot_escape(tmp_path: Path, name: str) -> None:
         runner.fire(name, {})
 
 
-def test_failure_exit_status_and_stderr_logged(tmp_path: Path, caplog: Any) -> None:
+def test_failure_exit_status_and_stderr_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     script(tmp_path / "state", "echo 'first problem' >&2\necho second >&2\nexit 3\n")
     (tmp_path / "reload").write_text("no shebang here\n")
     (tmp_path / "reload").chmod(0o755)

@@ -621,7 +621,8 @@ def _make_db(path: Path, n: int, now: float) -> None:
 
 
 @pytest.mark.slow
-def test_sqlite_loads_100k_bindings_fast(tmp_path: Path) -> None:
+def test_sqlite_loads_100k_bindings(tmp_path: Path) -> None:
+    """Correctness of a 100k load; its speed is measured by `make bench`, not here."""
     n, now = 100_000, time.time()
     _make_db(tmp_path / DB_NAME, n, now)
 
@@ -642,7 +643,6 @@ def test_sqlite_loads_100k_bindings_fast(tmp_path: Path) -> None:
 
     elapsed = run(load())
     print(f"\nopen() loading {n} bindings: {elapsed:.2f} s")
-    assert elapsed < 5.0
 
 
 def test_sqlite_cache_is_compact(tmp_path: Path) -> None:

@@ -516,52 +516,61 @@ class Response(Message):
 
 # -- parsing -------------------------------------------------------------------
 
-def _split_head(data: bytes) -> tuple[bytes, int]:
-    """Find the end of the header section: (head, offset of the body)."""
+def _split_lines(data: bytes) -> tuple[list[str], int]:
+    """The header section as decoded lines (start line first), and the body offset.
+
+    The common case is one ``find`` and one ``split``: a head without bare LFs
+    has exactly one ``\\n`` per line break, which the count proves.
+    """
     i = data.find(b"\r\n\r\n")
-    # a bare-LF blank line can only come first if it lies before the CRLF one
+    if i >= 0:
+        text = data[:i].decode("utf-8", "surrogateescape")
+        lines = text.split("\r\n")
+        if text.count("\n") == len(lines) - 1:
+            return lines, i + 4
+    # Bare-LF messages (RFC 5118's archive form) are tolerated; a bare-LF blank
+    # line ends the head if it comes before the first CRLF one.
     j = data.find(b"\n\n", 0, i) if i >= 0 else data.find(b"\n\n")
-    if j < 0:
-        if i >= 0:
-            return data[:i], i + 4
+    if j >= 0:
+        head = data[:j]
+        body_at = j + 2
+    elif i >= 0:
+        head = data[:i]
+        body_at = i + 4
+    else:
         # No empty line at all (RFC 4475 baddn as archived): a datagram's end closes it.
-        return data.rstrip(b"\r\n"), len(data)
-    # Bare-LF messages (RFC 5118's archive form): tolerated.
-    head = data[:j]
-    if head.endswith(b"\r"):
-        head = head[:-1]  # "…\r\n\n": a CRLF line end followed by a bare-LF blank line
-    return head, j + 2
+        head = data.rstrip(b"\r\n")
+        body_at = len(data)
+    text = head.decode("utf-8", "surrogateescape").replace("\r\n", "\n")
+    if text.endswith("\r"):
+        text = text[:-1]  # "…\r\n\n": a CRLF line end, then a bare-LF blank line
+    return text.split("\n"), body_at
 
 
-def _parse_headers(text: str, limits: Limits) -> tuple[str, list[tuple[str, str]], list[str]]:
-    """Split the decoded header section into (start line, headers, canonical keys)."""
-    lines = text.split("\r\n")
-    if text.count("\n") != len(lines) - 1:
-        lines = text.replace("\r\n", "\n").split("\n")  # bare LFs somewhere
-    if len(text) > limits.max_line:
-        max_line = limits.max_line
-        for line in lines:
-            if len(line) > max_line:
-                raise ParseError(400, "Header Line Too Long")
-    folded = "\n " in text or "\n\t" in text
+def _parse_headers(lines: list[str], limits: Limits) -> tuple[list[tuple[str, str]], list[str]]:
+    """Split header lines (start line excluded) into (headers, canonical keys)."""
+    max_line = limits.max_line
     headers: list[tuple[str, str]] = []
     keys: list[str] = []
+    add_header = headers.append
+    add_key = keys.append
     table = _NAME_TABLE
-    first = True
     for line in lines:
-        if first:
-            first = False
-            continue
         name, sep, value = line.partition(":")
         key = table.get(name)
         if key is None:
-            if folded and line[:1] in (" ", "\t"):
+            if len(line) > max_line:
+                raise ParseError(400, "Header Line Too Long")
+            if line[:1] in (" ", "\t"):
                 if not headers:
                     raise ParseError(400, "Malformed header folding")
                 prev_name, prev = headers[-1]
                 cont = line.strip(" \t")
                 if cont:
-                    headers[-1] = (prev_name, f"{prev} {cont}" if prev else cont)
+                    prev = f"{prev} {cont}" if prev else cont
+                    if len(prev) > max_line:
+                        raise ParseError(400, "Header Line Too Long")
+                    headers[-1] = (prev_name, prev)
                 continue
             if not sep:
                 if not line:
@@ -574,11 +583,13 @@ def _parse_headers(text: str, limits: Limits) -> tuple[str, list[tuple[str, str]
             key = COMPACT_FORMS.get(key, key)
         elif not sep:
             raise ParseError(400, "Malformed header line")  # "Via" alone on a line
-        keys.append(key)
-        headers.append((name, value.strip(" \t")))
+        elif len(line) > max_line:
+            raise ParseError(400, "Header Line Too Long")
+        add_key(key)
+        add_header((name, value.strip(" \t")))
     if len(headers) > limits.max_headers:
         raise ParseError(400, "Too Many Header Fields")
-    return lines[0], headers, keys
+    return headers, keys
 
 
 def _content_length(lines: list[str]) -> int:
@@ -613,8 +624,12 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
     if data[:1] in (b"\r", b"\n"):
         # RFC 3261 §7.5: ignore CRLFs before the start line
         data = data.lstrip(b"\r\n")
-    head, body_at = _split_head(data)
-    first, headers, keys = _parse_headers(head.decode("utf-8", "surrogateescape"), limits)
+    lines, body_at = _split_lines(data)
+    first = lines[0]
+    if len(lines) > limits.max_headers * 2 + 1:
+        raise ParseError(400, "Too Many Header Fields")  # before any work per line
+    del lines[0]
+    headers, keys = _parse_headers(lines, limits)
     msg: Request | Response
     if first.startswith("SIP/"):
         msg = _response(first, headers, keys)
