@@ -560,13 +560,14 @@ def cmd_bans(args: argparse.Namespace) -> int:
 
 
 def cmd_unban(args: argparse.Namespace) -> int:
+    """Exit 1 when the address was not banned; ``unban all`` always succeeds."""
     r = _call(args, {"op": "unban", "address": args.address})
+    if args.address == "all":
+        n = int(r.get("removed") or 0)
+        return _emit(args, r, f"unbanned {n} address" + ("" if n == 1 else "es"))
     if not r.get("removed"):
-        _emit(args, r, "")
-        raise _Failed(f"{args.address} was not banned")
-    n = r["removed"]
-    what = f"{n} address(es)" if args.address == "all" else args.address
-    return _emit(args, r, f"unbanned {what}")
+        raise _Failed(f"{args.address} was not banned", 1, r)
+    return _emit(args, r, f"unbanned {args.address}")
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -20,9 +20,10 @@ script gets a value back with ``printf '%b' "$v"``. ``event`` comes first, then 
 (ISO 8601 UTC, ``2024-05-01T12:00:00Z``), then the event's own keys; a key whose value is
 unknown (None) is left out. Keys sent today (examples/hooks/README.md is the reference):
 
-- activate / release: ``line``, ``display``, ``contact``, ``source`` (``ip:port``),
-  ``transport``, ``user_agent``, ``expires`` (seconds, activate), ``reason`` (release).
-- state: ``state``, ``previous``. reload: ``state``, ``config``.
+- activate / release: ``line``, ``display``; activate adds ``contact``, ``source``
+  (``ip:port/transport``), ``user_agent``, ``expires`` (seconds); release adds ``reason``
+  (``expired``, ``unregistered``, ``removed``).
+- state: ``state``, ``previous`` (``none`` when there is no run state). reload: ``state``.
 - chat: ``command``, ``args``, ``line``, ``display``.
 
 Why the process runs the way it does: a hook is the site's code, run with the server's

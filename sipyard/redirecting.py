@@ -8,7 +8,6 @@ their redirector; a MESSAGE to the system identity is a chat command.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
@@ -67,10 +66,11 @@ class AppServices:
         transport = transport.lower()
         try:
             if transport == "udp":
-                src = Source("udp", ip, port, None, tr.local_for("udp", 5060))
+                src = Source("udp", ip, port, None, _udp_local(tr, ip))
             else:
+                # reuses the phone's own connection (the flow it registered over) while it lives
                 src = await tr.connect_tcp(ip, port)
-        except (OSError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, OSError):
             return 503
         result = await app.uac.request(method, request_uri, src, headers=headers, body=body)
         return result.status
@@ -80,6 +80,16 @@ class AppServices:
 
     def unregister_notify(self, call_id: str) -> None:
         self.app.unregister_notify(call_id)
+
+
+def _udp_local(tr: Any, ip: str) -> tuple[str, int]:
+    """Our UDP socket of the destination's address family (a v6 socket cannot reach v4)."""
+    v6 = ":" in ip
+    for b in tr.bound:
+        if b.transport == "udp" and (":" in b.host) == v6:
+            return (b.host, b.port)
+    local: tuple[str, int] = tr.local_for("udp", 5060)
+    return local
 
 
 async def install(app: App) -> None:
@@ -115,7 +125,8 @@ def _trusted(app: App, ip: str) -> bool:
         addr = ipaddress.ip_address(ip)
     except ValueError:
         return False
-    return any(addr in ipaddress.ip_network(str(n), strict=False) for n in nets)
+    # the config holds parsed networks; a version mismatch is simply "not in"
+    return any(addr in n for n in nets)
 
 
 def on_redirected(app: App, req: Request, src: Source, tx: ServerTransaction) -> Any:

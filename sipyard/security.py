@@ -25,6 +25,10 @@ Every failure is logged on one stable line naming the source IP, for fail2ban
 ``line`` is whatever user name the client claimed; it is escaped by
 :func:`log_safe` (no spaces, no control characters, at most 64 characters), so
 a crafted user name can never forge a second log line or a ``src=`` field.
+What a banned source gets is silence: the request handlers drop everything
+from it (no 403: a scanner learns less from nothing, and nothing costs least)
+until the ban ends or ``sipyard unban`` lifts it.
+
 A failure from an allowed source is logged with a trailing
 ``(allowed source)`` so that the fail2ban filter, anchored at the end of the
 line, does not ban an address sipyard itself was told to trust.

@@ -351,6 +351,48 @@ def test_resume_by_name(config: Any) -> None:
     assert run(main()).status == 302
 
 
+def test_test_redirector_suspends_every_request_once_and_answers_each_its_own(
+        config: Any) -> None:
+    """sipX's Test redirector contract: every request suspends on its first pass, keeps
+    its own private storage, and is re-run when resumed, whatever order the resumes come in
+    and however many requests are suspended at once."""
+    handles: dict[str, Any] = {}
+
+    def tester(ctx: RedirectContext, me: Scripted) -> Result:
+        user = ctx.user or ""
+        if ctx.pass_number == 0:
+            assert ctx.storage.get() is None  # a fresh slot for every request
+            ctx.storage.set(f"sip:{user}-seen@10.0.0.1")
+            handles[user] = ctx.resume_handle()
+            return Result.SUSPEND
+        ctx.contacts.add(ctx.storage.get())  # the storage of *this* request survived
+        return Result.SUCCESS
+    server, (t, after), _ = server_with(config, ("test", tester),
+                                        ("after", adds("sip:after@10.0.0.2", q=0.5)))
+    users = [f"u{i}" for i in range(8)]
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.create_task(server.redirect(make_request(ruri=f"sip:{u}@example.com")))
+                 for u in users]
+        await asyncio.sleep(0)
+        assert server.suspended == len(users) and server.storage_slots == len(users)
+        for u in reversed(users):  # resumed in the opposite order
+            handles[u]()
+            await asyncio.sleep(0)
+        return [await task for task in tasks]
+    outs = run(main())
+    for u, out in zip(users, outs, strict=True):
+        assert out.status == 302
+        assert [v for _, v in out.headers] == [f"<sip:{u}-seen@10.0.0.1>",
+                                               "<sip:after@10.0.0.2>;q=0.5"]
+    assert len({o.seq for o in outs}) == len(users)
+    # two passes per request, for the suspender and the redirector after it alike
+    assert sorted(p for _, p in t.calls) == [0] * len(users) + [1] * len(users)
+    assert len(after.calls) == 2 * len(users)
+    assert sorted(t.cancelled) == sorted(o.seq for o in outs)  # every slot released
+    assert server.in_flight == 0 and server.suspended == 0 and server.storage_slots == 0
+
+
 # -------------------------------------------------------------------------- sequence numbers
 
 def test_sequence_numbers_wrap_and_skip_in_flight(config: Any) -> None:
@@ -376,6 +418,42 @@ def test_sequence_numbers_wrap_and_skip_in_flight(config: Any) -> None:
     assert server.in_flight == 0
 
 
+def test_resume_handle_of_an_ended_request_cannot_resume_the_one_reusing_its_number(
+        config: Any) -> None:
+    """After wrapping, a sequence number comes back; a late timer of the request that held it
+    before must not resume the new holder (handles are bound to the request, not the number)."""
+    handles: list[Any] = []
+
+    def keep(ctx: RedirectContext, me: Scripted) -> Result:
+        if ctx.pass_number == 0:
+            handles.append(ctx.resume_handle())
+            return Result.SUSPEND
+        ctx.contacts.add("sip:resumed@10.0.0.1")
+        return Result.SUCCESS
+    server, (k,), _ = server_with(config, ("k", keep), seq_start=SEQ_MASK)
+
+    async def main() -> tuple[Any, Any]:
+        old = asyncio.create_task(server.redirect(make_request(), key="old"))
+        await asyncio.sleep(0)
+        assert handles[0].seq == SEQ_MASK
+        server.cancel_request("old")
+        first = await old
+        server._next_seq = SEQ_MASK  # 2**32 requests later the number is handed out again
+        new = asyncio.create_task(server.redirect(make_request(), key="new"))
+        await asyncio.sleep(0)
+        assert handles[1].seq == SEQ_MASK and server.suspended == 1
+        handles[0]()  # the old request's late resume
+        await asyncio.sleep(0.01)
+        assert not new.done() and server.suspended == 1
+        assert server.resume(SEQ_MASK, "k")  # by number: the request holding it now
+        return first, await new
+    first, second = run(main())
+    assert (first.status, first.seq) == (487, SEQ_MASK)
+    assert (second.status, second.seq) == (302, SEQ_MASK)
+    assert server._next_seq == 0  # and the counter wrapped past 2**32 - 1
+    assert k.cancelled == [SEQ_MASK, SEQ_MASK]
+
+
 # --------------------------------------------------------------------------- errors, cancel
 
 def test_error_cancels_other_suspended_state(config: Any) -> None:
@@ -393,6 +471,44 @@ def test_error_cancels_other_suspended_state(config: Any) -> None:
     # plain ERROR → 500
     server, _, _ = server_with(config, ("e", lambda ctx, me: Result.ERROR))
     assert run(server.redirect(make_request())).status == 500
+
+
+def test_error_on_the_rerun_cancels_a_suspension_and_spares_other_requests(
+        config: Any) -> None:
+    """ERROR on a later pass cancels the state of redirectors that suspended on an earlier
+    one; a request suspended at the same time by the same redirectors is not touched."""
+    handles: dict[str, Any] = {}
+
+    def holder(ctx: RedirectContext, me: Scripted) -> Result:
+        user = ctx.user or ""
+        ctx.storage.set(user)
+        if ctx.pass_number == 0:
+            handles[user] = ctx.resume_handle()
+            return Result.SUSPEND
+        ctx.contacts.add(f"sip:{user}@10.0.0.1")
+        return Result.SUCCESS
+
+    def fails_bad_on_rerun(ctx: RedirectContext, me: Scripted) -> Result | ErrorDescriptor:
+        if ctx.user == "bad" and ctx.pass_number == 1:
+            return ErrorDescriptor(503, "Service Unavailable")
+        return Result.SUCCESS
+    server, (h, f), _ = server_with(config, ("holder", holder), ("fails", fails_bad_on_rerun))
+
+    async def main() -> tuple[Any, Any]:
+        bad = asyncio.create_task(server.redirect(make_request(ruri="sip:bad@example.com")))
+        good = asyncio.create_task(server.redirect(make_request(ruri="sip:good@example.com")))
+        await asyncio.sleep(0)
+        assert server.suspended == 2
+        handles["bad"]()
+        out_bad = await bad
+        assert server.suspended == 1 and not good.done()  # the other request still waits
+        handles["good"]()
+        return out_bad, await good
+    out_bad, out_good = run(main())
+    assert out_bad.status == 503 and out_good.status == 302
+    assert h.cancelled == [out_bad.seq, out_good.seq]  # each cancelled once, when it ended
+    assert f.cancelled == []  # it held nothing
+    assert server.in_flight == 0 and server.storage_slots == 0
 
 
 def test_needs_auth_outcome(config: Any) -> None:

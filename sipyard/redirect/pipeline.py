@@ -610,7 +610,11 @@ class RedirectServer:
         holders = set(rec.suspended)
         if rec.slots:
             holders.update(i for i, slot in rec.slots.items() if slot.value is not None)
+        debug = self.log.isEnabledFor(logging.DEBUG)
         for index in sorted(holders):
+            if debug:
+                self.log.debug("redirect: seq %d over: cancel(%d) to %s", rec.seq, rec.seq,
+                               self._name(index))
             try:
                 self.chain[index].cancel(rec.seq)
             except Exception:

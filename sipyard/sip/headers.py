@@ -1,10 +1,19 @@
 """Typed parsing of the header values a server reads: Via, name-addr, CSeq, auth.
 
 The message layer keeps every header as text and calls these only for the
-fields a handler actually reads (DESIGN §8), so each is a few ``str.find`` /
-``partition`` calls plus character-set checks from ``_abnf`` — no regex that
-could backtrack. Values arrive unfolded (continuation lines joined with one
-SP), so LWS here means spaces and tabs.
+fields a handler actually reads (DESIGN §8). Every request needs the top Via,
+From and To tags and CSeq, so each of those parsers first tries a *fast path*:
+one precompiled regex for the shape real user agents send (``SIP/2.0/UDP
+host:port;branch=…;rport``, ``"Name" <sip:…>;tag=…``, ``1 INVITE``) whose
+character classes are built from the same ``_abnf`` sets the full parser
+checks against, with possessive quantifiers and atomic groups only, so it
+cannot backtrack on hostile input. When the fast regex does not match — LWS
+in odd places, quoted params, IPv6, escapes — the full parser (a few
+``str.find`` / ``partition`` calls plus character-set checks) decides, and it
+alone produces errors. The fast path only accepts what the full parser
+accepts and returns an equal object (tests/test_headers.py checks both on
+generated and torture input). Values arrive unfolded (continuation lines
+joined with one SP), so LWS here means spaces and tabs.
 
 Strictness follows ``testdata/torture/INDEX.md``: the RFC 4475 invalid
 vectors baddn, quotbal, badaspec, regbadct and badinv01 raise
@@ -19,12 +28,14 @@ from dataclasses import dataclass, field
 
 from sipyard.sip._abnf import (
     DISPLAY_CHARS,
+    HOST_RE,
     LWS,
     TOKEN_CHARS,
     VALUE_CHARS,
     is_scheme,
     is_token,
     parse_port,
+    regex_class,
     valid_host,
     valid_ipv6,
 )
@@ -54,6 +65,14 @@ _PARAM_SPECIAL = re.compile(r'[;"]')
 _PARAMS_FAST = VALUE_CHARS | frozenset(";")
 # What may not appear in a URI written inside <> (badaspec: "< sip:… >").
 _URI_FORBIDDEN = re.compile(r'[\x00-\x20\x7f<>"]')
+
+# --- fast-path building blocks (see the module docstring) ---
+_TOKEN_RE = regex_class(TOKEN_CHARS)
+# ";name[=value]" without LWS or quotes: exactly what _params' own fast branch
+# accepts (VALUE_CHARS holds "=" but not ";", so the value runs to the next ";").
+_FAST_PARAMS_RE = rf"((?:;{_TOKEN_RE}++(?:={regex_class(VALUE_CHARS)}++)?+)*+)"
+# scheme ":" as _uri_text_ok checks it (the scheme run stops at the first ":")
+_SCHEME_RE = r"[A-Za-z][-+.A-Za-z0-9]*+:"
 
 
 def _skip_quoted(s: str, i: int, reason: str) -> int:
@@ -204,6 +223,15 @@ def _params(text: str, reason: str) -> Params:
     return out
 
 
+def _fast_params(seg: str) -> Params:
+    """Split a ``_FAST_PARAMS_RE`` match (already validated) into pairs."""
+    out: Params = []
+    for item in seg[1:].split(";"):
+        name, eq, value = item.partition("=")
+        out.append((name, value if eq else None))
+    return out
+
+
 def parse_params(text: str) -> Params:
     """Parse ``;a=b ; c ; d="x;y"`` into ``[("a", "b"), ("c", None), ("d", '"x;y"')]``.
 
@@ -282,6 +310,18 @@ def _display_ok(display: str) -> bool:
     return DISPLAY_CHARS.issuperset(c for c in display if c < "\x80")
 
 
+# name-addr fast path: ["quoted" | tokens] <scheme:uri-chars>;params, or an
+# addr-spec scheme:uri-chars;params. The display alternatives cannot start
+# with "<", so the possessive "?+" loses no match; the URI class is the
+# complement of _URI_FORBIDDEN (plus ";?," outside <>, as _parse_addr_spec
+# requires), so it ends exactly at the full parser's find(">") / find(";").
+_NAME_ADDR_FAST = re.compile(
+    rf'(?:("[^"\\]*+")[ \t]*+|({_TOKEN_RE}++(?:[ \t]++{_TOKEN_RE}++)*+)[ \t]*+)?+'
+    rf'<({_SCHEME_RE}[^\x00-\x20\x7f<>"]*+)>{_FAST_PARAMS_RE}'
+    rf'|({_SCHEME_RE}[^\x00-\x20\x7f<>";?,]*+){_FAST_PARAMS_RE}'
+).fullmatch
+
+
 def parse_name_addr(text: str) -> NameAddr:
     """Parse ``[display] <uri> *(;param)`` or an addr-spec ``uri *(;param)``.
 
@@ -290,6 +330,23 @@ def parse_name_addr(text: str) -> NameAddr:
     (badaspec), an unbracketed URI with ``?`` or ``,`` (regbadct) and stray
     ``;`` (badinv01).
     """
+    m = _NAME_ADDR_FAST(text)
+    if m is None:
+        return _parse_name_addr_full(text)
+    quoted, tokens, uri, seg, spec, spec_seg = m.groups()
+    if uri is not None:
+        return NameAddr(
+            quoted if tokens is None else tokens,
+            uri,
+            _fast_params(seg) if seg else [],
+            True,
+            text,
+        )
+    return NameAddr(None, spec, _fast_params(spec_seg) if spec_seg else [], False, text)
+
+
+def _parse_name_addr_full(text: str) -> NameAddr:
+    """The general name-addr parser: any LWS, quoted params, every error."""
     s = text.strip(LWS)
     if not s:
         raise ParseError(400, _BAD_NAME_ADDR)
@@ -386,6 +443,13 @@ _BAD_VIA = "Bad Via"
 _SIP_2_0 = "SIP/2.0"
 
 
+# via-parm fast path: "SIP/2.0/" transport SP host [":" port] params, with a
+# hostname or IPv4 host (HOST_RE is valid_host without IPv6).
+_VIA_FAST = re.compile(
+    rf"SIP/2\.0/([A-Za-z]++) ({HOST_RE})(?::([0-9]{{1,5}}))?+{_FAST_PARAMS_RE}"
+).fullmatch
+
+
 def parse_via(text: str) -> Via:
     """Parse one via-parm (already split by ``split_values``).
 
@@ -394,6 +458,27 @@ def parse_via(text: str) -> Via:
     without a port; ``received`` may hold IPv6 with or without brackets
     (RFC 5118 §4.5). Stray separators (badinv01) raise ``ParseError(400, "Bad Via")``.
     """
+    m = _VIA_FAST(text)
+    if m is None:
+        return _parse_via_full(text)
+    transport, host, port_text, seg = m.groups()
+    port: int | None = None
+    if port_text is not None:
+        port = int(port_text)
+        if port > 65535:
+            return _parse_via_full(text)
+    return Via(
+        _SIP_2_0,
+        transport if transport.isupper() else transport.upper(),
+        host,
+        port,
+        _fast_params(seg) if seg else [],
+        text,
+    )
+
+
+def _parse_via_full(text: str) -> Via:
+    """The general via-parm parser: LWS anywhere, IPv6, quoted params, every error."""
     s = text.strip(LWS)
     s1 = s.find("/")
     s2 = s.find("/", s1 + 1) if s1 >= 0 else -1
@@ -456,8 +541,22 @@ def parse_uint(text: str, limit: int = 2**32 - 1) -> int:
     return value
 
 
+_CSEQ_FAST = re.compile(rf"([0-9]{{1,10}}) ({_TOKEN_RE}++)").fullmatch
+
+
 def parse_cseq(text: str) -> tuple[int, str]:
     """``"0009 INVITE"`` → ``(9, "INVITE")``; ``ParseError(400, "Bad CSeq")`` otherwise."""
+    m = _CSEQ_FAST(text)
+    if m is not None:
+        digits, method = m.groups()
+        number = int(digits)
+        if number <= 0xFFFFFFFF:
+            return number, method
+    return _parse_cseq_full(text)
+
+
+def _parse_cseq_full(text: str) -> tuple[int, str]:
+    """The general CSeq parser: any LWS, leading zeros, every error."""
     digits, method = _split_lws(text)
     if not is_token(method):
         raise ParseError(400, "Bad CSeq")

@@ -547,14 +547,21 @@ def _split_lines(data: bytes) -> tuple[list[str], int]:
     return text.split("\n"), body_at
 
 
-def _parse_headers(lines: list[str], limits: Limits) -> tuple[list[tuple[str, str]], list[str]]:
-    """Split header lines (start line excluded) into (headers, canonical keys)."""
+def _parse_headers(lines: list[str], limits: Limits
+                   ) -> tuple[list[tuple[str, str]], list[str], ParseError | None]:
+    """Split header lines (start line excluded) into (headers, canonical keys, fault).
+
+    A malformed line is skipped and reported as ``fault`` (the first one), so
+    the caller can still answer the sender with the headers that did parse;
+    size caps raise at once.
+    """
     max_line = limits.max_line
     headers: list[tuple[str, str]] = []
     keys: list[str] = []
     add_header = headers.append
     add_key = keys.append
     table = _NAME_TABLE
+    fault: ParseError | None = None
     for line in lines:
         name, sep, value = line.partition(":")
         key = table.get(name)
@@ -563,7 +570,8 @@ def _parse_headers(lines: list[str], limits: Limits) -> tuple[list[tuple[str, st
                 raise ParseError(400, "Header Line Too Long")
             if line[:1] in (" ", "\t"):
                 if not headers:
-                    raise ParseError(400, "Malformed header folding")
+                    fault = fault or ParseError(400, "Malformed header folding")
+                    continue
                 prev_name, prev = headers[-1]
                 cont = line.strip(" \t")
                 if cont:
@@ -573,29 +581,35 @@ def _parse_headers(lines: list[str], limits: Limits) -> tuple[list[tuple[str, st
                     headers[-1] = (prev_name, prev)
                 continue
             if not sep:
-                if not line:
-                    continue
-                raise ParseError(400, "Malformed header line")
+                if line:
+                    fault = fault or ParseError(400, "Malformed header line")
+                continue
             name = name.rstrip(" \t")
             if not name or not TOKEN_CHARS.issuperset(name):
-                raise ParseError(400, "Malformed header name")
+                fault = fault or ParseError(400, "Malformed header name")
+                continue
             key = name.lower()
             key = COMPACT_FORMS.get(key, key)
         elif not sep:
-            raise ParseError(400, "Malformed header line")  # "Via" alone on a line
+            fault = fault or ParseError(400, "Malformed header line")  # "Via" alone on a line
+            continue
         elif len(line) > max_line:
             raise ParseError(400, "Header Line Too Long")
         add_key(key)
         add_header((name, value.strip(" \t")))
     if len(headers) > limits.max_headers:
         raise ParseError(400, "Too Many Header Fields")
-    return headers, keys
+    return headers, keys, fault
 
 
-def _content_length(lines: list[str]) -> int:
+def _content_length(headers: list[tuple[str, str]], keys: list[str]) -> int:
     """The one Content-Length value; 400 on a bad or disagreeing one (ncl, mcl01)."""
+    if keys.count("content-length") == 1:
+        text = headers[keys.index("content-length")][1]
+        if 0 < len(text) <= 9 and text.isdigit() and text.isascii():
+            return int(text)  # the usual single plain number
     value = -1
-    for line in lines:
+    for line in [headers[i][1] for i, k in enumerate(keys) if k == "content-length"]:
         for part in line.split(","):
             part = part.strip(" \t")
             if not part.isdigit() or not part.isascii():
@@ -629,24 +643,27 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
     if len(lines) > limits.max_headers * 2 + 1:
         raise ParseError(400, "Too Many Header Fields")  # before any work per line
     del lines[0]
-    headers, keys = _parse_headers(lines, limits)
+    headers, keys, fault = _parse_headers(lines, limits)
     msg: Request | Response
     if first.startswith("SIP/"):
         msg = _response(first, headers, keys)
     else:
         msg = _request(first, headers, keys, limits)
+    if fault is not None:
+        fault.partial = msg
+        raise fault
     if "content-length" not in keys:
         msg.body = data[body_at:]
         return msg
     try:
-        length = _content_length(msg._lines("content-length"))
+        length = _content_length(headers, keys)
     except ParseError as exc:
         exc.partial = msg
         raise
     if length > len(data) - body_at:
-        exc = ParseError(400, "Content-Length larger than message")  # clerr
-        exc.partial = msg
-        raise exc
+        too_long = ParseError(400, "Content-Length larger than message")  # clerr
+        too_long.partial = msg
+        raise too_long
     msg.body = data[body_at:body_at + length] if length else b""
     return msg
 

@@ -50,3 +50,20 @@ def test_wrong_password_is_register_fail(server: Server, tmp_path: Path) -> None
         assert ev["type"] == "REGISTER_FAIL", ev
         assert "401" in str(ev.get("param", "")), ev
     assert registry(server, "11") == []
+
+
+def test_registered_phones_call_each_other(server: Server, tmp_path: Path) -> None:
+    """The bindings baresip made are usable: 10 calls 11 through the 302 (and the helper's
+    dial/hangup work, which the redirect tests build on)."""
+    with Baresip(tmp_path / "a") as a, Baresip(tmp_path / "b") as b:
+        a.add_account(account("12", server.port, PASSWORDS["12"]))
+        b.add_account(account("13", server.port, PASSWORDS["13"]))
+        assert a.wait_event({"REGISTER_OK", "REGISTER_FAIL"})["type"] == "REGISTER_OK"
+        assert b.wait_event({"REGISTER_OK", "REGISTER_FAIL"})["type"] == "REGISTER_OK"
+        assert a.dial(f"sip:13@127.0.0.1:{server.port}")["ok"]
+        ev = a.wait_event({"CALL_ESTABLISHED", "CALL_CLOSED"}, timeout=10)
+        assert ev["type"] == "CALL_ESTABLISHED", ev
+        ev = b.wait_event({"CALL_ESTABLISHED", "CALL_CLOSED"}, timeout=10)
+        assert ev["type"] == "CALL_ESTABLISHED" and ev["peeruri"].startswith("sip:12@"), ev
+        assert a.hangup()["ok"]
+        assert b.wait_event("CALL_CLOSED", timeout=10)["type"] == "CALL_CLOSED"

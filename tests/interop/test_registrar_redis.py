@@ -21,6 +21,7 @@ from support import (
     PASSWORDS,
     Server,
     UdpClient,
+    auth_header,
     free_port,
     header_values,
     register,
@@ -140,8 +141,6 @@ def test_two_servers_share_bindings(redis_server: Redis, tmp_path: Path) -> None
         assert status_of(res) == 200
         first = reg.send(expires=0)
         assert first is not None
-        from support import auth_header
-
         res = reg.send(auth_header(first, "10", PASSWORDS["10"], "REGISTER", reg.ruri),
                        expires=0)
         reg.client.close()
@@ -163,8 +162,6 @@ def test_dead_redis_gives_500_with_retry_after(tmp_path: Path) -> None:
         reg = Register(c, "11")
         first = reg.send()
         assert status_of(first) == 401 and first is not None
-        from support import auth_header
-
         res = reg.send(auth_header(first, "11", PASSWORDS["11"], "REGISTER", reg.ruri),
                        timeout=10)
         assert status_of(res) == 500, res

@@ -330,6 +330,9 @@ class DialogFeature(Redirector):
     def cancel(self, seq: int) -> None:
         search = self._searches.pop(seq, None)
         if search is not None:
+            if not search.done:
+                self.log.debug("%s: seq %d: dialog search stopped before it finished",
+                               self.name, seq)
             search.close()
 
     def close(self) -> None:
