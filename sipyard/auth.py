@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ class Authenticator:
             # A reload that leaves these alone keeps the server and so its table of
             # nonce counts: a new one would accept one replay of any recent header.
             self.digest = DigestServer(self._secret, srv.realm, nonce_ttl=params[1],
-                                       algorithms=params[2])
+                                       algorithms=params[2], not_before=time.time())
             self._digest_params = params
         self._ha1: dict[tuple[str, str], str | None] = {}
 

@@ -15,6 +15,7 @@ import getpass
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -236,6 +237,9 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 # -- commands -------------------------------------------------------------------------
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # SIGHUP's default action kills the process: ignore it until the reload handler is in
+    # place (a config being loaded for the first time is fresh anyway).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     cfg = _load(args, listen=args.listen)
     level = (args.log_level or cfg.logging.level).upper()
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
@@ -262,6 +266,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except Exception as exc:  # e.g. ControlServerError: another sipyard on the socket
             await app.stop()
             return _fail(args, str(exc) or type(exc).__name__)
+        # Signals work from the moment "listening on" is printed (supervisors and tests
+        # act on that line); serve_forever installs the same handlers again.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, app.request_stop)
+        reload = app.features.get("reload")
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, lambda: app.spawn(reload()))
         for b in bound:
             print(f"sipyard {__version__} listening on {b.transport}:{_hostport(b.host, b.port)}",
                   flush=True)

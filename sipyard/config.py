@@ -44,11 +44,12 @@ Keys (type = default)
   server_header: str = "sipyard/<version>" -- Server/User-Agent value; "" = send none.
 ``[logging]`` level: str = "info" -- debug, info, warning or error (any case).
 ``[security]``
-  open_registration = false -- lines without credentials may register unauthenticated.
-  max_auth_failures = 20, failure_window = 60, ban_seconds = 600 -- more than N failed
-      authentications from one source within the window bans it (0 failures = never ban).
-  allow: [str] = [] -- networks that may talk to us at all (empty = everyone).
-  trusted: [str] = [] -- networks whose requests need no authentication.
+  open_registration = false -- any user of our domains registers without authentication
+      (labs, benchmarks); warns at start.
+  max_auth_failures = 20, failure_window = 60, ban_seconds = 600 -- N failed
+      authentications from one source within the window ban it (0 = never ban).
+  allow: [str] = [] -- networks never banned nor rate-limited (loopback is not implied).
+  trusted: [str] = [] -- networks whose redirected requests need no authentication.
   register_rate = 500 -- REGISTERs per second per source; 0 = unlimited.
 ``[store]`` url: str = "" (sqlite in data_dir; or "sqlite:PATH", "redis://…");
   synchronous: "full" | "normal" = "full" (sqlite durability).

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .auth import Authenticator, load_secret
 from .hooks import ChatService, HookRunner, iso_time
 from .registrar import Registrar, Reject
-from .security import Guard
+from .security import Guard, log_safe
 from .sip.errors import ParseError
 from .sip.message import Request
 from .sip.transaction import ServerTransaction
@@ -121,8 +121,8 @@ async def _register(app: App, req: Request, src: Source, tx: ServerTransaction,
                 return
             line = result.line
             if line != user and not _may_register_for(cfg, line, user):
-                log.warning("sipyard auth failure: src=%s line=%s reason=register-other-line "
-                            "target=%s", src.ip, line, user)
+                log.warning("sipyard register refused: src=%s line=%s target=%s",
+                            src.ip, line, log_safe(user))
                 app.respond(tx, req, 403, "Forbidden")
                 return
             if user not in cfg.lines:

@@ -152,7 +152,11 @@ def _caller(app: App, req: Request, src: Source, tx: ServerTransaction,
     auth = app.features["auth"]
     if not required and not req.has("authorization"):
         return False, None
-    result = auth.check(req, src.ip, app.now())
+    try:
+        result = auth.check(req, src.ip, app.now())
+    except ParseError as exc:
+        app.respond(tx, req, exc.status, exc.reason)
+        return True, None
     if result.line is not None:
         return False, result.line
     if required:
@@ -179,7 +183,11 @@ async def _redirect(app: App, req: Request, src: Source, tx: ServerTransaction) 
         if trying is not None:
             trying.cancel()
     if outcome.needs_auth:
-        result = app.features["auth"].check(req, src.ip, app.now())
+        try:
+            result = app.features["auth"].check(req, src.ip, app.now())
+        except ParseError as exc:
+            app.respond(tx, req, exc.status, exc.reason)
+            return
         app.respond(tx, req, 401, "Unauthorized", result.challenge)
         return
     app.respond(tx, req, outcome.status, outcome.reason, outcome.headers)

@@ -292,25 +292,28 @@ def _apply(wants: list[_Want], call_id: str, cseq: int, now: float, src: Source,
     def fn(current: list[Binding]) -> tuple[list[Binding], list[str]]:
         seen[:] = [len(current)]
         by_id = {b.binding_id: b for b in current}
-        put: list[Binding] = []
+        puts: dict[str, Binding] = {}  # a contact listed twice counts once (the last wins)
         remove: list[str] = []
         for w in wants:
             old = by_id.get(w.binding_id)
             if old is not None:
                 _check_order(old, call_id, cseq)
             if w.expires == 0:
+                puts.pop(w.binding_id, None)
                 if old is not None:
                     remove.append(w.binding_id)
                 continue
-            put.append(Binding(
+            puts[w.binding_id] = (Binding(
                 aor=aor, binding_id=w.binding_id, contact=w.uri, params=w.params, q=w.q,
                 expires_at=now + w.expires,
                 registered_at=old.registered_at if old is not None else now,
                 call_id=call_id, cseq=cseq, source_ip=src.ip, source_port=src.port,
-                transport=src.transport, conn_id=str(src.conn_id) if src.conn_id else None,
+                transport=src.transport,
+                conn_id=str(src.conn_id) if src.conn_id is not None else None,
                 path=path, user_agent=ua, instance=w.instance, reg_id=w.reg_id))
-        put_ids = {b.binding_id for b in put}
-        keep = [b for b in current if b.binding_id not in put_ids and b.binding_id not in remove]
+        put = list(puts.values())
+        gone = set(remove)
+        keep = [b for b in current if b.binding_id not in puts and b.binding_id not in gone]
         excess = len(keep) + len(put) - max_contacts
         if excess > 0:
             if overflow == "reject":

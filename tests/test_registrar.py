@@ -397,6 +397,15 @@ def test_max_contacts_in_one_request_keeps_the_first(h: Harness) -> None:
     assert sorted(expires_of(r)) == ["sip:a@192.0.2.1", "sip:b@192.0.2.1"]
 
 
+def test_contact_listed_twice_counts_once(h: Harness) -> None:
+    h.send(["<sip:a@192.0.2.1>"], expires=600, line="11", call_id="a")
+    r = h.send(["<sip:b@192.0.2.1>;expires=60", "<sip:b@192.0.2.1>;expires=120"], line="11",
+               call_id="b", now=NOW + 1)
+    got = {b.contact: b.expires_at for b in h.run(h.store.lookup("sip:11@sipyard.test", NOW + 1))}
+    assert got == {"sip:a@192.0.2.1": NOW + 600, "sip:b@192.0.2.1": NOW + 121}
+    assert expires_of(r)["sip:b@192.0.2.1"] == 120
+
+
 def test_max_contacts_reject_is_503_with_retry_after(hs: Harness) -> None:
     for name in "ab":
         hs.send([f"<sip:{name}@192.0.2.1>"], expires=600, line="12", call_id=name)

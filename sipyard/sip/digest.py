@@ -368,7 +368,11 @@ class DigestServer:
 
     def __init__(self, secret: bytes, realm: str, *, nonce_ttl: float = 300.0,
                  algorithms: Sequence[str] = ("MD5",), opaque: str | None = None,
-                 max_skew: float = 5.0, max_tracked: int = 100_000) -> None:
+                 max_skew: float = 5.0, max_tracked: int = 100_000,
+                 not_before: float | None = None) -> None:
+        """``not_before``: nonces issued earlier are stale. A server that starts
+        (or is rebuilt) without the nonce-count table of its predecessor passes its
+        start time, so a header captured before a restart cannot be replayed."""
         if not secret:
             raise ValueError("digest secret must not be empty")
         if not nonce_ttl > 0:
@@ -396,7 +400,8 @@ class DigestServer:
         self._ctr = secrets.randbits(56)
         self._nc: dict[bytes, int] = {}  # nonce MAC -> highest nc accepted
         self._order: deque[tuple[float, bytes]] = deque()  # (nonce ts, MAC), insertion order
-        self._floor = -math.inf  # highest timestamp of any nonce dropped from _nc
+        # highest timestamp of any nonce dropped from _nc (or issued before we started)
+        self._floor = -math.inf if not_before is None else float(not_before)
 
     @property
     def algorithms(self) -> tuple[str, ...]:

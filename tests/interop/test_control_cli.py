@@ -612,3 +612,15 @@ def test_sighup_reloads(srv: Server) -> None:
     while srv.log().count("config reloaded") == before:
         assert time.monotonic() < deadline, "SIGHUP did not reload"
         time.sleep(0.05)
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(srv: Server) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "sipyard.cli", "serve", "-c", str(srv.config),
+         "--listen", f"udp:127.0.0.1:{free_port()}"],
+        capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == (
+        f"sipyard serve: another sipyard is running on {srv.data / 'control.sock'}")
+    assert "Traceback" not in proc.stderr
+    assert js(cli(srv, "status", "--json"))["pid"] == srv.proc.pid  # type: ignore[union-attr]

@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -25,12 +26,13 @@ from typing import Any
 
 import pytest
 from conftest import require_tool
-from support import BENCH, PASSWORDS, Server, UdpClient, free_port, register, status_of
+from support import BENCH, PASSWORDS, ROOT, Server, UdpClient, free_port, register, status_of
 
 from sipyard.hooks import decode_record
 
 pytestmark = pytest.mark.interop
 
+EXAMPLES = ROOT / "examples" / "hooks"
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
@@ -184,6 +186,29 @@ def test_sipsak_register_runs_activate_once_refresh_nothing_expiry_release(
     assert len(records(out, "release")) == 1
     h = status(server)["hooks"]
     assert (h["started"], h["failed"], h["timed_out"], h["dropped"]) == (2, 0, 0, 0)
+
+
+def test_shipped_activate_and_release_log_one_line_each(
+        start_server: Callable[..., Server], hooks_dir: Path) -> None:
+    """examples/hooks/activate and release, as shipped: one line per event in
+    ``$SIPYARD_DATA/hooks.log``; an unREGISTER (Expires: 0) releases at once."""
+    for name in ("activate", "release"):
+        shutil.copy2(EXAMPLES / name, hooks_dir / name)
+    server = start_server("examples", server={"hooks_dir": str(hooks_dir)})
+    log = server.data / "hooks.log"
+    client = UdpClient(server.addr)
+    try:
+        assert status_of(register(client, "10")) == 200
+        assert wait_for(lambda: log.exists() and log.read_text().count("\n") == 1, 3.0)
+        assert status_of(register(client, "10", expires=0)) == 200
+        assert wait_for(lambda: log.read_text().count("\n") == 2, 3.0)
+    finally:
+        client.close()
+    act, rel = log.read_text().splitlines()
+    assert re.fullmatch(
+        rf"\S+Z activate line=10 display=Line 10 contact=sip:10@127\.0\.0\.1:{client.port} "
+        rf"source=127\.0\.0\.1:{client.port}/udp user_agent=", act), act
+    assert re.fullmatch(r"\S+Z release line=10 display=Line 10 reason=unregistered", rel), rel
 
 
 # -- a hook that never ends -----------------------------------------------------------------

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import socket
 import subprocess
 import time
 import uuid
@@ -96,6 +98,22 @@ def dial(client: UdpClient, ruri: str, *, line: str = "12", timeout: float = 10.
         if status_of(resp) >= 300:
             client.send(in_reply_to(req, "ACK", resp))
     return resp
+
+
+def authenticated_invite(client: UdpClient, ruri: str, line: str) -> bytes:
+    """Send an INVITE as ``line`` (401, ACK, INVITE with credentials); return what was sent
+    last, whose answers the caller reads."""
+    frm = f"<sip:{line}@{REALM}>"
+    call_id = uuid.uuid4().hex
+    req = sip_request("INVITE", ruri, frm=frm, call_id=call_id, local_port=client.port)
+    resp = client.request(req)
+    assert resp is not None and status_of(resp) == 401, resp
+    client.send(in_reply_to(req, "ACK", resp))
+    auth = auth_header(resp, line, PASSWORDS[line], "INVITE", ruri)
+    req = sip_request("INVITE", ruri, frm=frm, call_id=call_id, cseq=2,
+                      headers=[("Authorization", auth)], local_port=client.port)
+    client.send(req)
+    return req
 
 
 def contacts_of(resp: bytes) -> list[str]:
@@ -180,6 +198,8 @@ class Phone:
             return 0
 
     def stop(self) -> None:
+        # the next test's phone must not wait for this one to answer
+        control_call(self.server.data / "control.sock", {"op": "unregister", "line": "11"})
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -328,7 +348,7 @@ def test_cancel_while_suspended_is_487_and_stops_the_search(
         c.send(invite)
         trying = c.recv(2.0)
         assert status_of(trying) == 100, trying
-        assert subscribe_call_ids(silent, 0.3), "the search sent no SUBSCRIBE"
+        assert subscribe_call_ids(silent, 0.1), "the search sent no SUBSCRIBE"
         assert status(slow)["suspended"] == 1
         c.send(in_reply_to(invite, "CANCEL"))
         answers = {}
@@ -340,7 +360,10 @@ def test_cancel_while_suspended_is_487_and_stops_the_search(
         assert status_of(answers["INVITE"]) == 487
         c.send(in_reply_to(invite, "ACK", answers["INVITE"]))
         assert status(slow)["suspended"] == 0
-        # the redirector's cancel ran: its SUBSCRIBE is not retransmitted any more
+        # the redirector's cancel ran: its SUBSCRIBE is not retransmitted any more (the UAC
+        # would resend it 0.5, 1.5, 3.5 s after the first). What was sent before the CANCEL
+        # may still sit in the socket: drain it first.
+        subscribe_call_ids(silent, 0.05)
         assert subscribe_call_ids(silent, 1.6) == []
         log = slow.log()
         assert "directed_pickup: seq" in log and "search stopped before it finished" in log
@@ -368,7 +391,9 @@ def test_retransmissions_get_100_and_a_request_never_resumed_times_out_408(
         assert 1.8 <= elapsed < 3.5, elapsed  # suspend_timeout = 2, not pickup_wait = 10
         c.send(in_reply_to(invite, "ACK", final))
         assert c.recv(1.0) is None  # ACK absorbed; nothing else comes
-        assert status(slow)["suspended"] == 0
+        r = slow.cli("status", "--json", timeout=10)  # what an operator sees
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["suspended"] == 0
         # one chain run, one search: every SUBSCRIBE the phone saw has the same Call-ID
         seen = subscribe_call_ids(silent, 0.1)
         assert len(set(seen)) == 1, seen
@@ -377,3 +402,127 @@ def test_retransmissions_get_100_and_a_request_never_resumed_times_out_408(
         assert "search stopped before it finished" in log
     finally:
         c.close()
+
+
+def test_reload_while_suspended_answers_500_retry_after(slow: Server, silent: UdpClient) -> None:
+    c = UdpClient(slow.addr)
+    try:
+        invite = sip_request("INVITE", code(slow, "*7811"), local_port=c.port)
+        c.send(invite)
+        assert status_of(c.recv(1.0)) == 100
+        r = slow.cli("reload", timeout=10)
+        assert r.returncode == 0, r.stderr
+        final = c.recv(1.0)
+        assert status_of(final) == 500, final
+        assert final is not None and header_values(final, "Retry-After") == ["1"]
+        c.send(in_reply_to(invite, "ACK", final))
+        assert status(slow)["suspended"] == 0
+        subscribe_call_ids(silent, 0.05)
+        assert subscribe_call_ids(silent, 1.6) == []  # the old chain's search was stopped
+    finally:
+        c.close()
+
+
+# -- a phone registered over TCP is asked over its own connection ---------------------------------
+
+
+class TcpPhone:
+    """Line 11 over one TCP connection (a phone behind NAT: nothing listens on its port)."""
+
+    def __init__(self, server: Server) -> None:
+        self.sock = socket.create_connection(server.addr, timeout=5)
+        self.port = self.sock.getsockname()[1]
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self, timeout: float = 5.0) -> bytes:
+        """One whole message (Content-Length framing)."""
+        self.sock.settimeout(timeout)
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end >= 0:
+                m = re.search(rb"\r\n(?:Content-Length|l)\s*:\s*(\d+)", self.buf[:end + 2], re.I)
+                total = end + 4 + (int(m.group(1)) if m else 0)
+                if len(self.buf) >= total:
+                    msg, self.buf = self.buf[:total], self.buf[total:]
+                    return msg
+            chunk = self.sock.recv(65536)
+            assert chunk, "the server closed the phone's connection"
+            self.buf += chunk
+
+    def request(self, data: bytes) -> bytes:
+        self.send(data)
+        while True:
+            got = self.recv()
+            if status_of(got) >= 200:
+                return got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_pickup_subscribe_reaches_a_tcp_phone_over_its_connection(ringing: Server) -> None:
+    ph = TcpPhone(ringing)
+    c = UdpClient(ringing.addr)
+    try:
+        contact = f"<sip:11@127.0.0.1:{ph.port};transport=tcp>"
+        to = f"<sip:11@{REALM}>"
+        ruri = f"sip:127.0.0.1:{ringing.port}"
+        call_id = uuid.uuid4().hex
+        hdrs = [("Contact", contact), ("Expires", "60")]
+        reg = sip_request("REGISTER", ruri, to=to, frm=to, headers=hdrs, call_id=call_id,
+                          transport="TCP", local_port=ph.port)
+        first = ph.request(reg)
+        assert status_of(first) == 401
+        auth = auth_header(first, "11", PASSWORDS["11"], "REGISTER", ruri)
+        reg = sip_request("REGISTER", ruri, to=to, frm=to, call_id=call_id, cseq=2,
+                          headers=[*hdrs, ("Authorization", auth)], transport="TCP",
+                          local_port=ph.port)
+        assert status_of(ph.request(reg)) == 200
+
+        invite = authenticated_invite(c, code(ringing, "*7811"), "12")
+        sub = ph.recv()  # the dialog fetch, on the connection the phone registered over
+        assert sub.startswith(b"SUBSCRIBE sip:11@127.0.0.1:")
+        assert _head(sub, "Event") == "dialog" and _head(sub, "Expires") == "0"
+        sub_via, sub_from, sub_to = _head(sub, "Via"), _head(sub, "From"), _head(sub, "To")
+        sub_cid = _head(sub, "Call-ID")
+        ph.send((f"SIP/2.0 200 OK\r\nVia: {sub_via}\r\nFrom: {sub_from}\r\nTo: {sub_to};tag=tp1"
+                 f"\r\nCall-ID: {sub_cid}\r\nCSeq: {_head(sub, 'CSeq')}\r\nExpires: 0\r\n"
+                 "Content-Length: 0\r\n\r\n").encode())
+        body = DIALOG_XML.format(callid="tcp-ring", local="tl", remote="tr",
+                                 target=CALLER_TARGET).encode()
+        target = re.search(r"<([^>]+)>", _head(sub, "Contact"))
+        assert target is not None
+        notify = (f"NOTIFY {target.group(1)} SIP/2.0\r\n"
+                  f"Via: SIP/2.0/TCP 127.0.0.1:{ph.port};branch=z9hG4bK{uuid.uuid4().hex[:12]}"
+                  f"\r\nMax-Forwards: 70\r\nFrom: {sub_to};tag=tp1\r\nTo: {sub_from}\r\n"
+                  f"Call-ID: {sub_cid}\r\nCSeq: 1 NOTIFY\r\nEvent: dialog\r\n"
+                  "Subscription-State: terminated;reason=timeout\r\n"
+                  "Content-Type: application/dialog-info+xml\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        assert status_of(ph.request(notify)) == 200
+        resp = c.recv(5.0)
+        while resp is not None and status_of(resp) < 200:
+            resp = c.recv(5.0)
+        assert status_of(resp) == 302, resp
+        assert resp is not None
+        c.send(in_reply_to(invite, "ACK", resp))
+        assert contacts_of(resp) == [replaces_contact("Replaces", "tcp-ring", "tr", "tl")]
+    finally:
+        c.close()
+        ph.close()
+        control_call(ringing.data / "control.sock", {"op": "unregister", "line": "11"})
+
+
+DIALOG_XML = """<?xml version="1.0"?>
+<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="0" state="full"
+             entity="sip:11@sipyard.test">
+  <dialog id="x" call-id="{callid}" local-tag="{local}" remote-tag="{remote}"
+          direction="recipient">
+    <state>early</state>
+    <remote><identity>sip:10@sipyard.test</identity><target uri="{target}"/></remote>
+  </dialog>
+</dialog-info>
+"""

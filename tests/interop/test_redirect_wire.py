@@ -353,3 +353,44 @@ def test_rule_syntax_error_is_reported_by_check_and_serve_refuses(tmp_path: Path
         srv.start(timeout=15)
     assert time.monotonic() - started < 15  # it refused, it did not hang
     assert want in str(err.value) and "unclosed '['" in str(err.value)
+
+
+@pytest.mark.parametrize(("rule", "key", "reason"), [
+    ('users = ["re:(a+)+"]', "fallback[1].users", "nested quantifiers"),
+    ('users = ["9X"]\ncontacts = ["<sip:{nosuch}@gw>"]', "fallback[1].contacts[0]",
+     "unknown token {nosuch}"),
+    ('users = ["9X"]\nwhen = ["Funday 08:00-09:00"]', "fallback[1].when", "unknown day 'Funday'"),
+])
+def test_check_names_file_rule_and_reason(tmp_path: Path, rule: str, key: str,
+                                          reason: str) -> None:
+    if "contacts" not in rule:
+        rule += '\ncontacts = ["<sip:{user}@gw.example.net>"]'
+    extra = ('[[fallback]]\nusers = ["8."]\ncontacts = ["<sip:{user}@gw.example.net>"]\n\n'
+             f"[[fallback]]\n{rule}\n")
+    cfg = write_config(tmp_path / "bad", realm=REALM, extra=extra)
+    r = run_cli("check", "-c", str(cfg), timeout=30)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"{cfg}: {key}: {reason}" in r.stderr
+
+
+def test_reload_with_a_bad_rule_keeps_the_running_rules(tmp_path: Path) -> None:
+    good = ('[[mapping]]\nusers = ["7XX"]\ncontacts = ["<sip:{vdigits}@old.example.net>"]\n')
+    cfg = write_config(tmp_path / "reload", realm=REALM,
+                       security={"trusted": ["127.0.0.1/32"]}, extra=good)
+    srv = Server(cfg).start()
+    c = UdpClient(srv.addr)
+    try:
+        assert contacts_of(ask(c, "INVITE", uri(srv, "701"))) == ["<sip:01@old.example.net>"]
+        text = cfg.read_text()
+        cfg.write_text(text.replace('users = ["7XX"]', 'users = ["7[XX"]'))
+        r = srv.cli("reload", timeout=15)
+        assert r.returncode == 1
+        assert f"{cfg}: mapping[0].users: unclosed '['" in r.stderr + r.stdout
+        assert contacts_of(ask(c, "INVITE", uri(srv, "701"))) == ["<sip:01@old.example.net>"]
+        cfg.write_text(text.replace("old.example.net", "new.example.net"))
+        r = srv.cli("reload", timeout=15)
+        assert r.returncode == 0, r.stderr
+        assert contacts_of(ask(c, "INVITE", uri(srv, "701"))) == ["<sip:01@new.example.net>"]
+    finally:
+        c.close()
+        srv.stop()

@@ -93,7 +93,7 @@ def bindings_by_contact(server: Server) -> dict[str, dict[str, object]]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_every_acknowledged_binding_survives(server: Server, tmp_path: Path, sig: int) -> None:
-    T=time.time(); server.start(); print('start', time.time()-T)
+    server.start()
     load = sipp_load(server, tmp_path)
     loader = Loader(server)
     try:
@@ -104,8 +104,7 @@ def test_every_acknowledged_binding_survives(server: Server, tmp_path: Path, sig
             time.sleep(0.01)
         assert len(loader.ok) >= 150, f"only {len(loader.ok)} registrations in 20 s"
         assert load.poll() is None, "SIPp stopped before the server did"
-        print('loaded', time.time()-T, len(loader.ok)); server.stop(sig)  # in the middle of both loads
-        print('stopped', time.time()-T)
+        server.stop(sig)  # in the middle of both loads
         loader.join(5)
         assert not loader.is_alive()
     finally:
@@ -116,9 +115,7 @@ def test_every_acknowledged_binding_survives(server: Server, tmp_path: Path, sig
     assert len(acked) >= 150
 
     server.start()
-    print('restarted', time.time()-T)
     got = bindings_by_contact(server)
-    print('fetched', time.time()-T)
     # SIPp's load was real: its (committed) bindings are back too.
     assert sum(1 for c in got if c.endswith(";transport=UDP")) >= 40
     long_lived = [a for a in acked if a[2] > SHORT]
