@@ -316,7 +316,7 @@ async def _unregister(app: App, req: dict[str, Any], peer: Peer) -> dict[str, An
         lc = cfg.lines.get(line)
         app.features["hooks"].fire("release", {
             "event": "release", "line": line, "display": lc.display if lc and lc.display else "",
-            "reason": "unregistered", "time": iso_time(app.now())})
+            "reason": "removed", "time": iso_time(app.now())})
     return {"line": line, "removed": len(removed)}
 
 

@@ -8,6 +8,7 @@ their redirector; a MESSAGE to the system identity is a chat command.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
@@ -43,7 +44,8 @@ class AppServices:
         return self.app.now()
 
     async def lookup(self, aor: str) -> Sequence[Any]:
-        return await self.app.features["store"].lookup(aor, self.app.now())
+        found: Sequence[Any] = await self.app.features["store"].lookup(aor, self.app.now())
+        return found
 
     def line_for_uri(self, uri: SipUri) -> str | None:
         cfg = self.app.config
@@ -239,8 +241,25 @@ async def _chat(app: App, req: Request, src: Source, tx: ServerTransaction) -> N
     lc = app.config.lines.get(caller)
     display = lc.display if lc is not None and lc.display else ""
     replies = await app.features["chat"].handle(text, line=caller, display=display)
-    from .messaging import send_text
-
     system = f"sip:{app.config.server.system}@{app.config.server.realm}"
-    for reply in replies:
-        await send_text(app, [caller], reply, from_uri=system)
+    await _send_replies(app, caller, replies, system)
+
+
+async def _send_replies(app: App, line: str, replies: Sequence[str], from_uri: str) -> None:
+    """Each of the sender's bindings gets the reply lines in order, the bindings in parallel:
+    a phone that is gone (no answer for 64*T1) holds up only itself, and gets no more lines
+    after the first it did not take."""
+    from .messaging import send_to_binding
+
+    bindings = await app.features["store"].lookup(f"sip:{line}@{app.config.server.realm}",
+                                                  app.now())
+    headers = [("Content-Type", "text/plain;charset=UTF-8")]
+
+    async def one(b: Any) -> None:
+        for reply in replies:
+            status = await send_to_binding(app, b, "MESSAGE", headers=headers,
+                                           body=reply.encode("utf-8"), from_uri=from_uri)
+            if not 200 <= status < 300:
+                return
+
+    await asyncio.gather(*(one(b) for b in bindings))

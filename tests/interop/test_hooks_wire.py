@@ -16,8 +16,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -107,16 +109,16 @@ def sipsak_register(server: Server, line: str, port: int, expires: int
         capture_output=True, text=True, timeout=20)
 
 
-def proc_alive(pid: int, marker: str) -> bool:
-    """Whether ``pid`` still runs the program named ``marker`` (a zombie, or a pid reused by
-    another program, counts as gone: the container's pid 1 may not reap orphans)."""
+def proc_alive(pid: int, *markers: str) -> bool:
+    """Whether ``pid`` still runs a program named by one of ``markers`` (a zombie, or a pid
+    reused by another program, counts as gone: the container's pid 1 may not reap orphans)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
     state = stat.rsplit(")", 1)[1].split()[0]
-    return state not in ("Z", "X") and marker.encode() in cmdline
+    return state not in ("Z", "X") and any(m.encode() in cmdline for m in markers)
 
 
 @pytest.fixture
@@ -217,10 +219,12 @@ def test_shipped_activate_and_release_log_one_line_each(
 def test_hanging_hook_and_its_child_are_killed_at_the_timeout(
         start_server: Callable[..., Server], hooks_dir: Path, tmp_path: Path) -> None:
     """Line 10's hook dies of SIGTERM; line 11's ignores SIGTERM (so does the child it
-    started) and needs the SIGKILL that follows the grace (2 s). Both leave a background
-    ``sleep 1000`` that still holds the output pipes; the whole process group goes."""
+    started) and needs the SIGKILL that follows the grace (2 s). Each starts a background
+    ``sleep 1000`` that holds the output pipes too, then becomes ``sleep 1000`` itself (exec),
+    so the two pids it writes are all its processes; the whole process group goes."""
     out = tmp_path / "pids"
     out.mkdir()
+    MARKERS = ("activate", "sleep")  # noqa: N806 - the hook before and after its exec
     write_hook(hooks_dir / "activate", f"""\
 line=''
 while IFS= read -r kv; do case ${{kv%%=*}} in line) line=${{kv#*=}} ;; esac; done
@@ -228,7 +232,7 @@ while IFS= read -r kv; do case ${{kv%%=*}} in line) line=${{kv#*=}} ;; esac; don
 sleep 1000 &
 echo $! >{out}/child.$line.tmp && mv {out}/child.$line.tmp {out}/child.$line
 echo $$ >{out}/hook.$line.tmp && mv {out}/hook.$line.tmp {out}/hook.$line
-sleep 1000
+exec sleep 1000
 """)
     server = start_server("hang", server={"hooks_dir": str(hooks_dir)}, hooks={"timeout": 1})
     clients = [UdpClient(server.addr) for _ in range(3)]
@@ -239,25 +243,24 @@ sleep 1000
         assert wait_for(lambda: all((out / n).exists() for n in names), 3.0), list(out.iterdir())
         started = {n: (out / n).stat().st_mtime for n in names}
         pids = {n: int((out / n).read_text()) for n in names}
-        markers = {n: ("sleep" if n.startswith("child") else "activate") for n in names}
-        assert all(proc_alive(pids[n], markers[n]) for n in names)
+        assert all(proc_alive(pids[n], *MARKERS) for n in names)
 
         # SIP is not held up while both hooks hang.
         t0 = time.monotonic()
         assert status_of(register(clients[2], "12")) == 200
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 1.0  # line 11's hook hangs for 3 s
 
         gone: dict[str, float] = {}
         deadline = time.monotonic() + 8.0
         while len(gone) < len(names) and time.monotonic() < deadline:
             for n in names:
-                if n not in gone and not proc_alive(pids[n], markers[n]):
+                if n not in gone and not proc_alive(pids[n], *MARKERS):
                     gone[n] = time.time()
             time.sleep(0.02)
         assert set(gone) == set(names), f"still running: {set(names) - set(gone)}"
         for n in names:
             lived = gone[n] - started[n]
-            limit = 1.0 + (2.0 if n.endswith(".11") else 0.0) + 1.0  # timeout + grace + slack
+            limit = 1.0 + (2.0 if n.endswith(".11") else 0.0) + 1.5  # timeout + grace + slack
             assert 0.8 <= lived <= limit, f"{n} lived {lived:.2f}s"
         # Line 11's hook outlived SIGTERM: it went only with the SIGKILL after the grace.
         assert gone["hook.11"] - started["hook.11"] >= 2.5
@@ -268,6 +271,10 @@ sleep 1000
     finally:
         for c in clients:
             c.close()
+        for f in out.glob("*.1?"):  # a failed run must not leave its sleeps behind
+            pid = int(f.read_text())
+            if proc_alive(pid, *MARKERS):
+                os.kill(pid, signal.SIGKILL)
 
 
 # -- a burst of activations under SIP load --------------------------------------------------
@@ -289,11 +296,16 @@ def test_burst_of_1000_activations_never_runs_more_than_max_running(
         start_server: Callable[..., Server], hooks_dir: Path, tmp_path: Path) -> None:
     """Open registration, 1 000 distinct users REGISTERed by SIPp at 2 000/s (two rounds).
 
-    Concurrency is measured by the hooks themselves, with shell builtins only: each run makes
-    the directory ``running/PID``, counts the entries there with a glob (so the count can only
+    Concurrency is measured by the hooks themselves: each run makes the directory
+    ``running/PID``, counts the entries there with a glob (a builtin; the count can only
     under-state how many hooks the server has running at that instant, never over-state it),
     appends the count, sleeps 10 ms and removes its directory. The server's own ``peak`` gauge
     is checked as well.
+
+    The rate: SIPp is asked for 2 000/s. On the 2-core reference machine the server answers
+    fewer (400–800/s seen while other work shared the cores), so SIPp retransmits (1 300–3 100
+    retransmissions seen) and the 2 000 REGISTERs take 2.5–5 s; what is asserted is that none
+    fails. The 1 000 hook runs (4 processes each) then take 5–20 s, by how busy the machine is.
     """
     exe = require_tool("sipp")
     out = tmp_path / "burst"

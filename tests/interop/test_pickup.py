@@ -23,7 +23,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,7 +49,14 @@ REALM = "sipyard.test"
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 CALLER_TARGET = "sip:10@127.0.0.1:5099"
 
+#: The feature redirectors before ``fallback`` (the default order has it before them): a
+#: pick-up code that finds nothing must stay 404 even when a later redirector would add a
+#: target, which only the sealed contact set guarantees. ``slow`` keeps the default order.
 PICKUP_CONFIG = """
+[redirect]
+chain = ["registrations", "aliases", "subscribe", "mapping", "pickup", "directed_pickup",
+         "join", "fallback"]
+
 [features]
 global_pickup = "*88"
 pickup_wait = 3.0
@@ -132,9 +139,9 @@ def status(server: Server) -> dict[str, object]:
     return reply
 
 
-def wait_until(what: str, check: object, timeout: float = 5.0) -> None:
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
+    while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
@@ -166,13 +173,15 @@ class Phone:
             keys += ["-key", f"dlg_{k}", v]
         exe = require_tool("sipp")
         workdir.mkdir(parents=True, exist_ok=True)
+        self.stderr = workdir / "phone-stderr.log"
+        self._err = open(self.stderr, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [exe, "-sf", str(SCENARIOS / "pickup_phone.xml"),
              "-oocsf", str(SCENARIOS / "pickup_notify.xml"), *keys,
              "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-d", "30000",
              "-timeout", "40s", "-nostdin", "-trace_msg", "-message_file", str(self.messages),
              "-trace_err", "-error_file", str(self.errors), f"127.0.0.1:{server.port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=workdir)
+            stdout=subprocess.DEVNULL, stderr=self._err, cwd=workdir)
         contact = f"sip:11@127.0.0.1:{port}"
         try:
             wait_until("the sipp phone's registration",
@@ -185,7 +194,7 @@ class Phone:
 
     def logs(self) -> str:
         out = []
-        for p in (self.errors, self.messages):
+        for p in (self.stderr, self.errors, self.messages):
             with contextlib.suppress(FileNotFoundError):
                 out.append(f"--- {p.name}\n{p.read_text()[-4000:]}")
         return "\n".join(out)
@@ -207,8 +216,7 @@ class Phone:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        self._err.close()
 
 
 @pytest.fixture(scope="module")
@@ -303,11 +311,21 @@ def test_join_a_confirmed_call_and_no_ringing_call_is_404_not_the_fallback(
 # -- a phone that never answers: CANCEL, time-out, retransmissions ---------------------------------
 
 
+SLOW_CONFIG = """
+[features]
+pickup_wait = 10.0
+
+[[fallback]]
+users = ["*."]
+contacts = ["<sip:{user}@gw.example.net>"]
+"""
+
+
 @pytest.fixture(scope="module")
 def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     cfg = write_config(tmp_path_factory.mktemp("slow"), realm=REALM, lines=range(10, 14),
                        security={"trusted": ["127.0.0.1/32"]}, redirect={"suspend_timeout": 2},
-                       extra="[features]\npickup_wait = 10.0\n")
+                       extra=SLOW_CONFIG)
     srv = Server(cfg, log_level="debug").start()
     try:
         yield srv
@@ -351,7 +369,7 @@ def test_cancel_while_suspended_is_487_and_stops_the_search(
         assert subscribe_call_ids(silent, 0.1), "the search sent no SUBSCRIBE"
         assert status(slow)["suspended"] == 1
         c.send(in_reply_to(invite, "CANCEL"))
-        answers = {}
+        answers: dict[str, bytes] = {}
         for _ in range(2):
             got = c.recv(2.0)
             assert got is not None, f"missing answer; have {list(answers)}"
@@ -400,6 +418,31 @@ def test_retransmissions_get_100_and_a_request_never_resumed_times_out_408(
         log = slow.log()
         assert "still suspended after 2.0 s" in log
         assert "search stopped before it finished" in log
+    finally:
+        c.close()
+
+
+def test_a_phone_refusing_the_subscribe_ends_the_search_at_once(
+        slow: Server, silent: UdpClient) -> None:
+    c = UdpClient(slow.addr)
+    try:
+        invite = sip_request("INVITE", code(slow, "*7811"), local_port=c.port)
+        started = time.monotonic()
+        c.send(invite)
+        sub = silent.recv(2.0)
+        assert sub is not None and sub.startswith(b"SUBSCRIBE "), sub
+        refusal = ["SIP/2.0 489 Bad Event"]
+        refusal += [f"{h}: {_head(sub, h)}" for h in ("Via", "From", "To", "Call-ID", "CSeq")]
+        refusal[3] += ";tag=refuser"
+        silent.send(("\r\n".join([*refusal, "Allow-Events: presence", "Content-Length: 0"])
+                     + "\r\n\r\n").encode())
+        final = c.recv(2.0)
+        while final is not None and status_of(final) < 200:
+            final = c.recv(2.0)
+        assert status_of(final) == 404, final  # no call found: not 408, not pickup_wait
+        assert final is not None
+        assert time.monotonic() - started < 1.5
+        c.send(in_reply_to(invite, "ACK", final))
     finally:
         c.close()
 
