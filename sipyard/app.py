@@ -262,12 +262,13 @@ class App:
         except Exception as exc:  # transaction already finished (e.g. CANCELled)
             log.debug("response %d dropped: %s", status, exc)
             return
-        self.transports.send(tx.dest, data)
+        dest: Source = tx.dest  # type: ignore[assignment]  # the app stores Sources
+        self.transports.send(dest, data)
         self.stats.responses[f"{status // 100}xx"] += 1
         if status >= 200:
             self._arm_timer()
             if reqlog.isEnabledFor(logging.INFO):
-                self._log_request(req, tx.dest, status)
+                self._log_request(req, dest, status)
 
     def _reply_stateless(self, req: Request, dest: Source, status: int, reason: str,
                          headers: Sequence[tuple[str, str]] = ()) -> None:
@@ -361,7 +362,7 @@ class App:
         assert self.loop is not None
         for tx, data in self.txl.handle_timer(self.loop.time()):
             if data is not None:
-                self.transports.send(tx.dest, data)
+                self.transports.send(tx.dest, data)  # type: ignore[arg-type]
             elif tx.method == "INVITE":
                 log.debug("INVITE transaction %s ended without ACK", tx.key.branch)
             cb = getattr(tx, "user", None)

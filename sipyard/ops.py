@@ -88,6 +88,8 @@ async def _status(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
         "bindings": len(bindings), "lines_registered": len({b.aor for b in bindings}),
         "transactions": len(app.txl),
         "suspended": redirect.suspended if redirect is not None else 0,
+        "redirect_in_flight": redirect.in_flight if redirect is not None else 0,
+        "redirect_storage_slots": redirect.storage_slots if redirect is not None else 0,
         "requests": dict(app.stats.requests), "responses": dict(app.stats.responses),
         "auth_failures": guard.total_failures, "bans": len(guard.bans(now)),
         "hooks": app.features["hooks"].stats(),

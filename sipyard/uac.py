@@ -106,7 +106,7 @@ class Uac:
                 try:
                     resp = await asyncio.wait_for(asyncio.shield(fut), wait)
                     return UacResult(resp.status, resp.reason, resp)
-                except (TimeoutError, asyncio.TimeoutError):
+                except TimeoutError:
                     if dest.reliable:
                         return UacResult(408, "Request Timeout", None)
                     interval = min(interval * 2, self.t2)
