@@ -199,7 +199,15 @@ async def _sweep(app: App) -> None:
                     "reason": "expired", "time": iso_time(now)})
 
 
-def _http_date(now: float) -> str:
-    from email.utils import formatdate
+_date_cache: list[Any] = [-1, ""]
 
-    return formatdate(now, usegmt=True)
+
+def _http_date(now: float) -> str:
+    """The Date header value, formatted once per second (formatdate is slow)."""
+    sec = int(now)
+    if _date_cache[0] != sec:
+        from email.utils import formatdate
+
+        _date_cache[0] = sec
+        _date_cache[1] = formatdate(sec, usegmt=True)
+    return str(_date_cache[1])

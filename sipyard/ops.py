@@ -300,10 +300,12 @@ async def _runstate(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]
     new = _state_name(req.get("state"))
     # Apply first, record after: a state whose overlay does not load is refused and the
     # store keeps the old one, so the next start does not come up in a broken state.
-    result = await reload(app, state=new)
-    if not result.get("ok", True):
-        return result
-    await store.set_state("runstate", new)
+    # Both under the reload lock, so a concurrent reload cannot read the old state between.
+    async with _reload_lock(app):
+        result = await _reload_locked(app, new)
+        if not result.get("ok", True):
+            return result
+        await store.set_state("runstate", new)
     return {"state": new, "running": True, "active": app.config.state,
             "files": result.get("files")}
 

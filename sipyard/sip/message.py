@@ -62,25 +62,23 @@ STAR: Final = "*"
 
 #: Header names as phones and sipp usually spell them, so the split can skip
 #: ``rstrip``/token check/``lower`` for them: a fixed table, never grown from input.
-_USUAL_NAMES: Final = (
-    "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Content-Length",
-    "Content-Type", "Expires", "Min-Expires", "User-Agent", "Server", "Accept",
-    "Accept-Encoding", "Accept-Language", "Allow", "Allow-Events", "Supported", "Require",
-    "Proxy-Require", "Unsupported", "Route", "Record-Route", "Path", "Authorization",
-    "Proxy-Authorization", "WWW-Authenticate", "Proxy-Authenticate", "Authentication-Info",
-    "Date", "Timestamp", "Event", "Subscription-State", "Subject", "Organization", "Priority",
-    "Reply-To", "Refer-To", "Referred-By", "Replaces", "Content-Disposition",
-    "Content-Encoding", "Session-Expires", "Min-SE", "P-Asserted-Identity",
-    "P-Preferred-Identity", "Privacy", "Reason", "Warning", "Retry-After", "Call-Info",
-    "Alert-Info", "Error-Info", "MIME-Version", "In-Reply-To", "RSeq", "RAck", "SIP-ETag",
-    "SIP-If-Match", "Identity", "Identity-Info", "Accept-Contact", "Reject-Contact",
-    "Request-Disposition", "Join", "Security-Client", "Security-Server", "Security-Verify",
-)
+_USUAL_NAMES: Final = """
+    Via From To Call-ID CSeq Contact Max-Forwards Content-Length Content-Type Expires
+    Min-Expires User-Agent Server Accept Accept-Encoding Accept-Language Allow Allow-Events
+    Supported Require Proxy-Require Unsupported Route Record-Route Path Authorization
+    Proxy-Authorization WWW-Authenticate Proxy-Authenticate Authentication-Info Date Timestamp
+    Event Subscription-State Subject Organization Priority Reply-To Refer-To Referred-By
+    Replaces Content-Disposition Content-Encoding Session-Expires Min-SE P-Asserted-Identity
+    P-Preferred-Identity Privacy Reason Warning Retry-After Call-Info Alert-Info Error-Info
+    MIME-Version In-Reply-To RSeq RAck SIP-ETag SIP-If-Match Identity Identity-Info
+    Accept-Contact Reject-Contact Request-Disposition Join Security-Client Security-Server
+    Security-Verify
+"""
 
 
 def _build_name_table() -> dict[str, str]:
     table: dict[str, str] = {}
-    for name in _USUAL_NAMES:
+    for name in _USUAL_NAMES.split():
         key = name.lower()
         for spelling in (name, key, name.upper(), name.title(), key.capitalize()):
             table[spelling] = key
@@ -254,7 +252,7 @@ class Message:
         value = self._call_id
         if value is None:
             value = self._single("call-id", "Call-ID")
-            # callid = word ["@" word]: no LWS, no comma (multi01 joins two with ",")
+            # callid = word ["@" word]: no LWS, no comma (two Call-IDs joined on one line)
             if not value or " " in value or "\t" in value or "," in value:
                 raise ParseError(400, "Bad Call-ID header")
             self._call_id = value
@@ -425,44 +423,40 @@ _SIMPLE_NAME_ADDR: Final = re.compile(
 ).fullmatch
 
 
+def _port_params(port_text: str | None, params_text: str
+                 ) -> tuple[int | None, list[tuple[str, str | None]]] | None:
+    """The port and ``;name[=value]`` list matched by a fast path; None: port > 65535."""
+    port: int | None = None
+    if port_text is not None:
+        port = int(port_text)
+        if port > 65535:
+            return None
+    params: list[tuple[str, str | None]] = []
+    if params_text:
+        for item in params_text[1:].split(";"):
+            name, eq, value = item.partition("=")
+            params.append((name, value if eq else None))
+    return port, params
+
+
 def _fast_via(text: str) -> Via | None:
     """``parse_via(text)`` for the usual shape, else None."""
     m = _FAST_VIA(text)
     if m is None:
         return None
     transport, host, port_text, params_text = m.groups()
-    port: int | None = None
-    if port_text is not None:
-        port = int(port_text)
-        if port > 65535:
-            return None
-    params: list[tuple[str, str | None]] = []
-    if params_text:
-        for item in params_text[1:].split(";"):
-            name, eq, value = item.partition("=")
-            params.append((name, value if eq else None))
-    return Via("SIP/2.0", transport.upper(), host, port, params, text)
+    pp = _port_params(port_text, params_text)
+    return None if pp is None else Via("SIP/2.0", transport.upper(), host, pp[0], pp[1], text)
 
 
 def _fast_sip_uri(text: str) -> SipUri | None:
     """``parse_uri(text)`` for ``sip:[user@]host[:port][;params]``, else None."""
-    if len(text) > MAX_URI_LENGTH:
-        return None
-    m = _FAST_SIP_URI(text)
+    m = _FAST_SIP_URI(text) if len(text) <= MAX_URI_LENGTH else None
     if m is None:
         return None
     user, host, port_text, params_text = m.groups()
-    port: int | None = None
-    if port_text is not None:
-        port = int(port_text)
-        if port > 65535:
-            return None
-    params: list[tuple[str, str | None]] = []
-    if params_text:
-        for item in params_text[1:].split(";"):
-            name, eq, value = item.partition("=")
-            params.append((name, value if eq else None))
-    return SipUri("sip", user, None, host, port, params, [], text)
+    pp = _port_params(port_text, params_text)
+    return None if pp is None else SipUri("sip", user, None, host, pp[0], pp[1], [], text)
 
 
 def _simple_name_addr(value: str) -> bool:
@@ -661,9 +655,7 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
         exc.partial = msg
         raise
     if length > len(data) - body_at:
-        too_long = ParseError(400, "Content-Length larger than message")  # clerr
-        too_long.partial = msg
-        raise too_long
+        raise _with_partial(400, "Content-Length larger than message", msg)  # clerr
     msg.body = data[body_at:body_at + length] if length else b""
     return msg
 
@@ -683,29 +675,27 @@ def _request(first: str, headers: list[tuple[str, str]], keys: list[str], limits
     parts = first.split(" ")
     if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2]:
         # lwsstart, trws, lwsruri: exactly one SP between the three elements
-        req = Request("", "", "SIP/2.0", headers, keys, b"")
-        exc = ParseError(400, "Malformed Request-Line")
-        exc.partial = req
-        raise exc
+        raise _with_partial(400, "Malformed Request-Line", Request("", "", "SIP/2.0", headers, keys, b""))
     method, uri, version = parts
     req = Request(method, uri, version, headers, keys, b"")
     if not TOKEN_CHARS.issuperset(method):
-        exc = ParseError(400, "Bad method")
-        exc.partial = req
-        raise exc
+        raise _with_partial(400, "Bad method", req)
     if len(uri) > limits.max_uri:
-        exc = ParseError(414, "Request-URI Too Long")
-        exc.partial = req
-        raise exc
+        raise _with_partial(414, "Request-URI Too Long", req)
     if version != "SIP/2.0":
         up = version.upper()
         if up != "SIP/2.0":
-            status = 505 if up.startswith("SIP/") else 400  # badvers
-            exc = ParseError(status, "Version Not Supported" if status == 505 else "Bad SIP version")
-            exc.partial = req
-            raise exc
+            if up.startswith("SIP/"):
+                raise _with_partial(505, "Version Not Supported", req)  # badvers
+            raise _with_partial(400, "Bad SIP version", req)
         req.version = "SIP/2.0"
     return req
+
+
+def _with_partial(status: int, reason: str, partial: Message) -> ParseError:
+    exc = ParseError(status, reason)
+    exc.partial = partial
+    return exc
 
 
 # -- responses -------------------------------------------------------------------

@@ -198,9 +198,9 @@ class _Writer(threading.Thread):
         self.commits = 0
         self._loop = loop
         self._deliver = deliver
-        self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Op | object | list[_Op]] = queue.SimpleQueue()
 
-    def submit(self, op: _Op | object) -> None:
+    def submit(self, op: _Op | object | list[_Op]) -> None:
         self._queue.put(op)
 
     def run(self) -> None:
@@ -208,12 +208,16 @@ class _Writer(threading.Thread):
         stop = False
         while not stop:
             first = q.get()
-            items = [first]
+            items: list[_Op | object] = list(first) if isinstance(first, list) else [first]
             while len(items) < MAX_BATCH:
                 try:
-                    items.append(q.get_nowait())
+                    more = q.get_nowait()
                 except queue.Empty:
                     break
+                if isinstance(more, list):
+                    items.extend(more)
+                else:
+                    items.append(more)
             batch: list[_Op] = []
             for item in items:
                 if item is _STOP:
@@ -305,6 +309,7 @@ class SqliteStore(LocationStore):
         self._locks = KeyedLocks()
         self._expire_lock = asyncio.Lock()
         self._writer: _Writer | None = None
+        self._pending: list[_Op] = []
         self._closing = False
         #: seconds the last open() took (schema, sweep, load)
         self.load_seconds = 0.0
@@ -356,6 +361,7 @@ class SqliteStore(LocationStore):
         writer = self._writer
         if writer is None or self._closing:
             return
+        self._flush()  # writes queued in this loop iteration go first
         self._closing = True  # from here on _submit refuses, so nothing queues behind _STOP
         fut = self._new_future()
         writer.submit(_Op(lambda conn: None, fut, alone=True))
@@ -470,8 +476,23 @@ class SqliteStore(LocationStore):
         writer = self._writer
         if writer is None or self._closing:
             raise StoreError("sqlite: store is not open")
-        writer.submit(op)
+        if op.alone:
+            self._flush()
+            writer.submit(op)
+            return op.future
+        # Group commit starts in the loop: every write of one loop iteration (all
+        # REGISTERs of one burst of datagrams) reaches the writer as one item, so
+        # the thread wakes, commits and hands back once per burst, not per write.
+        self._pending.append(op)
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
         return op.future
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if pending and self._writer is not None:
+            self._pending = []
+            self._writer.submit(pending)
 
     async def _call(self, fn: Callable[[sqlite3.Connection], Any], *, alone: bool = True) -> Any:
         """Run ``fn(conn)`` on the writer thread (maintenance and tests); StoreError on failure."""
