@@ -45,6 +45,7 @@ ALLOW = "INVITE, ACK, CANCEL, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, MESSAGE, REF
 SUPPORTED = frozenset({"path", "outbound", "gruu"}) - {"gruu"}
 SUPPORTED_HEADER = "path, outbound"
 
+_CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx")
 _OPTIONS_HEADERS = (("Allow", ALLOW), ("Accept", "application/sdp, text/plain"),
                     ("Supported", SUPPORTED_HEADER))
 
@@ -52,11 +53,12 @@ RequestHandler = Callable[["App", Request, Source, ServerTransaction], Awaitable
 
 
 class Stats:
-    __slots__ = ("requests", "responses", "started", "auth_failures", "dropped")
+    __slots__ = ("requests", "responses", "codes", "started", "auth_failures", "dropped")
 
     def __init__(self) -> None:
         self.requests: Counter[str] = Counter()
         self.responses: Counter[str] = Counter()
+        self.codes: Counter[int] = Counter()
         self.started = time.time()
         self.auth_failures = 0
         self.dropped = 0
@@ -90,6 +92,8 @@ class App:
         #: method -> handler; filled by the feature modules in ``start()``.
         self.handlers: dict[str, RequestHandler] = {}
         self.features: dict[str, Any] = {}
+        #: CLI overrides (data_dir, listen) that a reload must apply again
+        self.load_args: dict[str, Any] = {}
 
     # -- life cycle -------------------------------------------------------------
     async def start(self, listens: Sequence[Listen] | None = None) -> list[Listen]:
@@ -264,7 +268,9 @@ class App:
             return
         dest: Source = tx.dest  # type: ignore[assignment]  # the app stores Sources
         self.transports.send(dest, data)
-        self.stats.responses[f"{status // 100}xx"] += 1
+        stats = self.stats
+        stats.responses[_CLASS[status // 100]] += 1
+        stats.codes[status] += 1
         if status >= 200:
             self._arm_timer()
             if reqlog.isEnabledFor(logging.INFO):
@@ -277,7 +283,8 @@ class App:
         data = build_response(req, status, reason, to_tag=self.new_tag(), headers=headers,
                               server=self.server_header)
         self.transports.send(dest, data)
-        self.stats.responses[f"{status // 100}xx"] += 1
+        self.stats.responses[_CLASS[status // 100]] += 1
+        self.stats.codes[status] += 1
         self._log_peer_once(dest.ip, f"rejected {req.method or 'request'} from {dest.ip}: "
                             f"{status} {reason}", f"reject-{status}")
         if reqlog.isEnabledFor(logging.INFO):

@@ -104,13 +104,25 @@ async def install(app: App) -> None:
     def swap(cfg: Any, chain: Any) -> None:
         old: RedirectServer = app.features["redirect"]
         app.features["redirect"] = RedirectServer(cfg, services, chain=chain)
-        old.close()
+        app.spawn(_retire(old))
 
     app.features["redirect_swap"] = swap
     for method in ("INVITE", "SUBSCRIBE", "MESSAGE", "REFER", "OPTIONS", "*"):
         app.handlers[method] = on_redirected
     app.handlers["CANCEL"] = on_cancel
     app.handlers["NOTIFY"] = on_notify
+
+
+async def _retire(old: RedirectServer, grace: float = 2.0) -> None:
+    """Let the old chain finish requests that are merely running (a store lookup in
+    flight); requests suspended on it are answered 500 + Retry-After by close()."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + grace
+    try:
+        while old.in_flight > old.suspended and loop.time() < end:
+            await asyncio.sleep(0.005)
+    finally:
+        old.close()
 
 
 async def uninstall(app: App) -> None:

@@ -111,7 +111,7 @@ class Server:
             cmd += ["--listen", spec]
         env = dict(os.environ)
         env.update(self.env or {})
-        self._log = open(self.log_path, "a")
+        self._log = open(self.log_path, "a")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True,
                                      env=env, cwd=str(ROOT))
         deadline = time.monotonic() + timeout
@@ -208,7 +208,7 @@ class UdpClient:
         try:
             data, _ = self.sock.recvfrom(65536)
             return data
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return None
 
     def request(self, data: bytes, timeout: float = 2.0, skip_provisional: bool = True

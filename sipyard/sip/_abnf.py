@@ -36,7 +36,11 @@ __all__ = [
     "valid_ipv6",
     "parse_port",
     "regex_class",
+    "params_re",
+    "split_params",
     "HOST_RE",
+    "PORTS",
+    "port_miss",
 ]
 
 _DIGITS = "0123456789"
@@ -97,6 +101,46 @@ HOST_RE = (
     rf"|(?=[0-9.]*+{regex_class(_HOST_CHARS - _IPV4_CHARS)})"
     rf"{regex_class(_HOST_CHARS - frozenset('.-'))}{regex_class(_HOST_CHARS)}*+)"
 )
+
+
+def params_re(name: str, value: str, lead: int) -> str:
+    """Regex text for ``*( ";" name [ "=" value ] )`` without LWS or quotes.
+
+    The first ``lead`` parameters are captured as (name, value) group pairs —
+    value ``None`` when there is no ``=`` — so the usual one or two parameters
+    (``;tag=…``, ``;rport;branch=…``) need no splitting in Python; the rest is
+    captured as one segment for ``split_params``. ``name`` must be a class
+    without ";" and "=" and ``value`` a quantified class without ";", so every
+    run is possessive and ends at a fixed delimiter: no backtracking.
+    """
+    one = f";({name}++)(?:=({value}))?+"
+    return f"(?:{one})?+" * lead + f"((?:;{name}++(?:={value})?+)*+)"
+
+
+def split_params(seg: str) -> list[tuple[str, str | None]]:
+    """Split a segment already matched by ``params_re`` into (name, value) pairs."""
+    out: list[tuple[str, str | None]] = []
+    for item in seg[1:].split(";"):
+        name, eq, value = item.partition("=")
+        out.append((name, value if eq else None))
+    return out
+
+
+#: Port text → number for the fast paths: ``int()`` on a str costs more than the
+#: rest of a port's handling, and a server sees the same few ports over and
+#: over. Bounded (``port_miss`` stops adding at 4096 entries), so hostile
+#: traffic cannot grow it.
+PORTS: dict[str, int] = {}
+
+
+def port_miss(s: str) -> int:
+    """``int(s)`` for 1–5 ASCII digits not yet in ``PORTS``; -1 above 65535."""
+    port = int(s)
+    if port > 65535:
+        return -1
+    if len(PORTS) < 4096:
+        PORTS[s] = port
+    return port
 
 
 def escapes_ok(s: str) -> bool:

@@ -30,12 +30,16 @@ from sipyard.sip._abnf import (
     DISPLAY_CHARS,
     HOST_RE,
     LWS,
+    PORTS,
     TOKEN_CHARS,
     VALUE_CHARS,
     is_scheme,
     is_token,
+    params_re,
     parse_port,
+    port_miss,
     regex_class,
+    split_params,
     valid_host,
     valid_ipv6,
 )
@@ -69,8 +73,9 @@ _URI_FORBIDDEN = re.compile(r'[\x00-\x20\x7f<>"]')
 # --- fast-path building blocks (see the module docstring) ---
 _TOKEN_RE = regex_class(TOKEN_CHARS)
 # ";name[=value]" without LWS or quotes: exactly what _params' own fast branch
-# accepts (VALUE_CHARS holds "=" but not ";", so the value runs to the next ";").
-_FAST_PARAMS_RE = rf"((?:;{_TOKEN_RE}++(?:={regex_class(VALUE_CHARS)}++)?+)*+)"
+# accepts (token names, non-empty VALUE_CHARS values; VALUE_CHARS holds "="
+# but not ";", so a value runs to the next ";" as partition("=") splits it).
+_VALUE_RE = regex_class(VALUE_CHARS) + "++"
 # scheme ":" as _uri_text_ok checks it (the scheme run stops at the first ":")
 _SCHEME_RE = r"[A-Za-z][-+.A-Za-z0-9]*+:"
 
@@ -223,15 +228,6 @@ def _params(text: str, reason: str) -> Params:
     return out
 
 
-def _fast_params(seg: str) -> Params:
-    """Split a ``_FAST_PARAMS_RE`` match (already validated) into pairs."""
-    out: Params = []
-    for item in seg[1:].split(";"):
-        name, eq, value = item.partition("=")
-        out.append((name, value if eq else None))
-    return out
-
-
 def parse_params(text: str) -> Params:
     """Parse ``;a=b ; c ; d="x;y"`` into ``[("a", "b"), ("c", None), ("d", '"x;y"')]``.
 
@@ -317,8 +313,8 @@ def _display_ok(display: str) -> bool:
 # requires), so it ends exactly at the full parser's find(">") / find(";").
 _NAME_ADDR_FAST = re.compile(
     rf'(?:("[^"\\]*+")[ \t]*+|({_TOKEN_RE}++(?:[ \t]++{_TOKEN_RE}++)*+)[ \t]*+)?+'
-    rf'<({_SCHEME_RE}[^\x00-\x20\x7f<>"]*+)>{_FAST_PARAMS_RE}'
-    rf'|({_SCHEME_RE}[^\x00-\x20\x7f<>";?,]*+){_FAST_PARAMS_RE}'
+    rf'<({_SCHEME_RE}[^\x00-\x20\x7f<>"]*+)>{params_re(_TOKEN_RE, _VALUE_RE, 1)}'
+    rf'|({_SCHEME_RE}[^\x00-\x20\x7f<>";?,]*+){params_re(_TOKEN_RE, _VALUE_RE, 0)}'
 ).fullmatch
 
 
@@ -333,16 +329,17 @@ def parse_name_addr(text: str) -> NameAddr:
     m = _NAME_ADDR_FAST(text)
     if m is None:
         return _parse_name_addr_full(text)
-    quoted, tokens, uri, seg, spec, spec_seg = m.groups()
-    if uri is not None:
-        return NameAddr(
-            quoted if tokens is None else tokens,
-            uri,
-            _fast_params(seg) if seg else [],
-            True,
-            text,
-        )
-    return NameAddr(None, spec, _fast_params(spec_seg) if spec_seg else [], False, text)
+    quoted, tokens, uri, n1, v1, rest, spec, spec_rest = m.groups()
+    if uri is None:
+        return NameAddr(None, spec, split_params(spec_rest) if spec_rest else [], False, text)
+    params: Params
+    if n1 is None:
+        params = []
+    else:
+        params = [(n1, v1)]
+        if rest:
+            params += split_params(rest)
+    return NameAddr(quoted if tokens is None else tokens, uri, params, True, text)
 
 
 def _parse_name_addr_full(text: str) -> NameAddr:
@@ -446,7 +443,8 @@ _SIP_2_0 = "SIP/2.0"
 # via-parm fast path: "SIP/2.0/" transport SP host [":" port] params, with a
 # hostname or IPv4 host (HOST_RE is valid_host without IPv6).
 _VIA_FAST = re.compile(
-    rf"SIP/2\.0/([A-Za-z]++) ({HOST_RE})(?::([0-9]{{1,5}}))?+{_FAST_PARAMS_RE}"
+    rf"SIP/2\.0/([A-Za-z]++) ({HOST_RE})(?::([0-9]{{1,5}}))?+"
+    + params_re(_TOKEN_RE, _VALUE_RE, 2)
 ).fullmatch
 
 
@@ -461,20 +459,26 @@ def parse_via(text: str) -> Via:
     m = _VIA_FAST(text)
     if m is None:
         return _parse_via_full(text)
-    transport, host, port_text, seg = m.groups()
+    transport, host, port_text, n1, v1, n2, v2, rest = m.groups()
     port: int | None = None
     if port_text is not None:
-        port = int(port_text)
-        if port > 65535:
-            return _parse_via_full(text)
-    return Via(
-        _SIP_2_0,
-        transport if transport.isupper() else transport.upper(),
-        host,
-        port,
-        _fast_params(seg) if seg else [],
-        text,
-    )
+        port = PORTS.get(port_text)
+        if port is None:
+            port = port_miss(port_text)
+            if port < 0:
+                return _parse_via_full(text)
+    params: Params
+    if n1 is None:
+        params = []
+    elif n2 is None:
+        params = [(n1, v1)]
+    else:
+        params = [(n1, v1), (n2, v2)]
+        if rest:
+            params += split_params(rest)
+    if not transport.isupper():
+        transport = transport.upper()
+    return Via(_SIP_2_0, transport, host, port, params, text)
 
 
 def _parse_via_full(text: str) -> Via:

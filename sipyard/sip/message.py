@@ -405,21 +405,22 @@ _TOKEN = _cls(TOKEN_CHARS)
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"
 # a hostname that is not all digits and dots (those must be an IPv4 address)
 _HOST = (rf"(?:{_OCTET}(?:\.{_OCTET}){{3}}"
-         r"|(?=[0-9.]*[A-Za-z_-])[A-Za-z0-9_][A-Za-z0-9._-]*)")
-
+         r"|(?=[0-9.]*+[A-Za-z_-])[A-Za-z0-9_][A-Za-z0-9._-]*+)")
+# Possessive quantifiers (++, *+): every class stops at a delimiter it does not
+# contain, so giving back characters could never help a match.
 _FAST_VIA: Final = re.compile(
-    rf"SIP/2\.0/([A-Za-z]+) ({_HOST})(?::([0-9]{{1,5}}))?"
-    rf"((?:;{_TOKEN}+(?:={_cls(VALUE_CHARS - frozenset(';'))}+)?)*)"
+    rf"SIP/2\.0/([A-Za-z]++) ({_HOST})(?::([0-9]{{1,5}}+))?"
+    rf"((?:;{_TOKEN}++(?:={_cls(VALUE_CHARS - frozenset(';'))}++)?)*+)"
 ).fullmatch
 
 _URI_PARAM = _cls(PARAM_CHARS - frozenset("%;="))
 _FAST_SIP_URI: Final = re.compile(
-    rf"sip:(?:({_cls(UNRESERVED | frozenset('&=+$,'))}+)@)?({_HOST})(?::([0-9]{{1,5}}))?"
-    rf"((?:;{_URI_PARAM}+(?:={_URI_PARAM}*)?)*)"
+    rf"sip:(?:({_cls(UNRESERVED | frozenset('&=+$,'))}++)@)?({_HOST})(?::([0-9]{{1,5}}+))?"
+    rf"((?:;{_URI_PARAM}++(?:={_URI_PARAM}*+)?)*+)"
 ).fullmatch
 
 _SIMPLE_NAME_ADDR: Final = re.compile(
-    rf"<sip:{_cls(UNRESERVED | frozenset('&=+$,;:@[]/%'))}+>(?:;tag={_TOKEN}+)?"
+    rf"<sip:{_cls(UNRESERVED | frozenset('&=+$,;:@[]/%'))}++>(?:;tag={_TOKEN}++)?"
 ).fullmatch
 
 

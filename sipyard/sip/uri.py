@@ -34,6 +34,7 @@ from urllib.parse import unquote
 from sipyard.sip._abnf import (
     HEADER_CHARS,
     HOST_RE,
+    PORTS,
     LWS,
     PARAM_CHARS,
     PASSWORD_CHARS,
@@ -41,8 +42,11 @@ from sipyard.sip._abnf import (
     USER_CHARS,
     chars_ok,
     is_scheme,
+    params_re,
     parse_port,
+    port_miss,
     regex_class,
+    split_params,
     valid_host,
     valid_ipv6,
 )
@@ -248,12 +252,24 @@ def _bad(text: str, what: str) -> ParseError:
 # escape check is needed; passwords (":" before "@"), headers ("?" after the
 # host) and IPv6 references fall through to the full parser. USER_CHARS and
 # the param classes contain neither "@" nor ":", so the possessive user run
-# stops exactly where the full parser's ``find("@")`` does.
+# stops exactly where the full parser's ``find("@")`` does. An empty pvalue
+# (";x=") is allowed, as in ``_parse_uri_params``.
+_PCHAR_RE = regex_class(PARAM_CHARS - {"%"})
 _SIP_FAST = re.compile(
     rf"(sips?):(?:({regex_class(USER_CHARS - {'%'})}++)@)?+"
     rf"({HOST_RE})(?::([0-9]{{1,5}}))?+"
-    rf"((?:;{regex_class(PARAM_CHARS - {'%'})}++(?:={regex_class(PARAM_CHARS - {'%'})}*+)?+)*+)"
+    + params_re(_PCHAR_RE, _PCHAR_RE + "*+", 1)
 ).fullmatch
+
+#: Request-URI text → the parts of its ``SipUri``, for targets that come back
+#: again and again (OPTIONS pings, REGISTER to the domain, one PBX number).
+#: Each hit still builds a new ``SipUri`` with its own lists, so no caller can
+#: change another's URI. Only fast-path URIs of at most ``_CACHE_KEY_MAX``
+#: characters go in, and the dict is emptied when it reaches
+#: ``_CACHE_SIZE`` entries: hostile traffic can only churn it, never grow it.
+_CACHE: dict[str, tuple[str, str | None, str, int | None, tuple[tuple[str, str | None], ...]]] = {}
+_CACHE_SIZE = 1024
+_CACHE_KEY_MAX = 256
 
 
 def parse_uri(text: str) -> Uri:
@@ -262,21 +278,32 @@ def parse_uri(text: str) -> Uri:
     ``text`` is the URI alone — no ``<>``, no surrounding LWS. Longer than
     ``MAX_URI_LENGTH`` → ``ParseError(414, "Request-URI Too Long")``.
     """
+    hit = _CACHE.get(text)
+    if hit is not None:
+        return SipUri(hit[0], hit[1], None, hit[2], hit[3], list(hit[4]), [], text)
     m = _SIP_FAST(text) if len(text) <= MAX_URI_LENGTH else None
-    if m is not None:
-        scheme, user, host, port_text, seg = m.groups()
-        port: int | None = None
-        if port_text is not None:
-            port = int(port_text)
-            if port > 65535:
+    if m is None:
+        return _parse_uri_full(text)
+    scheme, user, host, port_text, n1, v1, rest = m.groups()
+    port: int | None = None
+    if port_text is not None:
+        port = PORTS.get(port_text)
+        if port is None:
+            port = port_miss(port_text)
+            if port < 0:
                 return _parse_uri_full(text)
-        params: Params = []
-        if seg:
-            for item in seg[1:].split(";"):
-                name, eq, value = item.partition("=")
-                params.append((name, value if eq else None))
-        return SipUri(scheme, user, None, host, port, params, [], text)
-    return _parse_uri_full(text)
+    params: Params
+    if n1 is None:
+        params = []
+    else:
+        params = [(n1, v1)]
+        if rest:
+            params += split_params(rest)
+    if len(text) <= _CACHE_KEY_MAX:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.clear()
+        _CACHE[text] = (scheme, user, host, port, tuple(params))
+    return SipUri(scheme, user, None, host, port, params, [], text)
 
 
 def _parse_uri_full(text: str) -> Uri:

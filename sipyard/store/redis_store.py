@@ -82,6 +82,8 @@ from .cache import BindingCache, KeyedLocks
 __all__ = ["RedisStore"]
 
 SOCKET_TIMEOUT = 2.0
+#: Connections to redis per process (a blocking pool: callers wait, never fail).
+MAX_CONNECTIONS = 32
 #: optimistic retries of one update before giving up with StoreError
 MAX_ATTEMPTS = 64
 #: how long an ``end:`` marker outlives the binding version it settles (ms)
@@ -233,10 +235,15 @@ class RedisStore(LocationStore):
         if self._client is not None:
             raise StoreError("store already open")
         try:
-            client = aioredis.Redis.from_url(
-                self.url, decode_responses=True, encoding_errors="surrogatepass",
+            # A blocking pool: a burst of requests waits for a free connection
+            # (bounded by the socket timeout) instead of failing with "Too many
+            # connections", and the number of sockets to redis stays bounded.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=MAX_CONNECTIONS, timeout=SOCKET_TIMEOUT,
+                decode_responses=True, encoding_errors="surrogatepass",
                 socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT,
                 retry=Retry(NoBackoff(), 1))
+            client = aioredis.Redis(connection_pool=pool)
         except ValueError as exc:
             raise StoreError(f"redis: bad URL {self.url!r}: {exc}") from exc
         self._client = client

@@ -122,15 +122,7 @@ def redis_server(exe: str, workdir: Path) -> Iterator[str]:
         proc.wait(10)
 
 
-#: With redis a binding lookup awaits the network, so at the moment of a reload some INVITEs are
-#: inside RedirectServer.redirect(); redirecting's swap closes the old server at once, which
-#: ends them "500 Server Reloading". Fix proposed to the owner of sipyard/redirecting.py: let
-#: the old server drain (close it once only suspended requests remain, at most ~2 s later).
-REDIS_XFAIL = pytest.mark.xfail(strict=False, reason="reload ends in-flight redirects with 500 "
-                                "(redirecting.swap closes the old RedirectServer at once)")
-
-
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=REDIS_XFAIL)])
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_reload_twenty_times_under_register_and_invite_load(
         start_server: Callable[..., Server], tool: Callable[[str], str], tmp_path: Path,
         backend: str) -> None:
