@@ -219,15 +219,18 @@ class App:
             self.respond(tx, req, 500, "Server Internal Error")
             return
         if result is not None:
-            self.spawn(self._guard(result, tx, req))
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(lambda t: self._handler_done(t, tx, req))
 
-    async def _guard(self, coro: Awaitable[None], tx: ServerTransaction, req: Request) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("handler for %s failed", req.method)
+    def _handler_done(self, task: asyncio.Task[Any], tx: ServerTransaction, req: Request) -> None:
+        """An async handler ended: a failure still gets its caller an answer (500)."""
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("handler for %s failed", req.method, exc_info=exc)
             if tx.last_status is None or tx.last_status < 200:
                 self.respond(tx, req, 500, "Server Internal Error", [("Retry-After", "5")])
 
