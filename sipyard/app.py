@@ -26,7 +26,7 @@ from .sip.errors import ParseError
 from .sip.message import Limits, Request, Response, build_response, parse_message
 from .sip.transaction import Outcome, ServerTransaction, TransactionLayer, make_key
 from .sip.uri import SipUri
-from .sip.validate import unsupported_requires, validate_request
+from .sip.validate import unsupported_requires, validate_request, validate_response
 from .transport import Listen, Source, Transports
 from .uac import Uac
 
@@ -155,6 +155,11 @@ class App:
             self._bad_message(exc, src)
             return
         if isinstance(msg, Response):
+            try:
+                validate_response(msg)  # RFC 4475 scalarlg: a broken response is dropped
+            except ParseError:
+                self.stats.dropped += 1
+                return
             if not self.uac.on_response(msg):
                 self.stats.dropped += 1
             return

@@ -129,6 +129,10 @@ class _Tcp(asyncio.Protocol):
                 self.write(PONG)
                 continue
             self.owner.handler(msg, src)
+        err = self.framer.error
+        if err is not None:  # whole messages before the fault were delivered above
+            self.owner.framing_error(err, src)
+            self.close()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():

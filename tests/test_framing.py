@@ -253,3 +253,20 @@ def test_trickled_header_is_scanned_once() -> None:
         assert framer._scan == max(0, i + 1 - 3)
     assert framer.feed(b"\r\n\r\n") == [MESSAGES[0]]
     assert framer._scan == 0 and framer.buffered == 0
+
+
+def test_trickled_body_reads_the_head_once() -> None:
+    """A body arriving byte by byte does not make the framer re-read the head each time."""
+    data = sip("MESSAGE", 5, b"b" * 50)
+    framer = StreamFramer()
+    head = len(data) - 50
+    assert framer.feed(data[:head]) == []
+    assert framer._total == len(data)
+    # were the head read again, this edited Content-Length would make it wait for 99 octets
+    at = framer._buf.index(b"Content-Length: 50")
+    framer._buf[at:at + 18] = b"Content-Length: 99"
+    for i in range(head, len(data) - 1):
+        assert framer.feed(data[i:i + 1]) == []
+    out = framer.feed(data[-1:])
+    assert len(out) == 1 and len(out[0]) == len(data) and out[0].endswith(b"b" * 50)
+    assert framer._total == 0 and framer.feed(MESSAGES[0]) == [MESSAGES[0]]

@@ -9,8 +9,8 @@ idle timeout closes a connection that never delivers the rest.
 The framer's output depends only on the bytes, never on how they were cut into
 ``feed`` calls: every decision that needs bytes not yet received waits for them
 (a lone ``\\r\\n`` may still become a ``\\r\\n\\r\\n`` ping). A peer that trickles a
-header one byte at a time costs linear work, because the search for the blank
-line resumes where the previous one stopped.
+head or a body one byte at a time costs linear work: the search for the blank
+line resumes where the previous one stopped, and a head is read only once.
 
 Datagram framing lives in :func:`sipyard.sip.message.parse_message`.
 """
@@ -46,11 +46,12 @@ class StreamFramer:
     pipelined ahead of garbage is still answered.
     """
 
-    __slots__ = ("_buf", "_scan", "_error", "max_header", "max_body")
+    __slots__ = ("_buf", "_scan", "_total", "_error", "max_header", "max_body")
 
     def __init__(self, *, max_header: int = 65536, max_body: int = 65536) -> None:
         self._buf = bytearray()
         self._scan = 0  # where the search for the blank line resumes
+        self._total = 0  # length of the message whose body is still arriving
         self._error: ParseError | None = None
         self.max_header = max_header
         self.max_body = max_body
@@ -100,6 +101,15 @@ class StreamFramer:
                     break
                 del buf[:lead]
                 continue
+            total = self._total
+            if total:
+                # the head was read before: only the body was missing
+                if len(buf) < total:
+                    break
+                self._total = 0
+                out.append(bytes(buf[:total]))
+                del buf[:total]
+                continue
             end = buf.find(b"\r\n\r\n", self._scan)
             if end < 0:
                 if len(buf) - 3 > self.max_header:
@@ -112,12 +122,12 @@ class StreamFramer:
             if length > self.max_body:
                 raise ParseError(513, "Message Too Large", fatal=True)
             total = end + 4 + length
+            self._scan = 0
             if len(buf) < total:
-                self._scan = end  # the head is known; wait for the body (clerr)
+                self._total = total  # the head is read once; wait for the body (clerr)
                 break
             out.append(bytes(buf[:total]))
             del buf[:total]
-            self._scan = 0
 
 
 def _content_length(head: bytes) -> int:

@@ -318,6 +318,15 @@ _NAME_ADDR_FAST = re.compile(
 ).fullmatch
 
 
+#: ``[display] <uri>`` text (up to the first ">") → (display, uri), for heads
+#: the fast regex has already accepted. A UA writes the same From/To heads on
+#: every request and only the tag changes, so a hit leaves just ``;tag=…`` to
+#: check. The values are immutable strings; bounded like the other caches.
+_HEADS: dict[str, tuple[str | None, str]] = {}
+_HEADS_SIZE = 1024
+_HEAD_KEY_MAX = 256
+
+
 def parse_name_addr(text: str) -> NameAddr:
     """Parse ``[display] <uri> *(;param)`` or an addr-spec ``uri *(;param)``.
 
@@ -326,12 +335,29 @@ def parse_name_addr(text: str) -> NameAddr:
     (badaspec), an unbracketed URI with ``?`` or ``,`` (regbadct) and stray
     ``;`` (badinv01).
     """
+    gt = text.find(">") + 1
+    if gt:
+        head = _HEADS.get(text[:gt])
+        if head is not None:
+            # the head is known good: only "" or ";tag=<token>" may follow here
+            if gt == len(text):
+                return NameAddr(head[0], head[1], [], True, text)
+            if text.startswith(";tag=", gt):
+                tag = text[gt + 5 :]
+                if tag and (tag.isalnum() and tag.isascii() or TOKEN_CHARS.issuperset(tag)):
+                    return NameAddr(head[0], head[1], [("tag", tag)], True, text)
     m = _NAME_ADDR_FAST(text)
     if m is None:
         return _parse_name_addr_full(text)
     quoted, tokens, uri, n1, v1, rest, spec, spec_rest = m.groups()
     if uri is None:
         return NameAddr(None, spec, split_params(spec_rest) if spec_rest else [], False, text)
+    display = quoted if tokens is None else tokens
+    # the key must be what a lookup slices: only when the URI's ">" is the first one
+    if m.end(3) + 1 == gt and gt <= _HEAD_KEY_MAX:
+        if len(_HEADS) >= _HEADS_SIZE:
+            _HEADS.clear()
+        _HEADS[text[:gt]] = (display, uri)
     params: Params
     if n1 is None:
         params = []
@@ -339,7 +365,7 @@ def parse_name_addr(text: str) -> NameAddr:
         params = [(n1, v1)]
         if rest:
             params += split_params(rest)
-    return NameAddr(quoted if tokens is None else tokens, uri, params, True, text)
+    return NameAddr(display, uri, params, True, text)
 
 
 def _parse_name_addr_full(text: str) -> NameAddr:
@@ -546,17 +572,30 @@ def parse_uint(text: str, limit: int = 2**32 - 1) -> int:
 
 
 _CSEQ_FAST = re.compile(rf"([0-9]{{1,10}}) ({_TOKEN_RE}++)").fullmatch
+#: CSeq text → result. Tuples are immutable, so hits can be shared; "1 INVITE",
+#: "2 REGISTER", "1 OPTIONS" make up most traffic. Short values only, emptied
+#: at 4096 entries, so hostile traffic cannot grow it.
+_CSEQ_CACHE: dict[str, tuple[int, str]] = {}
 
 
 def parse_cseq(text: str) -> tuple[int, str]:
     """``"0009 INVITE"`` → ``(9, "INVITE")``; ``ParseError(400, "Bad CSeq")`` otherwise."""
+    hit = _CSEQ_CACHE.get(text)
+    if hit is not None:
+        return hit
     m = _CSEQ_FAST(text)
-    if m is not None:
-        digits, method = m.groups()
-        number = int(digits)
-        if number <= 0xFFFFFFFF:
-            return number, method
-    return _parse_cseq_full(text)
+    if m is None:
+        return _parse_cseq_full(text)
+    digits, method = m.groups()
+    number = int(digits)
+    if number > 0xFFFFFFFF:
+        return _parse_cseq_full(text)
+    result = (number, method)
+    if len(text) <= 32:
+        if len(_CSEQ_CACHE) >= 4096:
+            _CSEQ_CACHE.clear()
+        _CSEQ_CACHE[text] = result
+    return result
 
 
 def _parse_cseq_full(text: str) -> tuple[int, str]:

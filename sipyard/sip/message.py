@@ -12,8 +12,10 @@ to the same bytes instead of raising, and raw NULs (intmeth) are kept.
 The request path is benchmarked against Kamailio (DESIGN §8), so the split is
 written for the common case: header names are looked up in a fixed table of
 usual spellings before anything is lower-cased, folding and bare-LF handling
-only run when the datagram contains them, and lookups by name are C-level
-``list.index``/``list.count`` scans over the canonical keys.
+only run when the datagram contains them, lookups by name are C-level
+``list.index``/``list.count`` scans over the canonical keys, and the usual shapes
+of Via, Request-URI and From/To are recognised by one linear regex each (the
+"fast paths" below) before the general parsers of headers.py / uri.py run.
 """
 
 from __future__ import annotations
@@ -546,9 +548,9 @@ def _parse_headers(lines: list[str], limits: Limits
                    ) -> tuple[list[tuple[str, str]], list[str], ParseError | None]:
     """Split header lines (start line excluded) into (headers, canonical keys, fault).
 
-    A malformed line is skipped and reported as ``fault`` (the first one), so
-    the caller can still answer the sender with the headers that did parse;
-    size caps raise at once.
+    A malformed or over-long line is skipped and reported as ``fault`` (the
+    first one), as is a header count above the cap (the rest are dropped), so
+    the caller can still answer the sender with the headers that did parse.
     """
     max_line = limits.max_line
     headers: list[tuple[str, str]] = []
@@ -562,7 +564,8 @@ def _parse_headers(lines: list[str], limits: Limits
         key = table.get(name)
         if key is None:
             if len(line) > max_line:
-                raise ParseError(400, "Header Line Too Long")
+                fault = fault or ParseError(400, "Header Line Too Long")
+                continue
             if line[:1] in (" ", "\t"):
                 if not headers:
                     fault = fault or ParseError(400, "Malformed header folding")
@@ -572,7 +575,8 @@ def _parse_headers(lines: list[str], limits: Limits
                 if cont:
                     prev = f"{prev} {cont}" if prev else cont
                     if len(prev) > max_line:
-                        raise ParseError(400, "Header Line Too Long")
+                        fault = fault or ParseError(400, "Header Line Too Long")
+                        continue
                     headers[-1] = (prev_name, prev)
                 continue
             if not sep:
@@ -589,11 +593,14 @@ def _parse_headers(lines: list[str], limits: Limits
             fault = fault or ParseError(400, "Malformed header line")  # "Via" alone on a line
             continue
         elif len(line) > max_line:
-            raise ParseError(400, "Header Line Too Long")
+            fault = fault or ParseError(400, "Header Line Too Long")
+            continue
         add_key(key)
         add_header((name, value.strip(" \t")))
     if len(headers) > limits.max_headers:
-        raise ParseError(400, "Too Many Header Fields")
+        del headers[limits.max_headers:]
+        del keys[limits.max_headers:]
+        fault = ParseError(400, "Too Many Header Fields")
     return headers, keys, fault
 
 
@@ -636,9 +643,12 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
     lines, body_at = _split_lines(data)
     first = lines[0]
     if len(lines) > limits.max_headers * 2 + 1:
-        raise ParseError(400, "Too Many Header Fields")  # before any work per line
-    del lines[0]
-    headers, keys, fault = _parse_headers(lines, limits)
+        del lines[limits.max_headers + 1:]  # no work on lines beyond the cap
+        headers, keys, fault = _parse_headers(lines[1:], limits)
+        fault = ParseError(400, "Too Many Header Fields")
+    else:
+        del lines[0]
+        headers, keys, fault = _parse_headers(lines, limits)
     msg: Request | Response
     if first.startswith("SIP/"):
         msg = _response(first, headers, keys)

@@ -34,10 +34,10 @@ from urllib.parse import unquote
 from sipyard.sip._abnf import (
     HEADER_CHARS,
     HOST_RE,
-    PORTS,
     LWS,
     PARAM_CHARS,
     PASSWORD_CHARS,
+    PORTS,
     UNRESERVED,
     USER_CHARS,
     chars_ok,
