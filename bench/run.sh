@@ -125,4 +125,7 @@ for scen, ss in a.items():
           f"REGISTER), failed={ss['failed']} retrans={ss['retrans']}")
 print(f"sipyard RSS after the open run: {int(sys.argv[4]) // 1024} MiB")
 PYEOF
+echo
+echo "== store: memory per binding and restart time with 100 000 bindings =="
+"$PY" "$HERE/store_bench.py" 100000
 echo "raw output: $OUT" >&2

@@ -314,7 +314,7 @@ def _display_ok(display: str) -> bool:
 _NAME_ADDR_FAST = re.compile(
     rf'(?:("[^"\\]*+")[ \t]*+|({_TOKEN_RE}++(?:[ \t]++{_TOKEN_RE}++)*+)[ \t]*+)?+'
     rf'<({_SCHEME_RE}[^\x00-\x20\x7f<>"]*+)>{params_re(_TOKEN_RE, _VALUE_RE, 1)}'
-    rf'|({_SCHEME_RE}[^\x00-\x20\x7f<>";?,]*+){params_re(_TOKEN_RE, _VALUE_RE, 0)}'
+    rf'|({_SCHEME_RE}[^\x00-\x20\x7f<>";?,]*+){params_re(_TOKEN_RE, _VALUE_RE, 1)}'
 ).fullmatch
 
 
@@ -349,16 +349,22 @@ def parse_name_addr(text: str) -> NameAddr:
     m = _NAME_ADDR_FAST(text)
     if m is None:
         return _parse_name_addr_full(text)
-    quoted, tokens, uri, n1, v1, rest, spec, spec_rest = m.groups()
+    quoted, tokens, uri, n1, v1, rest, spec, sn1, sv1, spec_rest = m.groups()
+    params: Params
     if uri is None:
-        return NameAddr(None, spec, split_params(spec_rest) if spec_rest else [], False, text)
+        if sn1 is None:
+            params = []
+        else:
+            params = [(sn1, sv1)]
+            if spec_rest:
+                params += split_params(spec_rest)
+        return NameAddr(None, spec, params, False, text)
     display = quoted if tokens is None else tokens
     # the key must be what a lookup slices: only when the URI's ">" is the first one
     if m.end(3) + 1 == gt and gt <= _HEAD_KEY_MAX:
         if len(_HEADS) >= _HEADS_SIZE:
             _HEADS.clear()
         _HEADS[text[:gt]] = (display, uri)
-    params: Params
     if n1 is None:
         params = []
     else:
@@ -576,6 +582,8 @@ _CSEQ_FAST = re.compile(rf"([0-9]{{1,10}}) ({_TOKEN_RE}++)").fullmatch
 #: "2 REGISTER", "1 OPTIONS" make up most traffic. Short values only, emptied
 #: at 4096 entries, so hostile traffic cannot grow it.
 _CSEQ_CACHE: dict[str, tuple[int, str]] = {}
+_CSEQ_CACHE_SIZE = 4096
+_CSEQ_KEY_MAX = 32
 
 
 def parse_cseq(text: str) -> tuple[int, str]:
@@ -591,8 +599,8 @@ def parse_cseq(text: str) -> tuple[int, str]:
     if number > 0xFFFFFFFF:
         return _parse_cseq_full(text)
     result = (number, method)
-    if len(text) <= 32:
-        if len(_CSEQ_CACHE) >= 4096:
+    if len(text) <= _CSEQ_KEY_MAX:
+        if len(_CSEQ_CACHE) >= _CSEQ_CACHE_SIZE:
             _CSEQ_CACHE.clear()
         _CSEQ_CACHE[text] = result
     return result
