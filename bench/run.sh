@@ -126,6 +126,9 @@ for scen, ss in a.items():
 print(f"sipyard RSS after the open run: {int(sys.argv[4]) // 1024} MiB")
 PYEOF
 echo
+echo "== redirect: a request whose chain suspends once vs an unsuspended one =="
+"$PY" "$HERE/suspend_bench.py" 2000
+echo
 echo "== store: memory per binding and restart time with 100 000 bindings =="
 "$PY" "$HERE/store_bench.py" 100000
 echo "raw output: $OUT" >&2

@@ -627,10 +627,9 @@ def test_late_resume_after_end_is_harmless(config: Any) -> None:
 
 # ------------------------------------------------------------------------------------ cost
 
-def test_suspended_once_costs_at_most_twice(config: Any) -> None:
-    """CPU time of a request suspended once vs an unsuspended one, each run as its own task
-    (as the app runs them). The re-run repeats the chain; the suspension adds one future and
-    one timer, so the total stays within twice the plain request."""
+def test_suspended_once_reruns_the_chain_exactly_once(config: Any) -> None:
+    """A request suspended once runs the chain twice, no more (its cost relative to an
+    unsuspended request is measured by bench/suspend_bench.py, not asserted here)."""
     def soon(ctx: RedirectContext, me: Scripted) -> Result:
         if ctx.storage.get() is None:
             ctx.storage.set(1)
@@ -638,24 +637,15 @@ def test_suspended_once_costs_at_most_twice(config: Any) -> None:
             return Result.SUSPEND
         return Result.SUCCESS
     rest = [(f"r{i}", adds(f"sip:{i}@10.0.0.1")) for i in range(5)]
-    plain, _, _ = server_with(config, ("s", adds("sip:s@10.0.0.9")), *rest)
-    susp, (s, *_), _ = server_with(config, ("s", soon), *rest)
+    susp, (s, *others), _ = server_with(config, ("s", soon), *rest)
     req = make_request(ruri="sip:12@example.com")
 
-    async def bench(server: RedirectServer, n: int) -> float:
-        best = float("inf")
-        for _ in range(5):
-            t0 = time.process_time()
-            for _ in range(n):
-                await asyncio.create_task(server.redirect(req))
-            best = min(best, time.process_time() - t0)
-        return best
-
-    async def main() -> tuple[float, float]:
-        return await bench(plain, 300), await bench(susp, 300)
-    t_plain, t_susp = run(main())
-    assert len(s.calls) == 2 * 300 * 5  # every suspended request ran the chain twice
-    assert t_susp <= 2.0 * t_plain * 1.05, (t_plain, t_susp)
+    async def main() -> list[Any]:
+        return [await asyncio.create_task(susp.redirect(req)) for _ in range(50)]
+    outs = run(main())
+    assert len(s.calls) == 2 * 50
+    assert all(o.status == 302 and len(o.contacts) == 5 for o in outs)
+    assert susp.in_flight == 0 and susp.storage_slots == 0
 
 
 # ---------------------------------------------------------------------------------- loader
