@@ -10,6 +10,7 @@ retransmission never reaches a handler twice.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import os
@@ -105,6 +106,7 @@ class App:
         bound = await self.transports.start(specs)
         for b in bound:
             log.info("listening on %s %s:%d", b.transport, b.host, b.port)
+        _tune_gc()
         return bound
 
     async def stop(self) -> None:
@@ -401,6 +403,21 @@ class App:
     @property
     def pid(self) -> int:
         return os.getpid()
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic GC off the request path.
+
+    At 10 000 requests/s a server holds ~300 000 live transactions (timer J is
+    32 s) and a cache of bindings: with the default thresholds every young
+    collection soon promotes into full collections that walk all of them. Those
+    records hold no reference cycles, so the start-up objects are frozen out of
+    the GC's view and collections are made rarer; reference counting frees the
+    per-request garbage as before.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
 
 
 def _has_user(req: Request) -> bool:

@@ -283,6 +283,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await app.stop()
         return 0
 
+    profile = os.environ.get("SIPYARD_PROFILE")
+    if profile:  # developer aid: cProfile of the whole serve, written at exit
+        import cProfile
+
+        prof = cProfile.Profile()
+        try:
+            return int(prof.runcall(asyncio.run, run()))
+        finally:
+            prof.dump_stats(profile)
     return asyncio.run(run())
 
 

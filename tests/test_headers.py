@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sipyard.sip import headers as hdr
 from sipyard.sip.errors import ParseError
 from sipyard.sip.headers import (
     NameAddr,
@@ -707,3 +708,188 @@ def test_generated_vias_round_trip(
         "SIP/2.0", transport.upper(), host, port, params, text,
     )
     assert parse_uri(f"sip:{v.sent_by}").host == host  # type: ignore[union-attr]
+
+
+# --- the fast paths (one regex each, plus caches) agree with the full parsers -------
+
+_FULL = {parse_via: hdr._parse_via_full, parse_name_addr: hdr._parse_name_addr_full,
+         parse_cseq: hdr._parse_cseq_full}
+
+
+def outcome(fn: object, text: str) -> object:
+    """A result, or the error as a comparable tuple."""
+    try:
+        return fn(text)  # type: ignore[operator]
+    except ParseError as e:
+        return ("ParseError", e.status, e.reason, e.fatal)
+
+
+def assert_fast_is_full(fn: object, text: str) -> None:
+    """Cold and then (possibly) cached: equal objects of the same type, or equal errors."""
+    want = outcome(_FULL[fn], text)  # type: ignore[index]
+    for _ in range(2):
+        got = outcome(fn, text)
+        assert type(got) is type(want) and got == want, (text, got, want)
+        if isinstance(got, Via):
+            assert type(got.port) is type(want.port)  # type: ignore[attr-defined]
+
+
+# what sipp, sipsak, baresip/pjsip, Kamailio and Linphone send
+_COMMON_VIAS = [
+    "SIP/2.0/UDP 127.0.0.1:15060;branch=z9hG4bK-1234-1-0",
+    "SIP/2.0/UDP 192.168.1.20:5060;rport;branch=z9hG4bKPj3b2c1a0f-9e8d-4c7b.x",
+    "SIP/2.0/TCP pc33.atlanta.example.com;branch=z9hG4bK776asdhds",
+    "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK.abc;rport=5060;received=10.0.0.2",
+    "SIP/2.0/TLS host_1.example.com:5061;branch=z9hG4bK1;alias",
+    "SIP/2.0/udp 127.0.0.1:5070;branch=z9hG4bKx;rport",
+]
+_COMMON_NAME_ADDRS = [
+    "<sip:ping@127.0.0.1>;tag=1234SIPpTag001",
+    "<sip:ping@127.0.0.1>",
+    '"Alice Liddell" <sip:alice@atlanta.example.com:5060;transport=udp>;tag=1928301774',
+    '"sipp"<sip:sipp@127.0.0.1:5061>;tag=1',
+    "Bob <sip:bob@biloxi.example.com>;tag=a6c85cf",
+    "sip:sipsak@10.0.0.1:40123;tag=6b8b4567",
+    "<sip:alice@pc33.atlanta.example.com;transport=tcp>;expires=3600;+sip.instance=x",
+    "<tel:+15550100>;tag=c1b1a0e6-5e7f-4e5b",
+]
+
+
+@pytest.mark.parametrize("text", _COMMON_VIAS)
+def test_common_vias_take_the_fast_path(text: str) -> None:
+    assert hdr._VIA_FAST(text) is not None
+    assert_fast_is_full(parse_via, text)
+
+
+@pytest.mark.parametrize("text", _COMMON_NAME_ADDRS)
+def test_common_name_addrs_take_the_fast_path(text: str) -> None:
+    assert hdr._NAME_ADDR_FAST(text) is not None
+    assert_fast_is_full(parse_name_addr, text)
+
+
+@pytest.mark.parametrize("text", ["1 OPTIONS", "314159 INVITE", "0009 REGISTER", "4294967295 ACK"])
+def test_common_cseqs_take_the_fast_path(text: str) -> None:
+    assert hdr._CSEQ_FAST(text) is not None
+    assert_fast_is_full(parse_cseq, text)
+
+
+@needs_corpus
+@pytest.mark.parametrize("name", corpus_names())
+def test_fast_paths_on_every_torture_header(name: str) -> None:
+    for _, value in torture_headers(name):
+        pieces = [value]
+        with contextlib.suppress(ParseError):
+            pieces += split_values(value)
+        for text in pieces:
+            for fn in _FULL:
+                assert_fast_is_full(fn, text)
+
+
+_noise_chars = st.sampled_from(list(' \t%@:;=?&<>"[],/#+$.-_!~*\'()\\') + ["\x00", "é", "\xa0"])
+_hosts = st.one_of(
+    st.ip_addresses(v=4).map(str),
+    st.from_regex(r"[a-z0-9_][a-z0-9_.-]{0,8}[a-z][a-z0-9-]{0,3}", fullmatch=True),
+)
+_bad_hosts = st.sampled_from(["1.2.3.256", "1.2.3", "1.2.3.4.", "-a", ".a", "[::1]", "a b", "é"])
+_ptok = st.text(alphabet="abcXYZ019-.!%*_+`'~", min_size=1, max_size=8)
+_pval = st.text(alphabet="abcXYZ019-.!%*_+`'~:[]/@?&=", min_size=1, max_size=8)
+_bad_pvals = st.sampled_from(["", '"q"', "a b", "a;", "é", "<x>", "a,b"])
+
+
+@st.composite
+def common_headers(draw: st.DrawFn, near_miss: bool) -> tuple[str, str, str]:
+    """(via, name-addr, cseq) in the fast paths' shapes; with ``near_miss``, one
+    part in ten (and sometimes one inserted character) that must leave them."""
+    rnd = draw(st.randoms(use_true_random=False))
+
+    def maybe(good: st.SearchStrategy[str], bad: st.SearchStrategy[str]) -> str:
+        return draw(bad if near_miss and rnd.random() < 0.1 else good)
+
+    def params() -> str:
+        out = ""
+        for _ in range(draw(st.integers(0, 4))):
+            out += ";" + maybe(_ptok, st.sampled_from(["", "a=", "é", " a"]))
+            if draw(st.booleans()):
+                out += "=" + maybe(_pval, _bad_pvals)
+        return out
+
+    def port() -> str:
+        if not draw(st.booleans()):
+            return ""
+        return ":" + maybe(st.integers(0, 65535).map(str),
+                           st.sampled_from(["", "65536", "99999", "000001", " 5060"]))
+
+    via = maybe(st.just("SIP/2.0/"), st.sampled_from(["SIP/2.1/", "sip/2.0/", "SIP / 2.0/"]))
+    via += maybe(st.sampled_from(["UDP", "TCP", "TLS", "udp", "Ws", "SCTP"]),
+                 st.sampled_from(["", "X-1", "U DP"]))
+    via += maybe(st.just(" "), st.sampled_from(["", "  ", "\t"]))
+    via += maybe(_hosts, _bad_hosts) + port() + params()
+
+    uri = maybe(st.sampled_from(["sip:", "sips:", "tel:", "urn:x:"]),
+                st.sampled_from(["", "1x:", "sip :", "é:"]))
+    uri += maybe(_hosts, _bad_hosts) + port()
+    if draw(st.booleans()):
+        na = uri + params()  # addr-spec
+    else:
+        uri += params()
+        display = maybe(
+            st.sampled_from(["", "Alice ", "Alice  Bob\t", "Bob", '"" ', '"Ali ce" ', '"x>y"']),
+            st.sampled_from(['"a\\"b" ', 'a"b ', "a,b ", '"open ']),
+        )
+        na = display + "<" + uri + ">" + params()
+    cseq = maybe(st.integers(0, 2**32 - 1).map(str), st.sampled_from(["", "-1", "4294967296", "00000000001"]))
+    cseq += maybe(st.just(" "), st.sampled_from(["", "  ", "\t"]))
+    cseq += maybe(st.sampled_from(["INVITE", "OPTIONS", "REGISTER", "ACK", "BYE", "x.y-z!"]),
+                  st.sampled_from(["", "IN VITE", "é", "A;B"]))
+    out = [via, na, cseq]
+    if near_miss and rnd.random() < 0.2:
+        i = draw(st.integers(0, 2))
+        pos = draw(st.integers(0, len(out[i])))
+        out[i] = out[i][:pos] + draw(_noise_chars) + out[i][pos:]
+    return out[0], out[1], out[2]
+
+
+@given(common_headers(near_miss=False))
+def test_fast_paths_take_every_common_shape(case: tuple[str, str, str]) -> None:
+    via, na, cseq = case
+    assert hdr._VIA_FAST(via) is not None and hdr._CSEQ_FAST(cseq) is not None, case
+    assert hdr._NAME_ADDR_FAST(na) is not None, case
+    for fn, text in zip(_FULL, case, strict=True):
+        assert_fast_is_full(fn, text)
+
+
+@settings(max_examples=300)
+@given(common_headers(near_miss=True), _pval | _bad_pvals | _noise_chars)
+def test_fast_paths_agree_with_full_parsers_on_near_misses(
+    case: tuple[str, str, str], tag: str
+) -> None:
+    for fn, text in zip(_FULL, case, strict=True):
+        assert_fast_is_full(fn, text)
+    # a cached name-addr head followed by another tag (the head cache's own check)
+    gt = case[1].find(">") + 1
+    if gt:
+        assert_fast_is_full(parse_name_addr, case[1][:gt])
+        assert_fast_is_full(parse_name_addr, case[1][:gt] + ";tag=" + tag)
+
+
+def test_caches_are_bounded_and_results_unshared() -> None:
+    a = parse_name_addr("<sip:ping@127.0.0.1>;tag=1")
+    b = parse_name_addr("<sip:ping@127.0.0.1>;tag=1")
+    assert a == b and a.params is not b.params
+    assert "<sip:ping@127.0.0.1>" in hdr._HEADS
+    assert parse_name_addr("<sip:ping@127.0.0.1>;tag=x-y.z").tag == "x-y.z"
+    for bad in ("", "a b", "é", "\u0661", "a;", "a,b", '"x'):  # U+0661: isalnum() but not ASCII
+        rejects(parse_name_addr, "<sip:ping@127.0.0.1>;tag=" + bad)
+    # a quoted ">" before the URI: the head is never keyed by a slice it cannot match
+    q = parse_name_addr('"a>b" <sip:x@y>;tag=1')
+    assert (q.display, q.uri, q.tag) == ('"a>b"', "sip:x@y", "1")
+    assert '"a>' not in hdr._HEADS
+    for n in range(hdr._HEADS_SIZE + 10):
+        parse_name_addr(f"<sip:u{n}@example.com>;tag={n}")
+    assert len(hdr._HEADS) <= hdr._HEADS_SIZE
+    for n in range(hdr._CSEQ_CACHE_SIZE + 10):
+        assert parse_cseq(f"{n} INVITE") == (n, "INVITE")
+    assert len(hdr._CSEQ_CACHE) <= hdr._CSEQ_CACHE_SIZE
+    assert parse_cseq("1 OPTIONS") is parse_cseq("1 OPTIONS")  # immutable: shared
+    long = "1 " + "X" * 40
+    assert parse_cseq(long) == (1, "X" * 40) and long not in hdr._CSEQ_CACHE

@@ -10,6 +10,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from sipyard.sip import _abnf
+from sipyard.sip import uri as uri_mod
 from sipyard.sip.errors import ParseError
 from sipyard.sip.uri import (
     MAX_URI_LENGTH,
@@ -521,3 +523,158 @@ def test_documented_leniencies() -> None:
     assert replaces.headers == [("Replaces", "abc@host%3Bto-tag%3D1")]
     assert sip(parse_uri("sip:_sip.host_1.example.com")).host == "_sip.host_1.example.com"
     assert sip(parse_uri("sip:h;x=")).params == [("x", "")]
+
+
+# --- the fast path (one regex) agrees with the full parser -------------------------
+
+
+def outcome(fn: object, text: str) -> object:
+    """A result, or the error as a comparable tuple."""
+    try:
+        return fn(text)  # type: ignore[operator]
+    except ParseError as e:
+        return ("ParseError", e.status, e.reason, e.fatal)
+
+
+def assert_fast_is_full(text: str) -> None:
+    """parse_uri (fast path, cold and then from its cache) == the full parser."""
+    want = outcome(uri_mod._parse_uri_full, text)
+    for _ in range(2):
+        got = outcome(parse_uri, text)
+        assert type(got) is type(want) and got == want, (text, got, want)
+        if isinstance(got, SipUri):
+            assert isinstance(want, SipUri)
+            assert [type(x) for x in (got.port, got.params, got.headers)] == [
+                type(x) for x in (want.port, want.params, want.headers)
+            ]
+
+
+def test_regex_class_is_exactly_the_set() -> None:
+    for chars in (_abnf.USER_CHARS, _abnf.PARAM_CHARS, _abnf.TOKEN_CHARS, _abnf.VALUE_CHARS,
+                  _abnf.HEADER_CHARS, frozenset("]^-\\[")):
+        rx = re.compile(_abnf.regex_class(chars))
+        assert {chr(c) for c in range(0x250) if rx.fullmatch(chr(c))} == set(chars)
+
+
+_host_text = st.one_of(
+    st.text(alphabet="0123456789.", max_size=17),
+    st.text(alphabet="09a.-_Z", max_size=10),
+    st.ip_addresses(v=4).map(str),
+    st.sampled_from(["1.2.3.4a", "a1.2.3.4", "1.2.3.4.", "01.02.003.255", "1.2.3.256",
+                     "255.255.255.255", "300.1.1.1", "1.2.3", "-a", ".a", "a-", "_", "é.com"]),
+)
+
+
+@settings(max_examples=300)
+@given(_host_text)
+def test_host_regex_is_valid_host_without_ipv6(host: str) -> None:
+    assert (re.fullmatch(_abnf.HOST_RE, host) is not None) == _abnf.valid_host(host)
+
+
+def test_port_cache_is_bounded_and_exact() -> None:
+    assert _abnf.port_miss("65536") == -1 and "65536" not in _abnf.PORTS
+    assert _abnf.port_miss("05060") == 5060 and _abnf.PORTS["05060"] == 5060
+    saved = dict(_abnf.PORTS)
+    try:
+        for p in range(5000):
+            _abnf.port_miss(str(p))
+        assert len(_abnf.PORTS) <= 4096
+    finally:
+        _abnf.PORTS.clear()
+        _abnf.PORTS.update(saved)
+
+
+_COMMON = [
+    "sip:127.0.0.1:5080", "sip:ping@127.0.0.1", "sip:alice@192.0.2.4:5060;transport=udp;lr",
+    "sip:bob@biloxi.example.com", "sips:+15550100@pbx.example.com;user=phone",
+    "sip:*69#@pbx", "sip:service@10.0.0.1:5060;x=;y", "sip:a;b=c@host", "sip:host;maddr=1.2.3.4",
+]
+
+
+@pytest.mark.parametrize("text", _COMMON)
+def test_common_shapes_take_the_fast_path(text: str) -> None:
+    assert uri_mod._SIP_FAST(text) is not None
+    assert_fast_is_full(text)
+
+
+@needs_corpus
+def test_fast_path_on_every_torture_uri() -> None:
+    seen = 0
+    for path in corpus_files():
+        texts = [request_uri(path)]
+        head = path.read_bytes().split(b"\r\n\r\n", 1)[0].decode("utf-8", "surrogateescape")
+        texts += re.findall(r"<([^<>]*)>", head)  # URIs in name-addrs, bracketed
+        texts += re.findall(r"[a-zA-Z]+:[^\s<>\";,]+", head)  # and anything URI-looking
+        for text in texts:
+            if text is not None:
+                assert_fast_is_full(text)
+                seen += 1
+    assert seen > 200
+
+
+_noise_chars = st.sampled_from(list(" \t%@:;=?&<>\"[]/,#+$.-_!~*'()") + ["\x00", "é", "\u00a0", "1", "Z"])
+
+
+_valid_host = st.one_of(
+    st.ip_addresses(v=4).map(str),
+    st.from_regex(r"[a-z0-9_][a-z0-9_.-]{0,8}[a-z][a-z0-9-]{0,3}", fullmatch=True),
+    st.sampled_from(["pbx", "biloxi.example.com", "127.0.0.1", "_sip.x1"]),
+)
+
+
+@st.composite
+def common_uris(draw: st.DrawFn, near_miss: bool) -> str:
+    """The fast path's shape; with ``near_miss`` now and then a part that must leave it."""
+
+    rnd = draw(st.randoms(use_true_random=False))  # unbiased: one part in ten goes bad
+
+    def maybe(good: st.SearchStrategy[str], bad: st.SearchStrategy[str]) -> str:
+        return draw(bad if near_miss and rnd.random() < 0.1 else good)
+
+    text = maybe(st.sampled_from(["sip:", "sips:"]), st.sampled_from(["SIP:", "tel:", "sip;"]))
+    if draw(st.booleans()):
+        text += maybe(st.text(alphabet="abc019+-.*#;?/&=$,", min_size=1, max_size=8),
+                      st.sampled_from(["", "a:b", "a%41", "a%4", "a@b", "a b"])) + "@"
+    text += maybe(_valid_host, _host_text)
+    if draw(st.booleans()):
+        text += ":" + maybe(st.integers(0, 65535).map(str),
+                            st.sampled_from(["", "000001", "65536", "99999", "123456", "5060 "]))
+    pchars = st.text(alphabet="ab1-.[]/:&+$", min_size=1, max_size=5)
+    for _ in range(draw(st.integers(0, 3))):
+        text += ";" + maybe(pchars, st.sampled_from(["", "%41", "x\"", "é"]))
+        if draw(st.booleans()):
+            text += "=" + maybe(st.just("") | pchars, st.sampled_from(["a=b", "%4", "%4A", "a?b"]))
+    if near_miss and rnd.random() < 0.2:
+        pos = draw(st.integers(0, len(text)))
+        text = text[:pos] + draw(_noise_chars) + text[pos:]
+    return text
+
+
+@given(common_uris(near_miss=False))
+def test_fast_path_takes_every_common_shape(text: str) -> None:
+    assert uri_mod._SIP_FAST(text) is not None, text
+    assert_fast_is_full(text)
+
+
+@settings(max_examples=400)
+@given(common_uris(near_miss=True))
+def test_fast_path_agrees_with_full_parser_on_near_misses(text: str) -> None:
+    assert_fast_is_full(text)
+
+
+def test_uri_cache_hands_out_fresh_objects_and_stays_bounded() -> None:
+    text = "sip:alice@192.0.2.4:5060;transport=udp;lr"
+    a, b = sip(parse_uri(text)), sip(parse_uri(text))
+    assert a == b and a is not b and a.params is not b.params and a.headers is not b.headers
+    a.params.append(("x", None))
+    a.headers.append(("h", "v"))
+    c = sip(parse_uri(text))
+    assert c.params == [("transport", "udp"), ("lr", None)] and c.headers == []
+    for n in range(uri_mod._CACHE_SIZE + 10):
+        parse_uri(f"sip:u{n}@example.com")
+    assert len(uri_mod._CACHE) <= uri_mod._CACHE_SIZE
+    long = "sip:" + "a" * 300 + ".example.com"
+    assert sip(parse_uri(long)).host == long[4:] and long not in uri_mod._CACHE
+    with pytest.raises(ParseError) as exc:
+        parse_uri("sip:" + "a" * MAX_URI_LENGTH)
+    assert exc.value.status == 414

@@ -306,16 +306,19 @@ def _display_ok(display: str) -> bool:
     return DISPLAY_CHARS.issuperset(c for c in display if c < "\x80")
 
 
-# name-addr fast path: ["quoted" | tokens] <scheme:uri-chars>;params, or an
-# addr-spec scheme:uri-chars;params. The display alternatives cannot start
+# name-addr fast path: an addr-spec scheme:uri-chars;params, or
+# ["quoted" | tokens] <scheme:uri-chars>;params (the two cannot both match:
+# only the second holds a "<"; the addr-spec goes first because its scheme run
+# fails at once on the other shapes). The display alternatives cannot start
 # with "<", so the possessive "?+" loses no match; the URI class is the
 # complement of _URI_FORBIDDEN (plus ";?," outside <>, as _parse_addr_spec
 # requires), so it ends exactly at the full parser's find(">") / find(";").
 _NAME_ADDR_FAST = re.compile(
-    rf'(?:("[^"\\]*+")[ \t]*+|({_TOKEN_RE}++(?:[ \t]++{_TOKEN_RE}++)*+)[ \t]*+)?+'
+    rf'({_SCHEME_RE}[^\x00-\x20\x7f<>";?,]*+){params_re(_TOKEN_RE, _VALUE_RE, 1)}'
+    rf'|(?:("[^"\\]*+")[ \t]*+|({_TOKEN_RE}++(?:[ \t]++{_TOKEN_RE}++)*+)[ \t]*+)?+'
     rf'<({_SCHEME_RE}[^\x00-\x20\x7f<>"]*+)>{params_re(_TOKEN_RE, _VALUE_RE, 1)}'
-    rf'|({_SCHEME_RE}[^\x00-\x20\x7f<>";?,]*+){params_re(_TOKEN_RE, _VALUE_RE, 1)}'
 ).fullmatch
+_URI_GROUP = 7  # m.end(_URI_GROUP) is where the bracketed URI's ">" is
 
 
 #: ``[display] <uri>`` text (up to the first ">") → (display, uri), for heads
@@ -349,7 +352,7 @@ def parse_name_addr(text: str) -> NameAddr:
     m = _NAME_ADDR_FAST(text)
     if m is None:
         return _parse_name_addr_full(text)
-    quoted, tokens, uri, n1, v1, rest, spec, sn1, sv1, spec_rest = m.groups()
+    spec, sn1, sv1, spec_rest, quoted, tokens, uri, n1, v1, rest = m.groups()
     params: Params
     if uri is None:
         if sn1 is None:
@@ -361,7 +364,7 @@ def parse_name_addr(text: str) -> NameAddr:
         return NameAddr(None, spec, params, False, text)
     display = quoted if tokens is None else tokens
     # the key must be what a lookup slices: only when the URI's ">" is the first one
-    if m.end(3) + 1 == gt and gt <= _HEAD_KEY_MAX:
+    if m.end(_URI_GROUP) + 1 == gt and gt <= _HEAD_KEY_MAX:
         if len(_HEADS) >= _HEADS_SIZE:
             _HEADS.clear()
         _HEADS[text[:gt]] = (display, uri)
