@@ -866,10 +866,11 @@ def test_fast_paths_agree_with_full_parsers_on_near_misses(
     for fn, text in zip(_FULL, case, strict=True):
         assert_fast_is_full(fn, text)
     # a cached name-addr head followed by another tag (the head cache's own check)
-    gt = case[1].find(">") + 1
-    if gt:
-        assert_fast_is_full(parse_name_addr, case[1][:gt])
-        assert_fast_is_full(parse_name_addr, case[1][:gt] + ";tag=" + tag)
+    for head in (case[1][: case[1].find(">") + 1], case[1].partition(";tag=")[0],
+                 case[1].partition(";")[0]):
+        assert_fast_is_full(parse_name_addr, head)
+        assert_fast_is_full(parse_name_addr, head + ";tag=" + tag)
+        assert_fast_is_full(parse_name_addr, head + ";tag=" + tag + ";tag=x")
 
 
 def test_caches_are_bounded_and_results_unshared() -> None:
@@ -880,10 +881,17 @@ def test_caches_are_bounded_and_results_unshared() -> None:
     assert parse_name_addr("<sip:ping@127.0.0.1>;tag=x-y.z").tag == "x-y.z"
     for bad in ("", "a b", "é", "\u0661", "a;", "a,b", '"x'):  # U+0661: isalnum() but not ASCII
         rejects(parse_name_addr, "<sip:ping@127.0.0.1>;tag=" + bad)
-    # a quoted ">" before the URI: the head is never keyed by a slice it cannot match
+    # ";tag=" inside the head (display or URI) is never a key: partition would cut it
+    for text in ('"a;tag=b" <sip:x@y>;tag=1', "<sip:x@y;tag=2>;tag=1", "<sip:x@y;tag=2>"):
+        assert_fast_is_full(parse_name_addr, text)
+        assert text.partition(";tag=")[0] not in hdr._HEADS
+    assert parse_name_addr("sip:sipsak@10.0.0.1:5060;tag=1").tag == "1"  # addr-spec heads too
+    assert hdr._HEADS["sip:sipsak@10.0.0.1:5060"] == (None, "sip:sipsak@10.0.0.1:5060", False)
+    assert parse_name_addr("sip:sipsak@10.0.0.1:5060") == NameAddr(
+        None, "sip:sipsak@10.0.0.1:5060", [], False, "sip:sipsak@10.0.0.1:5060")
     q = parse_name_addr('"a>b" <sip:x@y>;tag=1')
     assert (q.display, q.uri, q.tag) == ('"a>b"', "sip:x@y", "1")
-    assert '"a>' not in hdr._HEADS
+    assert parse_name_addr('"a>b" <sip:x@y>;tag=2').tag == "2"
     for n in range(hdr._HEADS_SIZE + 10):
         parse_name_addr(f"<sip:u{n}@example.com>;tag={n}")
     assert len(hdr._HEADS) <= hdr._HEADS_SIZE

@@ -321,13 +321,22 @@ _NAME_ADDR_FAST = re.compile(
 _URI_GROUP = 7  # m.end(_URI_GROUP) is where the bracketed URI's ">" is
 
 
-#: ``[display] <uri>`` text (up to the first ">") → (display, uri), for heads
-#: the fast regex has already accepted. A UA writes the same From/To heads on
-#: every request and only the tag changes, so a hit leaves just ``;tag=…`` to
-#: check. The values are immutable strings; bounded like the other caches.
-_HEADS: dict[str, tuple[str | None, str]] = {}
+#: ``[display] <uri>`` or addr-spec text → (display, uri, bracketed), for
+#: heads the fast regex has accepted. A UA writes the same From/To heads on
+#: every request and only the tag changes, so a hit leaves just the tag to
+#: check. Keys never contain ";tag=", so ``text.partition(";tag=")`` slices
+#: exactly a key off any text that is a known head plus nothing or
+#: ";tag=…". The values are immutable; bounded like the other caches.
+_HEADS: dict[str, tuple[str | None, str, bool]] = {}
 _HEADS_SIZE = 1024
 _HEAD_KEY_MAX = 256
+
+
+def _remember_head(key: str, display: str | None, uri: str, bracketed: bool) -> None:
+    if len(key) <= _HEAD_KEY_MAX and ";tag=" not in key:
+        if len(_HEADS) >= _HEADS_SIZE:
+            _HEADS.clear()
+        _HEADS[key] = (display, uri, bracketed)
 
 
 def parse_name_addr(text: str) -> NameAddr:
@@ -338,23 +347,20 @@ def parse_name_addr(text: str) -> NameAddr:
     (badaspec), an unbracketed URI with ``?`` or ``,`` (regbadct) and stray
     ``;`` (badinv01).
     """
-    gt = text.find(">") + 1
-    if gt:
-        head = _HEADS.get(text[:gt])
-        if head is not None:
-            # the head is known good: only "" or ";tag=<token>" may follow here
-            if gt == len(text):
-                return NameAddr(head[0], head[1], [], True, text)
-            if text.startswith(";tag=", gt):
-                tag = text[gt + 5 :]
-                if tag and (tag.isalnum() and tag.isascii() or TOKEN_CHARS.issuperset(tag)):
-                    return NameAddr(head[0], head[1], [("tag", tag)], True, text)
+    key, sep, tag = text.partition(";tag=")
+    head = _HEADS.get(key)
+    if head is not None:
+        if not sep:
+            return NameAddr(head[0], head[1], [], head[2], text)
+        if tag and (tag.isalnum() and tag.isascii() or TOKEN_CHARS.issuperset(tag)):
+            return NameAddr(head[0], head[1], [("tag", tag)], head[2], text)
     m = _NAME_ADDR_FAST(text)
     if m is None:
         return _parse_name_addr_full(text)
     spec, sn1, sv1, spec_rest, quoted, tokens, uri, n1, v1, rest = m.groups()
     params: Params
     if uri is None:
+        _remember_head(spec, None, spec, False)
         if sn1 is None:
             params = []
         else:
@@ -363,11 +369,7 @@ def parse_name_addr(text: str) -> NameAddr:
                 params += split_params(spec_rest)
         return NameAddr(None, spec, params, False, text)
     display = quoted if tokens is None else tokens
-    # the key must be what a lookup slices: only when the URI's ">" is the first one
-    if m.end(_URI_GROUP) + 1 == gt and gt <= _HEAD_KEY_MAX:
-        if len(_HEADS) >= _HEADS_SIZE:
-            _HEADS.clear()
-        _HEADS[text[:gt]] = (display, uri)
+    _remember_head(text[: m.end(_URI_GROUP) + 1], display, uri, True)  # through the ">"
     if n1 is None:
         params = []
     else:
