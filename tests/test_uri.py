@@ -571,6 +571,14 @@ def test_host_regex_is_valid_host_without_ipv6(host: str) -> None:
     assert (re.fullmatch(_abnf.HOST_RE, host) is not None) == _abnf.valid_host(host)
 
 
+def test_host_regex_on_every_octet_spelling() -> None:
+    host_re = re.compile(_abnf.HOST_RE)
+    octets = [f"{n:0{w}d}" for w in (1, 2, 3, 4) for n in range(10**w)]
+    for o in octets:
+        for host in (f"{o}.0.0.1", f"1.2.3.{o}", f"{o}.{o}.{o}.{o}", f"{o}a.b"):
+            assert (host_re.fullmatch(host) is not None) == _abnf.valid_host(host), host
+
+
 def test_port_cache_is_bounded_and_exact() -> None:
     assert _abnf.port_miss("65536") == -1 and "65536" not in _abnf.PORTS
     assert _abnf.port_miss("05060") == 5060 and _abnf.PORTS["05060"] == 5060

@@ -89,17 +89,22 @@ def regex_class(chars: frozenset[str] | str) -> str:
     return "[" + "".join(re.escape(c) for c in sorted(chars)) + "]"
 
 
-_OCTET = "(?:25[0-5]|2[0-4][0-9]|[01][0-9][0-9]|[0-9][0-9]?)"
+#: dec-octet with a value of at most 255 (1–3 digits, leading zeros allowed, as
+#: ``valid_ipv4`` has it). Every alternative starts with a different digit,
+#: so a mismatch costs one character test, never a retry.
+_OCTET = "(?:[01][0-9]{0,2}+|2(?:[0-4][0-9]?+|5[0-5]?+|[6-9])?+|[3-9][0-9]?+)"
+_HOST_CLASS = regex_class(_HOST_CHARS)
 #: ``valid_host`` as a regex, for hostnames and IPv4 (IPv6 references are left to
-#: the full parsers). A dotted quad of digits must be a valid IPv4address; a
-#: hostname must hold at least one non-digit, non-dot character (the lookahead
-#: stays inside the host because ``[0-9.]`` and ``[A-Za-z_-]`` are host
-#: characters) and cannot start with "." or "-". Possessive runs and an atomic
-#: group: each character is looked at a bounded number of times.
+#: the full parsers). A hostname starting with a letter or "_" is never all
+#: digits and dots; a dotted quad must be a valid IPv4address; any other
+#: hostname starts with a digit and must hold a non-digit, non-dot character
+#: (the lookahead stays inside the host: ``[0-9.]`` and ``[-A-Za-z_]`` are host
+#: characters). Possessive runs and an atomic group: each character is looked
+#: at a bounded number of times.
 HOST_RE = (
-    rf"(?>{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?!{regex_class(_HOST_CHARS)})"
-    rf"|(?=[0-9.]*+{regex_class(_HOST_CHARS - _IPV4_CHARS)})"
-    rf"{regex_class(_HOST_CHARS - frozenset('.-'))}{regex_class(_HOST_CHARS)}*+)"
+    rf"(?>{regex_class(_HOST_CHARS - _IPV4_CHARS - {'-'})}{_HOST_CLASS}*+"
+    rf"|{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?!{_HOST_CLASS})"
+    rf"|(?=[0-9.]*+{regex_class(_HOST_CHARS - _IPV4_CHARS)})[0-9]{_HOST_CLASS}*+)"
 )
 
 

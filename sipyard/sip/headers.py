@@ -12,8 +12,12 @@ in odd places, quoted params, IPv6, escapes — the full parser (a few
 ``str.find`` / ``partition`` calls plus character-set checks) decides, and it
 alone produces errors. The fast path only accepts what the full parser
 accepts and returns an equal object (tests/test_headers.py checks both on
-generated and torture input). Values arrive unfolded (continuation lines
-joined with one SP), so LWS here means spaces and tabs.
+generated and torture input). Two bounded caches skip even the regex for
+what repeats: the ``[display] <uri>`` head of a From/To (only the tag
+changes between requests) and whole CSeq values (immutable tuples); Via
+values carry a fresh branch each time and are not cached. Values arrive
+unfolded (continuation lines joined with one SP), so LWS here means spaces
+and tabs.
 
 Strictness follows ``testdata/torture/INDEX.md``: the RFC 4475 invalid
 vectors baddn, quotbal, badaspec, regbadct and badinv01 raise

@@ -13,7 +13,9 @@ from the ``_abnf`` character sets (possessive runs, no backtracking); anything
 else goes to the full parser (a handful of ``str.find`` calls plus one
 character-set check per part). The fast path accepts only what the full
 parser accepts and builds an equal ``SipUri`` (tests/test_uri.py checks both
-on generated and torture input).
+on generated and torture input). Fast-path results are also kept in a small
+bounded cache keyed by the text, since a server sees the same targets over
+and over; every call still returns a new object.
 
 Strictness follows ``testdata/torture/INDEX.md``: LWS inside the URI
 (lwsruri), ``<…>`` around it (ltgtruri), an unbracketed IPv6 host (RFC 5118
