@@ -7,24 +7,35 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 DEMO   ?= demo
 
-.PHONY: serve test test-fast lint bench venv deps-test deps-bench clean
+.PHONY: serve test test-fast lint bench venv core deps-test deps-bench clean
 
 $(PY):
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { scripts/apt-install.sh python3-venv && $(PYTHON) -m venv $(VENV); }
 	@$(PIP) install -q --upgrade pip >/dev/null 2>&1 || true
 
 $(VENV)/.runtime: $(PY) pyproject.toml
-	$(PIP) install -q -e '.[fast,redis,metrics]'
+	$(PIP) install -q -e '.[fast,redis,metrics,compile]'
 	@touch $@
 
 $(VENV)/.test: $(VENV)/.runtime pyproject.toml
-	$(PIP) install -q -e '.[test,fast,redis,metrics]'
+	$(PIP) install -q -e '.[test,fast,redis,metrics,compile]'
 	@touch $@
+
+CORE_SRC := $(wildcard sipyard/sip/*.py)
+
+# The SIP core compiled with mypyc (about 1.8x faster); pure Python when that fails.
+$(VENV)/.core: $(VENV)/.runtime $(CORE_SRC) scripts/build_core.py
+	@$(PY) scripts/build_core.py >/dev/null 2>$(VENV)/core-build.log \
+	  && echo "SIP core compiled with mypyc" \
+	  || echo "warning: mypyc build failed (see $(VENV)/core-build.log); running the pure-Python core"
+	@touch $@
+
+core: $(VENV)/.core
 
 venv: $(VENV)/.runtime
 
 ## make serve: install, write a demo config on first run, run the server on 127.0.0.1:5060
-serve: $(VENV)/.runtime
+serve: $(VENV)/.runtime $(VENV)/.core
 	$(VENV)/bin/sipyard demo-init $(DEMO)
 	$(VENV)/bin/sipyard serve -c $(DEMO)/sipyard.toml
 
@@ -32,7 +43,7 @@ deps-test:
 	@scripts/apt-install.sh sip-tester sipsak redis-server baresip-core sipvicious procps
 
 ## make test: install what the tests need (pip + Debian packages) and run the whole suite
-test: $(VENV)/.test deps-test
+test: $(VENV)/.test $(VENV)/.core deps-test
 	scripts/run-tests.sh
 
 test-fast: $(VENV)/.test
@@ -46,8 +57,9 @@ deps-bench:
 	@scripts/apt-install.sh sip-tester kamailio time procps
 
 ## make bench: Kamailio and sipyard under the same sipp load, one run, ratio of CPU µs per call
-bench: $(VENV)/.runtime deps-bench
+bench: $(VENV)/.runtime $(VENV)/.core deps-bench
 	bench/run.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build
+	rm -f sipyard/sip/*.so

@@ -1,0 +1,58 @@
+"""Compile the sans-IO SIP core (sipyard/sip) with mypyc, in place.
+
+    .venv/bin/python scripts/build_core.py [--clean]
+
+The core is mypy --strict and free of dynamic tricks (DESIGN §8) so mypyc can
+compile it unchanged; the extension modules sit beside the sources and are
+imported in their place (an extension module wins over a .py of the same name).
+Without a C compiler or Python headers the build fails and the pure-Python
+modules are used: `make` treats that as a warning, not an error. A compiled
+module older than its source is removed at import (sipyard/sip/__init__.py), so
+an edit is never shadowed by a stale build.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CORE = ROOT / "sipyard" / "sip"
+#: compiled, in dependency order (digest.py and framing.py gain little; they stay Python)
+MODULES = ["_abnf", "errors", "uri", "headers", "message", "validate", "transaction"]
+
+
+def clean() -> None:
+    for path in CORE.glob("*.so"):
+        path.unlink()
+    shutil.rmtree(ROOT / "build" / "mypyc-core", ignore_errors=True)
+
+
+def build() -> None:
+    from mypyc.build import mypycify
+    from setuptools import setup
+
+    os.chdir(ROOT)
+    clean()
+    setup(
+        name="sipyard-core",
+        ext_modules=mypycify([f"sipyard/sip/{m}.py" for m in MODULES],
+                             group_name="sipyard.sip._core", opt_level="3"),
+        script_args=["build_ext", "--inplace", "--build-temp", "build/mypyc-core/temp",
+                     "--build-lib", "build/mypyc-core/lib", "-q"],
+    )
+
+
+if __name__ == "__main__":
+    if "--clean" in sys.argv:
+        clean()
+    else:
+        try:
+            build()
+        except BaseException as exc:  # noqa: BLE001 - any failure means: stay pure Python
+            clean()
+            print(f"build_core: mypyc build failed ({exc!r}); using the pure-Python core",
+                  file=sys.stderr)
+            sys.exit(1)
