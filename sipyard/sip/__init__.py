@@ -7,6 +7,7 @@ edit, so such stale builds are dropped here, before any submodule is imported.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 
@@ -22,10 +23,8 @@ def _drop_stale_builds() -> None:
             stale = True
     if stale:  # the shared group library goes too, or the rest would not load
         for so in built:
-            try:
+            with contextlib.suppress(OSError):
                 so.unlink()
-            except OSError:
-                pass
 
 
 _drop_stale_builds()
