@@ -43,7 +43,7 @@ KNOWN_METHODS = frozenset({
 #: Methods the server redirects when the Request-URI names a user.
 REDIRECTED = frozenset({"INVITE", "SUBSCRIBE", "MESSAGE", "REFER", "OPTIONS"})
 ALLOW = "INVITE, ACK, CANCEL, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, MESSAGE, REFER"
-SUPPORTED = frozenset({"path", "outbound", "gruu"}) - {"gruu"}
+SUPPORTED = frozenset({"path", "outbound"})
 SUPPORTED_HEADER = "path, outbound"
 
 _CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx")
@@ -120,13 +120,16 @@ class App:
         await uninstall(self)
         self._stopped.set()
 
-    async def serve_forever(self) -> None:
+    def install_signals(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads (call once started, before announcing)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopped.set)
+            loop.add_signal_handler(sig, self.request_stop)
         reload = self.features.get("reload")
         if reload is not None:
             loop.add_signal_handler(signal.SIGHUP, lambda: self.spawn(reload()))
+
+    async def serve_forever(self) -> None:
         await self._stopped.wait()
 
     def request_stop(self) -> None:
@@ -382,12 +385,6 @@ class App:
                 self.transports.send(tx.dest, data)  # type: ignore[arg-type]
             elif tx.method == "INVITE":
                 log.debug("INVITE transaction %s ended without ACK", tx.key.branch)
-            cb = getattr(tx, "user", None)
-            if callable(cb) and data is None:
-                try:
-                    cb()
-                except Exception:
-                    log.exception("transaction timeout callback failed")
         self._arm_timer()
 
     # -- NOTIFY routing (pick-up) ---------------------------------------------------------

@@ -267,13 +267,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await app.stop()
             return _fail(args, str(exc) or type(exc).__name__)
         # Signals work from the moment "listening on" is printed (supervisors and tests
-        # act on that line); serve_forever installs the same handlers again.
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, app.request_stop)
-        reload = app.features.get("reload")
-        if reload is not None:
-            loop.add_signal_handler(signal.SIGHUP, lambda: app.spawn(reload()))
+        # act on that line).
+        app.install_signals()
         for b in bound:
             print(f"sipyard {__version__} listening on {b.transport}:{_hostport(b.host, b.port)}",
                   flush=True)
