@@ -35,6 +35,7 @@ async def install(app: App) -> None:
     url = cfg.store.url or f"sqlite:?synchronous={cfg.store.synchronous}"
     store = open_store(url, data_dir)
     await store.open()
+    app.eager_handlers = not store.needs_task
     sec = cfg.security
     guard = Guard(max_failures=sec.max_auth_failures, window=sec.failure_window,
                   ban_seconds=sec.ban_seconds, allow=[str(n) for n in sec.allow],
@@ -156,16 +157,24 @@ def _may_register_for(cfg: Any, line: str, user: str) -> bool:
 def _binding_events(app: App, line: str, before: int, after: int, added: Any, src: Source,
                     now: float) -> None:
     hooks: HookRunner = app.features["hooks"]
+    if before == 0 and after > 0:
+        event = "activate"
+    elif before > 0 and after == 0:
+        event = "release"
+    else:
+        return
+    if hooks.find(event) is None:  # the usual case: no record to build for nobody
+        return
     lc = app.config.lines.get(line)
     display = lc.display if lc is not None and lc.display else ""
-    if before == 0 and after > 0:
+    if event == "activate":
         b = added[0] if added else None
         hooks.fire("activate", {
             "event": "activate", "line": line, "display": display,
             "contact": b.contact if b else "", "source": f"{src.ip}:{src.port}/{src.transport}",
             "user_agent": b.user_agent if b else "",
             "expires": int(b.expires_at - now) if b else 0, "time": iso_time(now)})
-    elif before > 0 and after == 0:
+    else:
         hooks.fire("release", {"event": "release", "line": line, "display": display,
                                "reason": "unregistered", "time": iso_time(now)})
 

@@ -239,6 +239,7 @@ class HookRunner:
         if timeout <= 0 or max_running < 1 or queue < 0:
             raise ValueError("hooks: timeout > 0, max_running >= 1, queue >= 0")
         self._dir = Path(hooks_dir).absolute()
+        self._paths: dict[str, str] = {}
         self._timeout = float(timeout)
         self._max_running = max_running
         self._queue = queue
@@ -259,8 +260,10 @@ class HookRunner:
         Missing is the normal case (a site installs only the hooks it wants): debug only. A
         file that exists but cannot run is a mistake worth one warning, not one per event.
         """
-        _check_name(name)
-        path = str(self._dir / name)
+        path = self._paths.get(name)
+        if path is None:  # checked and joined once per name: this runs for every event
+            _check_name(name)
+            path = self._paths[name] = os.path.join(self._dir, name)
         try:
             st = os.stat(path)
         except OSError:

@@ -123,6 +123,11 @@ class LocationStore(abc.ABC):
     open. Use ``async with store:`` to open and close around a block.
     """
 
+    #: The backend's coroutines need to run inside a Task (redis-py reads under
+    #: ``asyncio.timeout``). When False the app starts request handlers eagerly,
+    #: outside any Task, until their first wait.
+    needs_task: bool = False
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect / load; raise StoreError when the backend is unusable."""

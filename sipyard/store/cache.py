@@ -19,6 +19,8 @@ expired-but-unswept bindings instead of counting everything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from collections.abc import Iterable, Iterator
 
 from .base import Binding, sort_key
@@ -217,46 +219,58 @@ class BindingCache:
 
 
 class KeyedLocks:
-    """One :class:`asyncio.Lock` per key, created on demand and dropped when idle.
+    """A FIFO lock per key, held while the key is in the dict.
 
     ``release`` may be called from any callback on the loop (not only by the
     acquiring task), which lets a backend hold an AOR locked until its write
-    is applied even when the caller was cancelled meanwhile.
+    is applied even when the caller was cancelled meanwhile. An uncontended
+    :meth:`try_acquire` is one dict lookup and needs no ``await``: every
+    REGISTER takes this lock, so it must not cost an ``asyncio.Lock`` and a
+    coroutine per request. A release hands the lock straight to the oldest
+    waiter, so no request can be overtaken forever.
     """
 
-    __slots__ = ("_locks",)
+    __slots__ = ("_held",)
 
     def __init__(self) -> None:
-        self._locks: dict[str, _Slot] = {}
+        # key -> waiters (None while nobody waits)
+        self._held: dict[str, deque[asyncio.Future[None]] | None] = {}
+
+    def try_acquire(self, key: str) -> bool:
+        held = self._held
+        if key in held:
+            return False
+        held[key] = None
+        return True
 
     async def acquire(self, key: str) -> None:
-        slot = self._locks.get(key)
-        if slot is None:
-            slot = self._locks[key] = _Slot()
-        slot.users += 1
+        held = self._held
+        if key not in held:
+            held[key] = None
+            return
+        waiters = held[key]
+        if waiters is None:
+            waiters = held[key] = deque()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(fut)
         try:
-            await slot.lock.acquire()
+            await fut
         except BaseException:
-            self._drop(key, slot)
+            if fut.done() and not fut.cancelled():
+                self.release(key)  # handed over just as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(fut)
             raise
 
     def release(self, key: str) -> None:
-        slot = self._locks[key]
-        slot.lock.release()
-        self._drop(key, slot)
+        waiters = self._held[key]
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # the lock passes to this waiter, still held
+                return
+        del self._held[key]
 
     def __len__(self) -> int:
-        return len(self._locks)
-
-    def _drop(self, key: str, slot: _Slot) -> None:
-        slot.users -= 1
-        if slot.users == 0:
-            del self._locks[key]
-
-
-class _Slot:
-    __slots__ = ("lock", "users")
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
+        return len(self._held)

@@ -212,6 +212,8 @@ def _is_connection_failure(exc: BaseException) -> bool:
 class RedisStore(LocationStore):
     """Bindings in redis (see the module docstring)."""
 
+    needs_task = True  # redis-py's reads use asyncio.timeout, which needs current_task()
+
     def __init__(self, url: str, *, key_prefix: str | None = None,
                  track_expiry: bool = True) -> None:
         parts = urlsplit(url)
