@@ -95,10 +95,21 @@ echo "# sipyard pid $PID: register_auth" >&2
     -m "$COUNT" -o "$OUT/sipyard-auth" | tee "$OUT/sipyard-auth.txt"
 stop_sipyard "$PID"
 
+# --- the Python floor: a uvloop responder that answers every request with a fixed 200 ---
+# (no parsing, no state). What it costs per call bounds any Python server from below.
+taskset -c 0 "$PY" "$WORK/py_udp_200.py" --mode uvloop --port "$PORT" >"$OUT/echo.stdout" 2>&1 &
+EPID=$!
+sleep 1
+echo "# python echo pid $EPID: options" >&2
+"$WORK/run_anchor.sh" -S none -p "$EPID" -t "127.0.0.1:$PORT" -s options -r "$RATE" \
+    -m "$COUNT" -o "$OUT/echo" | tee "$OUT/echo.txt"
+kill "$EPID" 2>/dev/null || true; wait "$EPID" 2>/dev/null || true
+
 # --- ratios ---
 echo
 echo "== same-run ratio of server CPU µs per call (sipyard / Kamailio); target <= 1.5 =="
-"$PY" - "$OUT/kamailio.txt" "$OUT/sipyard.txt" "$OUT/sipyard-auth.txt" "$RSS_OPEN" <<'PYEOF'
+"$PY" - "$OUT/kamailio.txt" "$OUT/sipyard.txt" "$OUT/sipyard-auth.txt" "$RSS_OPEN" \
+    "$OUT/echo.txt" <<'PYEOF'
 import re, sys
 def load(p):
     out = {}
@@ -124,6 +135,11 @@ for scen, ss in a.items():
     print(f"{scen:16s} sipyard {ss['server_us_call']} us/registration (challenge + authenticated "
           f"REGISTER), failed={ss['failed']} retrans={ss['retrans']}")
 print(f"sipyard RSS after the open run: {int(sys.argv[4]) // 1024} MiB")
+e = load(sys.argv[5]).get("options")
+if e and "options" in k:
+    floor = float(e["server_us_call"]) / float(k["options"]["server_us_call"])
+    print(f"python floor     fixed-200 uvloop echo {e['server_us_call']} us/call on options = "
+          f"{floor:.2f} x Kamailio (failed={e['failed']} retrans={e['retrans']})")
 PYEOF
 echo
 echo "== redirect: a request whose chain suspends once vs an unsuspended one =="
