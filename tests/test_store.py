@@ -890,3 +890,71 @@ def test_keyed_locks_are_dropped_when_idle() -> None:
         assert len(locks) == 0
 
     run(body())
+
+
+def test_keyed_locks_fifo_handoff_and_cancelled_waiters() -> None:
+    """The lock passes to the oldest live waiter; a waiter cancelled before or just after
+    the hand-over never leaves the key locked for ever."""
+    async def body() -> None:
+        locks = KeyedLocks()
+        assert locks.try_acquire("k") and not locks.try_acquire("k")
+        order: list[str] = []
+
+        async def waiter(name: str) -> None:
+            await locks.acquire("k")
+            order.append(name)
+            locks.release("k")
+
+        tasks = {n: asyncio.ensure_future(waiter(n)) for n in ("a", "b", "c", "d")}
+        await asyncio.sleep(0)  # all four queued behind the holder
+        tasks["b"].cancel()  # cancelled while waiting: it must simply leave the queue
+        await asyncio.sleep(0)
+        locks.release("k")  # hands over to "a"
+        tasks["c"].cancel()  # cancelled while still queued behind "a"
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        assert order == ["a", "d"]
+        assert len(locks) == 0 and locks.try_acquire("k")
+        locks.release("k")
+
+        # Cancelled after the lock was handed to it but before it ran: it passes it on.
+        assert locks.try_acquire("k")
+        late = asyncio.ensure_future(waiter("late"))
+        after = asyncio.ensure_future(waiter("after"))
+        await asyncio.sleep(0)
+        locks.release("k")  # "late" now owns the lock, but has not resumed yet
+        late.cancel()
+        await asyncio.gather(late, after, return_exceptions=True)
+        assert late.cancelled() and order[-1] == "after"
+        assert len(locks) == 0
+
+    run(body())
+
+
+def test_sqlite_commits_in_the_loop_with_normal_and_in_a_thread_with_full(tmp_path: Path) -> None:
+    """NORMAL needs no fsync, so its commits run in the loop; FULL keeps the writer thread.
+    Both commit a burst of concurrent updates in a handful of transactions, and a caller
+    cancelled while its write is pending still sees the write applied and the AOR unlocked."""
+    import threading
+
+    async def body(sync: str) -> None:
+        before = {t.name for t in threading.enumerate()}
+        store = SqliteStore(tmp_path / sync / DB_NAME, synchronous=sync)
+        await store.open()
+        try:
+            writers = {t.name for t in threading.enumerate()} - before
+            assert ("sipyard-store-writer" in writers) == (sync == "FULL")
+            await asyncio.gather(*(store.update(f"sip:{i}@x", 0.0, put(mk(aor=f"sip:{i}@x")))
+                                   for i in range(100)))
+            assert await store.count(0.0) == 100 and store.commits <= 3
+            task = asyncio.ensure_future(store.update(AOR, 0.0, put(mk("gone-caller"))))
+            await asyncio.sleep(0)  # the write is queued
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            # the next update of the AOR waits for the cancelled one's write, then sees it
+            after = await store.update(AOR, 0.0, put(mk("next")))
+            assert {b.binding_id for b in after} == {"gone-caller", "next"}
+        finally:
+            await store.close()
+
+    run(body("NORMAL"))
+    run(body("FULL"))
