@@ -26,7 +26,6 @@ from sipyard.sip.message import (
     Limits,
     Request,
     Response,
-    _fast_sip_uri,
     _fast_via,
     _simple_name_addr,
     build_response,
@@ -618,15 +617,19 @@ def uri_texts(draw: st.DrawFn) -> str:
 @PROPS
 @given(uri_texts())
 @example("sip:127.0.0.1:5070")
-def test_fast_sip_uri_agrees_with_parse_uri(text: str) -> None:
-    fast = _fast_sip_uri(text)
+def test_parse_uri_fast_path_and_cache_agree_with_the_full_parser(text: str) -> None:
+    """Request.ruri relies on parse_uri's fast path and cache: both must give what the
+    full RFC 3261 parser gives, and a cached answer must be a fresh object."""
+    from sipyard.sip.uri import _parse_uri_full
+
     try:
-        general = parse_uri(text)
+        full = _parse_uri_full(text)
     except ParseError:
-        assert fast is None, text
+        with pytest.raises(ParseError):
+            parse_uri(text)
         return
-    if fast is not None:
-        assert fast == general, text
+    first, again = parse_uri(text), parse_uri(text)
+    assert first == full and again == full and again is not first, text
 
 
 @PROPS
@@ -651,7 +654,10 @@ def test_fast_via_takes_the_usual_shapes(text: str) -> None:
 
 def test_fast_paths_take_the_usual_shapes() -> None:
     for uri in ("sip:127.0.0.1:5070", "sip:alice@example.com", "sip:bob@192.0.2.4:5062;transport=tcp"):
-        assert _fast_sip_uri(uri) == parse_uri(uri)
+        req = parse_message(f"OPTIONS {uri} SIP/2.0\r\n\r\n".encode())
+        assert isinstance(req, Request)
+        first, again = req.ruri, parse_uri(uri)  # the second comes from parse_uri's cache
+        assert first == again and first is not again  # equal, but never a shared object
     for value in ("<sip:ping@127.0.0.1>;tag=12345SIPpTag001", "<sip:127.0.0.1:5070>"):
         assert _simple_name_addr(value)
     r = parse_message(OPTIONS)

@@ -24,10 +24,10 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-from ._abnf import PARAM_CHARS, TOKEN_CHARS, UNRESERVED, VALUE_CHARS
+from ._abnf import TOKEN_CHARS, UNRESERVED, VALUE_CHARS
 from .errors import ParseError
 from .headers import NameAddr, Via, parse_cseq, parse_name_addr, parse_uint, parse_via, split_values
-from .uri import MAX_URI_LENGTH, AbsoluteUri, SipUri, TelUri, Uri, parse_uri
+from .uri import AbsoluteUri, SipUri, TelUri, Uri, parse_uri
 
 __all__ = [
     "COMPACT_FORMS",
@@ -415,12 +415,6 @@ _FAST_VIA: Final = re.compile(
     rf"((?:;{_TOKEN}++(?:={_cls(VALUE_CHARS - frozenset(';'))}++)?)*+)"
 ).fullmatch
 
-_URI_PARAM = _cls(PARAM_CHARS - frozenset("%;="))
-_FAST_SIP_URI: Final = re.compile(
-    rf"sip:(?:({_cls(UNRESERVED | frozenset('&=+$,'))}++)@)?({_HOST})(?::([0-9]{{1,5}}+))?"
-    rf"((?:;{_URI_PARAM}++(?:={_URI_PARAM}*+)?)*+)"
-).fullmatch
-
 _SIMPLE_NAME_ADDR: Final = re.compile(
     rf"<sip:{_cls(UNRESERVED | frozenset('&=+$,;:@[]/%'))}++>(?:;tag={_TOKEN}++)?"
 ).fullmatch
@@ -452,16 +446,6 @@ def _fast_via(text: str) -> Via | None:
     return None if pp is None else Via("SIP/2.0", transport.upper(), host, pp[0], pp[1], text)
 
 
-def _fast_sip_uri(text: str) -> SipUri | None:
-    """``parse_uri(text)`` for ``sip:[user@]host[:port][;params]``, else None."""
-    m = _FAST_SIP_URI(text) if len(text) <= MAX_URI_LENGTH else None
-    if m is None:
-        return None
-    user, host, port_text, params_text = m.groups()
-    pp = _port_params(port_text, params_text)
-    return None if pp is None else SipUri("sip", user, None, host, pp[0], pp[1], [], text)
-
-
 def _simple_name_addr(value: str) -> bool:
     """True when ``value`` is ``<sip:…>`` or ``<sip:…>;tag=token``.
 
@@ -485,7 +469,7 @@ class Request(Message):
     def ruri(self) -> Uri:
         ruri = self._ruri
         if ruri is None:
-            ruri = self._ruri = _fast_sip_uri(self.uri) or parse_uri(self.uri)
+            ruri = self._ruri = parse_uri(self.uri)  # cached: the same R-URI repeats
         return ruri
 
     def start_line(self) -> str:
