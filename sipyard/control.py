@@ -485,6 +485,11 @@ def _timed_out(path: Path) -> ControlClientError:
     return ControlClientError(f"timed out waiting for sipyard on {path}", EXIT_TIMEOUT)
 
 
+def _io_failed(path: Path, exc: OSError) -> ControlClientError:
+    """A socket error while sending the request or reading the reply (exit 3)."""
+    return ControlClientError(f"send failed on {path}: {exc.strerror or exc}", EXIT_SEND_FAILED)
+
+
 def _closed(path: Path) -> ControlClientError:
     return ControlClientError(
         f"send failed: sipyard closed {path} before replying", EXIT_SEND_FAILED
@@ -519,9 +524,7 @@ def call(path: Path, request: dict[str, Any], *, timeout: float = 5.0) -> dict[s
         except TimeoutError:
             raise _timed_out(path) from None
         except OSError as exc:
-            raise ControlClientError(
-                f"send failed on {path}: {exc.strerror or exc}", EXIT_SEND_FAILED
-            ) from None
+            raise _io_failed(path, exc) from None
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -531,9 +534,7 @@ def call(path: Path, request: dict[str, Any], *, timeout: float = 5.0) -> dict[s
             except TimeoutError:
                 raise _timed_out(path) from None
             except OSError as exc:
-                raise ControlClientError(
-                    f"send failed on {path}: {exc.strerror or exc}", EXIT_SEND_FAILED
-                ) from None
+                raise _io_failed(path, exc) from None
             if not chunk:
                 raise _closed(path)
             nl = chunk.find(b"\n")
@@ -561,9 +562,7 @@ async def acall(path: Path, request: dict[str, Any], *, timeout: float = 5.0) ->
                 writer.write(data)
                 await writer.drain()
             except OSError as exc:
-                raise ControlClientError(
-                    f"send failed on {path}: {exc.strerror or exc}", EXIT_SEND_FAILED
-                ) from None
+                raise _io_failed(path, exc) from None
             try:
                 line = await reader.readuntil(b"\n")
             except asyncio.IncompleteReadError:
@@ -571,9 +570,7 @@ async def acall(path: Path, request: dict[str, Any], *, timeout: float = 5.0) ->
             except asyncio.LimitOverrunError:
                 raise ControlClientError("reply from sipyard too large", EXIT_SEND_FAILED) from None
             except OSError as exc:
-                raise ControlClientError(
-                    f"send failed on {path}: {exc.strerror or exc}", EXIT_SEND_FAILED
-                ) from None
+                raise _io_failed(path, exc) from None
             return _decode_reply(line)
     except TimeoutError:
         raise _timed_out(path) from None
