@@ -86,7 +86,7 @@ class App:
         self._tag_seq = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._peer_logged: dict[tuple[str, str], float] = {}
+        self._peer_logged: dict[tuple[str, object], float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         #: start handlers outside a Task (see _run_handler); off for a store that needs one
         self.eager_handlers = True
@@ -195,7 +195,7 @@ class App:
                 now = self.loop.time() if self.loop is not None else time.monotonic()
                 outcome, tx, cached = txl.receive_request(key, method, src.reliable, tx.dest, now)
                 if outcome is Outcome.RETRANSMISSION and cached is not None:
-                    self.transports.send(self._response_dest(req, via, src), cached)
+                    self.transports.send(_reply_dest(via, src), cached)
                 return
             dest = self._checked(req, via, src)
             if dest is None:
@@ -303,7 +303,7 @@ class App:
     def _response_dest(req: Request, via: Any, src: Source) -> Source:
         """RFC 3261 §18.2.2 + RFC 3581, and record received/rport in the Via."""
         rport = via.rport
-        if via.host.strip("[]") != src.ip or rport == "":
+        if rport == "" or via.host.strip("[]") != src.ip:
             raw = via.raw
             if rport == "":
                 parts = raw.split(";")
@@ -312,12 +312,9 @@ class App:
                         parts[i] = f"rport={src.port}"
                         break
                 raw = ";".join(parts)
-            if via.host.strip("[]") != src.ip or rport == "":
-                raw = f"{raw};received={src.ip}"
-            req.replace_top_via(raw)
-        if src.transport != "udp" or rport is not None:
-            return src
-        return Source("udp", src.ip, via.port or 5060, None, src.local)
+            # with rport, received goes in even when it equals sent-by (RFC 3581 §4)
+            req.replace_top_via(f"{raw};received={src.ip}")
+        return _reply_dest(via, src)
 
     # -- outbound -----------------------------------------------------------------
     def respond(self, tx: ServerTransaction, req: Request, status: int, reason: str,
@@ -349,16 +346,16 @@ class App:
         self.transports.send(dest, data)
         self.stats.responses[_CLASS[status // 100]] += 1
         self.stats.codes[status] += 1
-        self._log_peer_once(dest.ip, f"rejected {req.method or 'request'} from {dest.ip}: "
-                            f"{status} {reason}", f"reject-{status}")
+        self._log_peer_once(dest.ip, status, "rejected %s from %s: %d %s",
+                            req.method or "request", dest.ip, status, reason)
         if reqlog.isEnabledFor(logging.INFO):
             self._log_request(req, dest, status)
 
     def _stateless(self, req: Request, src: Source, status: int, reason: str) -> None:
         """Answer a request whose Via could not be read: to its source, as best we can."""
         if req.method == "ACK" or not req.get("via"):
-            self._log_peer_once(src.ip, f"dropped unanswerable request from {src.ip}: {reason}",
-                                "unanswerable")
+            self._log_peer_once(src.ip, "unanswerable", "dropped unanswerable request from %s: %s",
+                                src.ip, reason)
             return
         self._reply_stateless(req, src, status, reason)
 
@@ -376,12 +373,12 @@ class App:
                 self._reply_stateless(partial, dest, exc.status, exc.reason)
                 return
         self.stats.dropped += 1
-        self._log_peer_once(src.ip, f"dropped malformed message from {src.ip}: {exc.reason}",
-                            "malformed")
+        self._log_peer_once(src.ip, "malformed", "dropped malformed message from %s: %s",
+                            src.ip, exc.reason)
 
     def _on_framing_error(self, exc: ParseError, src: Source) -> None:
-        self._log_peer_once(src.ip, f"closing tcp connection from {src.ip}:{src.port}: "
-                            f"{exc.reason}", "framing")
+        self._log_peer_once(src.ip, "framing", "closing tcp connection from %s:%d: %s",
+                            src.ip, src.port, exc.reason)
 
     def _on_oversize(self, src: Source, data: bytes) -> None:
         try:
@@ -395,11 +392,15 @@ class App:
                 dest = src
             self._reply_stateless(msg, dest, 513, "Message Too Large")
             return
-        self._log_peer_once(src.ip, f"dropped oversize datagram from {src.ip} ({len(data)} bytes)",
-                            "oversize")
+        self._log_peer_once(src.ip, "oversize", "dropped oversize datagram from %s (%d bytes)",
+                            src.ip, len(data))
 
-    def _log_peer_once(self, ip: str, text: str, kind: str = "") -> None:
-        """Log a peer's fault at most once a minute per kind, never per packet."""
+    def _log_peer_once(self, ip: str, kind: object, fmt: str, *args: object) -> None:
+        """Log a peer's fault at most once a minute per kind, never per packet.
+
+        The message is formatted only when it is logged: a flood of bad packets
+        from one peer costs a dict lookup each, not a string per packet.
+        """
         now = time.monotonic()
         key = (ip, kind)
         last = self._peer_logged.get(key)
@@ -408,7 +409,7 @@ class App:
         if len(self._peer_logged) > 10000:
             self._peer_logged.clear()
         self._peer_logged[key] = now
-        log.warning("%s", text)
+        log.warning(fmt, *args)
 
     def _log_request(self, req: Request, dest: Source, status: int) -> None:
         reqlog.info("%s from=%s to=%s src=%s:%s/%s status=%d", req.method,
@@ -466,6 +467,14 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 1000)
+
+
+def _reply_dest(via: Any, src: Source) -> Source:
+    """Where responses to a request with this top Via go (RFC 3261 §18.2.2, RFC 3581):
+    the source itself over TCP or with rport, else the source IP at the sent-by port."""
+    if src.transport != "udp" or via.rport is not None:
+        return src
+    return Source("udp", src.ip, via.port or 5060, None, src.local)
 
 
 @coroutine

@@ -244,10 +244,9 @@ class KeyedLocks:
         return True
 
     async def acquire(self, key: str) -> None:
-        held = self._held
-        if key not in held:
-            held[key] = None
+        if self.try_acquire(key):
             return
+        held = self._held
         waiters = held[key]
         if waiters is None:
             waiters = held[key] = deque()
