@@ -24,7 +24,7 @@ if _TESTS not in sys.path:  # `import support` from tests/ and tests/interop/ al
 
 from support import Server, write_config  # noqa: E402
 
-#: start(name, **write_config kwargs) -> a started Server.
+#: start(name, *, log_level="info", **write_config kwargs) -> a started Server.
 ServerFactory = Callable[..., Server]
 
 
@@ -48,8 +48,8 @@ def tool() -> Callable[[str], str]:
 def _factory(mktemp: Callable[[str], Path]) -> tuple[ServerFactory, list[Server]]:
     started: list[Server] = []
 
-    def start(name: str = "srv", **config: Any) -> Server:
-        server = Server(write_config(mktemp(name), **config))
+    def start(name: str = "srv", *, log_level: str = "info", **config: Any) -> Server:
+        server = Server(write_config(mktemp(name), **config), log_level=log_level)
         server.start()
         started.append(server)
         return server

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from baresip import Baresip, account
-from support import PASSWORDS, Server, write_config
+from conftest import ServerFactory
+from support import PASSWORDS, Server
 
 pytestmark = pytest.mark.interop
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    cfg = write_config(tmp_path_factory.mktemp("baresip-srv"), lines=range(10, 14))
-    srv = Server(cfg).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(start_module_server: ServerFactory) -> Server:
+    return start_module_server("baresip-srv", lines=range(10, 14))
 
 
 def registry(server: Server, line: str) -> list[dict[str, object]]:

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import ServerFactory
 from support import BENCH, Server, free_port
 
 pytestmark = pytest.mark.interop
 
-ServerFactory = Callable[..., Server]
 OPTIONS_XML = BENCH / "scenarios" / "options.xml"
 
 

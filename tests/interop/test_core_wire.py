@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import ServerFactory
 from support import (
     TORTURE,
     Server,
@@ -58,7 +59,6 @@ DOMAINS = ["127.0.0.1", "localhost", "example.org", "example.net", "company.com"
 TCP_IDLE = 2.0
 RFC5118 = TORTURE / "rfc5118" / "wire"
 FILES = sorted(TORTURE.glob("*.dat")) + sorted(RFC5118.glob("*.dat"))
-ServerFactory = Callable[..., Server]  # the conftest fixtures' type
 
 
 # -- expectations: one per INDEX.md row ----------------------------------------------------

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from baresip import require_tool
+from conftest import ServerFactory
 from support import (
     PASSWORDS,
     Server,
@@ -38,7 +39,6 @@ from support import (
     register,
     sip_request,
     status_of,
-    write_config,
 )
 
 from sipyard.control import call as control_call
@@ -220,14 +220,9 @@ class Phone:
 
 
 @pytest.fixture(scope="module")
-def ringing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    cfg = write_config(tmp_path_factory.mktemp("pickup"), realm=REALM, lines=range(10, 14),
-                       extra=PICKUP_CONFIG)
-    srv = Server(cfg, log_level="debug").start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def ringing(start_module_server: ServerFactory) -> Server:
+    return start_module_server("pickup", log_level="debug", realm=REALM, lines=range(10, 14),
+                               extra=PICKUP_CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -322,15 +317,10 @@ contacts = ["<sip:{user}@gw.example.net>"]
 
 
 @pytest.fixture(scope="module")
-def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    cfg = write_config(tmp_path_factory.mktemp("slow"), realm=REALM, lines=range(10, 14),
-                       security={"trusted": ["127.0.0.1/32"]}, redirect={"suspend_timeout": 2},
-                       extra=SLOW_CONFIG)
-    srv = Server(cfg, log_level="debug").start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def slow(start_module_server: ServerFactory) -> Server:
+    return start_module_server("slow", log_level="debug", realm=REALM, lines=range(10, 14),
+                               security={"trusted": ["127.0.0.1/32"]},
+                               redirect={"suspend_timeout": 2}, extra=SLOW_CONFIG)
 
 
 @pytest.fixture

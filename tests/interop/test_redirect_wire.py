@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from baresip import require_tool
+from conftest import ServerFactory
 from support import (
     BENCH,
     PASSWORDS,
@@ -129,15 +130,9 @@ def q_of(contact: str) -> float | None:
 
 
 @pytest.fixture(scope="module")
-def wire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    cfg = write_config(tmp_path_factory.mktemp("wire"), realm=REALM,
-                       security={"trusted": ["127.0.0.1/32"]},
-                       extra=WIRE_CONFIG)
-    srv = Server(cfg).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def wire(start_module_server: ServerFactory) -> Server:
+    return start_module_server("wire", realm=REALM, security={"trusted": ["127.0.0.1/32"]},
+                               extra=WIRE_CONFIG)
 
 
 @pytest.fixture

@@ -20,11 +20,11 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from baresip import require_tool
+from conftest import ServerFactory
 from support import (
     PASSWORDS,
     ROOT,
@@ -49,14 +49,9 @@ JAIL = ROOT / "examples" / "fail2ban" / "jail.d" / "sipyard.conf"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(start_module_server: ServerFactory) -> Server:
     """Lines 10-29; bans off, so that the many wrong passwords here are all answered."""
-    srv = Server(write_config(tmp_path_factory.mktemp("scan"), lines=range(10, 30),
-                              security={"max_auth_failures": 0})).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    return start_module_server("scan", lines=range(10, 30), security={"max_auth_failures": 0})
 
 
 # -- uniform answers ------------------------------------------------------------------
