@@ -1,10 +1,11 @@
-"""Wiring: builds every part from config and routes requests between them.
+"""The top of the package: wires the parts, handlers and transports, and runs the request path.
 
-This is the only module that knows all the others. The request path is
-``transport → parse → stateless checks → transaction → dispatch by method``;
-everything below dispatch (registrar, redirect pipeline, chat) answers through
-:meth:`App.respond`, which caches the response in the transaction so a
-retransmission never reaches a handler twice.
+This is the only module that knows all the others; nothing imports it. The
+request path is ``transport → parse → stateless checks → transaction →
+dispatch table → handler``. Handlers answer through :meth:`App.respond`
+(the :class:`~sipyard.handlers.base.Responder` they are given), which caches
+the response in the transaction, so a retransmission is answered from there
+and never reaches a handler twice.
 """
 
 from __future__ import annotations
@@ -13,75 +14,80 @@ import asyncio
 import gc
 import itertools
 import logging
-import os
 import secrets
 import signal
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from types import CoroutineType, coroutine
-from typing import Any
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .eager import resume_started
+from .handlers.base import Cancel, Handle
+from .handlers.chat import ChatHandler
+from .handlers.redirect import CancelHandler, NotifyHandler, RedirectHandler
+from .handlers.register import RegisterHandler
+from .messaging import Sender
+from .ops import OpsContext, Operations, reload
+from .parts import Parts, build_parts, close_parts, open_parts
+from .redirect.loader import build_chain
+from .redirect.pipeline import RedirectServer
+from .services import NotifyRoutes, RedirectServices
 from .sip.errors import ParseError
-from .sip.message import Limits, Request, Response, build_response, parse_message
+from .sip.message import Limits, Request, build_response, parse_message
+from .sip.source import Listen, Source, bare_host
 from .sip.transaction import Outcome, ServerTransaction, TransactionLayer, make_key
 from .sip.uri import SipUri
 from .sip.validate import unsupported_requires, validate_request, validate_response
-from .transport import Listen, Source, Transports
+from .stats import KNOWN_METHODS
+from .sweeper import sweep_bindings
+from .transport import Transports
 from .uac import Uac
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .sip.headers import Via
 
 __all__ = ["App", "KNOWN_METHODS", "ALLOW"]
 
 log = logging.getLogger("sipyard")
 reqlog = logging.getLogger("sipyard.request")
 
-KNOWN_METHODS = frozenset({
-    "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "SUBSCRIBE", "NOTIFY",
-    "MESSAGE", "REFER", "INFO", "UPDATE", "PRACK", "PUBLISH",
-})
-#: Methods the server redirects when the Request-URI names a user.
-REDIRECTED = frozenset({"INVITE", "SUBSCRIBE", "MESSAGE", "REFER", "OPTIONS"})
+#: Methods the redirect server routes when the Request-URI names a user.
+REDIRECTED = ("INVITE", "SUBSCRIBE", "MESSAGE", "REFER", "OPTIONS")
 ALLOW = "INVITE, ACK, CANCEL, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, MESSAGE, REFER"
 SUPPORTED = frozenset({"path", "outbound"})
 SUPPORTED_HEADER = "path, outbound"
-
-_CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx")
+#: in-dialog methods: without a dialog of ours they get 481, not 405
+_IN_DIALOG = frozenset({"BYE", "INFO", "UPDATE", "PRACK", "NOTIFY"})
 _OPTIONS_HEADERS = (("Allow", ALLOW), ("Accept", "application/sdp, text/plain"),
                     ("Supported", SUPPORTED_HEADER))
-
-RequestHandler = Callable[["App", Request, Source, ServerTransaction], Awaitable[None] | None]
-
-
-class Stats:
-    __slots__ = ("requests", "responses", "codes", "started", "auth_failures", "dropped")
-
-    def __init__(self) -> None:
-        self.requests: Counter[str] = Counter()
-        self.responses: Counter[str] = Counter()
-        self.codes: Counter[int] = Counter()
-        self.started = time.time()
-        self.auth_failures = 0
-        self.dropped = 0
 
 
 class App:
     """One running server. ``start()`` binds; ``stop()`` closes everything."""
 
-    def __init__(self, config: Any, *, config_path: Path | None = None) -> None:
-        self.config = config
-        self.config_path = config_path
+    def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
         srv = config.server
+        self.config_path = config_path
         self.server_header = srv.server_header or f"sipyard/{__version__}"
         self.limits = Limits()
         self.txl = TransactionLayer()
-        self.stats = Stats()
+        self.parts: Parts = build_parts(config)
+        self.stats = self.parts.stats
         self.transports = Transports(
             self._on_bytes, max_udp=srv.max_message_size, max_tcp_header=srv.max_message_size,
             tcp_idle=srv.tcp_idle,
             on_framing_error=self._on_framing_error, on_oversize=self._on_oversize)
         self.uac = Uac(self.transports.send, server_header=self.server_header)
+        self.sender = Sender(self.transports, self.uac, self.parts.store, self.parts.current)
+        self.routes = NotifyRoutes()
+        self.services = RedirectServices(self.parts, self.sender, self.routes, self.now)
+        self.ops = Operations(OpsContext(
+            parts=self.parts, transports=self.transports, txl=self.txl, sender=self.sender,
+            build_chain=self._build_chain, swap_chain=self._swap_chain,
+            request_stop=self.request_stop, now=self.now, config_path=config_path))
         self._tag_prefix = secrets.token_hex(3)
         self._tag_seq = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
@@ -89,38 +95,65 @@ class App:
         self._peer_logged: dict[tuple[str, object], float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         #: start handlers outside a Task (see _run_handler); off for a store that needs one
-        self.eager_handlers = True
-        self._notify: dict[str, Callable[[Request], None]] = {}
+        self.eager_handlers = not self.parts.store.needs_task
         self._stopped = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
-        #: method -> handler; filled by the feature modules in ``start()``.
-        self.handlers: dict[str, RequestHandler] = {}
-        self.features: dict[str, Any] = {}
-        #: CLI overrides (data_dir, listen) that a reload must apply again
-        self.load_args: dict[str, Any] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self.handlers: dict[str, Handle] = self._dispatch_table()
+
+    def _dispatch_table(self) -> dict[str, Handle]:
+        """Method → handler; ``*`` takes any other method whose Request-URI names a user."""
+        parts = self.parts
+        chat = ChatHandler(parts, self.sender, self)
+        redirect = RedirectHandler(parts, self, chat).handle
+        table: dict[str, Handle] = {m: redirect for m in REDIRECTED}
+        table["*"] = redirect
+        table["REGISTER"] = RegisterHandler(parts, self).handle
+        table["CANCEL"] = CancelHandler(parts, self.txl, self).handle
+        table["NOTIFY"] = NotifyHandler(self.routes, self).handle
+        return table
+
+    @property
+    def config(self) -> Config:
+        return self.parts.current.config
+
+    @property
+    def load_args(self) -> dict[str, Any]:
+        """CLI overrides (data_dir, listen) that a reload must apply again."""
+        return self.ops.ctx.load_args
+
+    @load_args.setter
+    def load_args(self, value: dict[str, Any]) -> None:
+        self.ops.ctx.load_args = value
 
     # -- life cycle -------------------------------------------------------------
     async def start(self, listens: Sequence[Listen] | None = None) -> list[Listen]:
         self.loop = asyncio.get_running_loop()
-        from .features import install
-
-        await install(self)
+        parts = self.parts
+        await open_parts(parts)
+        parts.current.redirect = RedirectServer(self.config, self.services)
+        self._sweeper = asyncio.ensure_future(sweep_bindings(parts, self.now))
+        await self.ops.start()
         specs = list(listens) if listens is not None else list(self.config.server.listen)
-        bound = await self.transports.start(specs)
+        bound = await self.transports.start(specs)  # type: ignore[arg-type]
         for b in bound:
             log.info("listening on %s %s:%d", b.transport, b.host, b.port)
         _tune_gc()
         return bound
 
     async def stop(self) -> None:
-        from .features import uninstall
-
         if self._timer is not None:
             self._timer.cancel()
         await self.transports.close()
         for task in list(self._tasks):
             task.cancel()
-        await uninstall(self)
+        await self.ops.close()
+        server, self.parts.current.redirect = self.parts.current.redirect, None
+        if server is not None:
+            server.close("shutdown")
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await close_parts(self.parts)
         self._stopped.set()
 
     def install_signals(self) -> None:
@@ -128,9 +161,7 @@ class App:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        reload = self.features.get("reload")
-        if reload is not None:
-            loop.add_signal_handler(signal.SIGHUP, lambda: self.spawn(reload()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.spawn(reload(self.ops.ctx)))
 
     async def serve_forever(self) -> None:
         await self._stopped.wait()
@@ -149,11 +180,53 @@ class App:
         if not task.cancelled() and task.exception() is not None:
             log.error("task failed: %r", task.exception(), exc_info=task.exception())
 
+    # -- the redirect chain (built per config; a reload swaps it) ---------------
+    def _build_chain(self, cfg: Config) -> Any:
+        return build_chain(cfg, self.services)
+
+    def _swap_chain(self, cfg: Config, chain: Any) -> None:
+        current = self.parts.current
+        old = current.redirect
+        current.redirect = RedirectServer(cfg, self.services, chain=chain)
+        if old is not None:
+            self.spawn(_retire(old))
+
+    # -- the Responder side (what handlers may ask) ----------------------------------
     def now(self) -> float:
         return time.time()
 
+    def call_later(self, delay: float, fn: Callable[[], Any]) -> Cancel:
+        loop = self.loop or asyncio.get_running_loop()
+        return loop.call_later(delay, fn)
+
+    def drop(self, tx: ServerTransaction) -> None:
+        self.txl.terminate(tx)
+
     def new_tag(self) -> str:
         return f"{self._tag_prefix}{next(self._tag_seq):x}"
+
+    def options(self, tx: ServerTransaction, req: Request) -> None:
+        """OPTIONS to the server itself: the keep-alive and capability probe."""
+        self.respond(tx, req, 200, "OK", _OPTIONS_HEADERS)
+
+    def respond(self, tx: ServerTransaction, req: Request, status: int, reason: str,
+                headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> None:
+        data = build_response(req, status, reason, to_tag=self.new_tag(), headers=headers,
+                              body=body, server=self.server_header)
+        loop = self.loop
+        now = loop.time() if loop is not None else time.monotonic()
+        try:
+            self.txl.send_response(tx, status, data, now)
+        except Exception as exc:  # transaction already finished (e.g. CANCELled)
+            log.debug("response %d dropped: %s", status, exc)
+            return
+        dest: Source = tx.dest  # type: ignore[assignment]  # the app stores Sources
+        self.transports.send(dest, data)
+        self.stats.response(status)
+        if status >= 200:
+            self._arm_timer()
+            if reqlog.isEnabledFor(logging.INFO):
+                self._log_request(req, dest, status)
 
     # -- inbound ------------------------------------------------------------------
     def _on_bytes(self, data: bytes, src: Source) -> None:
@@ -162,37 +235,38 @@ class App:
         except ParseError as exc:
             self._bad_message(exc, src)
             return
-        if isinstance(msg, Response):
+        if type(msg) is not Request:
             try:
-                validate_response(msg)  # RFC 4475 scalarlg: a broken response is dropped
+                validate_response(msg)  # type: ignore[arg-type]  # RFC 4475 scalarlg
             except ParseError:
                 self.stats.dropped += 1
                 return
-            if not self.uac.on_response(msg):
+            if not self.uac.on_response(msg):  # type: ignore[arg-type]
                 self.stats.dropped += 1
             return
         self._on_request(msg, src)
 
     def _on_request(self, req: Request, src: Source) -> None:
-        self.stats.requests[req.method] += 1
+        method = req.method
+        self.stats.request(method)
         try:
             via = req.top_via
         except ParseError as exc:
             self._stateless(req, src, exc.status, exc.reason)
             return
-        method = req.method
         branch = via.branch
-        sent_by = f"{via.host}:{via.port or ''}"
+        port = via.port
+        sent_by = f"{via.host}:{port}" if port is not None else via.host + ":"
         txl = self.txl
+        loop = self.loop
         if branch is not None and len(branch) > 7 and branch.startswith("z9hG4bK"):
             key = make_key(branch, sent_by, method)
             tx = txl.get(key)
             if tx is not None:
                 # A retransmission, or the ACK of our final: its transaction only
                 # exists because the first copy passed validation, so it skips
-                # validation (a server under load sees as many of these as new
-                # requests). The answer goes where this copy came from.
-                now = self.loop.time() if self.loop is not None else time.monotonic()
+                # validation. The answer goes where this copy came from.
+                now = loop.time() if loop is not None else time.monotonic()
                 outcome, tx, cached = txl.receive_request(key, method, src.reliable, tx.dest, now)
                 if outcome is Outcome.RETRANSMISSION and cached is not None:
                     self.transports.send(_reply_dest(via, src), cached)
@@ -208,16 +282,13 @@ class App:
             # ACK (which carries our tag) finds its INVITE.
             key = make_key(branch, sent_by, method, fallback=(
                 req.uri, req.from_.tag or "", req.call_id, str(req.cseq[0]), via.raw))
-        now = self.loop.time() if self.loop is not None else time.monotonic()
+        now = loop.time() if loop is not None else time.monotonic()
         outcome, tx, cached = txl.receive_request(key, method, src.reliable, dest, now)
-        if outcome is Outcome.RETRANSMISSION:
-            if cached is not None:
-                self.transports.send(dest, cached)
-            return
         if outcome is not Outcome.NEW or tx is None:
+            if outcome is Outcome.RETRANSMISSION and cached is not None:
+                self.transports.send(dest, cached)
             return  # ACK absorbed or stray ACK: hop-by-hop, nothing to do
-        self._arm_timer()
-        if method != "ACK" and method != "CANCEL":
+        if method != "ACK" and method != "CANCEL" and req.has("require"):
             bad = unsupported_requires(req, SUPPORTED)
             if bad:
                 self.respond(tx, req, 420, "Bad Extension", [("Unsupported", ", ".join(bad))])
@@ -225,19 +296,11 @@ class App:
         handler = self.handlers.get(method)
         if handler is None:
             handler = self.handlers.get("*") if _has_user(req) else None
-        if handler is None:
-            if method == "OPTIONS":
-                self.options(tx, req)
-            elif method in KNOWN_METHODS:
-                status, reason = (481, "Call/Transaction Does Not Exist") \
-                    if method in ("BYE", "INFO", "UPDATE", "PRACK", "NOTIFY") \
-                    else (405, "Method Not Allowed")
-                self.respond(tx, req, status, reason, [("Allow", ALLOW)])
-            else:
-                self.respond(tx, req, 501, "Not Implemented", [("Allow", ALLOW)])
-            return
+            if handler is None:
+                self._no_handler(tx, req, method)
+                return
         try:
-            result = handler(self, req, src, tx)
+            result = handler(req, src, tx)
         except Exception:
             log.exception("handler for %s failed", method)
             self.respond(tx, req, 500, "Server Internal Error")
@@ -245,16 +308,19 @@ class App:
         if result is not None:
             self._run_handler(result, tx, req)
 
-    def _run_handler(self, coro: Awaitable[Any], tx: ServerTransaction, req: Request) -> None:
-        """Run an async handler eagerly, up to its first real wait.
+    def _no_handler(self, tx: ServerTransaction, req: Request, method: str) -> None:
+        if method == "OPTIONS":
+            self.options(tx, req)
+        elif method in KNOWN_METHODS:
+            if method in _IN_DIALOG:
+                self.respond(tx, req, 481, "Call/Transaction Does Not Exist", [("Allow", ALLOW)])
+            else:
+                self.respond(tx, req, 405, "Method Not Allowed", [("Allow", ALLOW)])
+        else:
+            self.respond(tx, req, 501, "Not Implemented", [("Allow", ALLOW)])
 
-        Most handlers finish without waiting (a challenge, a redirect served
-        from memory) or wait once (a REGISTER's commit): starting them now
-        instead of in a new Task saves the Task, one loop iteration of latency
-        and several callbacks per request. Only a handler that does wait is
-        handed to a Task, which resumes it where it stopped (Python 3.12's
-        eager task factory, by hand).
-        """
+    def _run_handler(self, coro: Awaitable[Any], tx: ServerTransaction, req: Request) -> None:
+        """Run an async handler eagerly, up to its first real wait (see :mod:`sipyard.eager`)."""
         if not self.eager_handlers or not isinstance(coro, CoroutineType):
             pending: Any = coro
             task = asyncio.ensure_future(pending)
@@ -270,7 +336,7 @@ class App:
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._handler_done(t, tx, req))
 
-    def _checked(self, req: Request, via: Any, src: Source) -> Source | None:
+    def _checked(self, req: Request, via: Via, src: Source) -> Source | None:
         """Where the answers go, or None when the request was refused statelessly."""
         dest = self._response_dest(req, via, src)
         try:
@@ -295,15 +361,11 @@ class App:
         if tx.last_status is None or tx.last_status < 200:
             self.respond(tx, req, 500, "Server Internal Error", [("Retry-After", "5")])
 
-    def options(self, tx: ServerTransaction, req: Request) -> None:
-        """OPTIONS to the server itself: the keep-alive and capability probe."""
-        self.respond(tx, req, 200, "OK", _OPTIONS_HEADERS)
-
     @staticmethod
-    def _response_dest(req: Request, via: Any, src: Source) -> Source:
+    def _response_dest(req: Request, via: Via, src: Source) -> Source:
         """RFC 3261 §18.2.2 + RFC 3581, and record received/rport in the Via."""
         rport = via.rport
-        if rport == "" or via.host.strip("[]") != src.ip:
+        if rport == "" or bare_host(via.host) != src.ip:
             raw = via.raw
             if rport == "":
                 parts = raw.split(";")
@@ -316,27 +378,7 @@ class App:
             req.replace_top_via(f"{raw};received={src.ip}")
         return _reply_dest(via, src)
 
-    # -- outbound -----------------------------------------------------------------
-    def respond(self, tx: ServerTransaction, req: Request, status: int, reason: str,
-                headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> None:
-        data = build_response(req, status, reason, to_tag=self.new_tag(), headers=headers,
-                              body=body, server=self.server_header)
-        now = self.loop.time() if self.loop is not None else time.monotonic()
-        try:
-            self.txl.send_response(tx, status, data, now)
-        except Exception as exc:  # transaction already finished (e.g. CANCELled)
-            log.debug("response %d dropped: %s", status, exc)
-            return
-        dest: Source = tx.dest  # type: ignore[assignment]  # the app stores Sources
-        self.transports.send(dest, data)
-        stats = self.stats
-        stats.responses[_CLASS[status // 100]] += 1
-        stats.codes[status] += 1
-        if status >= 200:
-            self._arm_timer()
-            if reqlog.isEnabledFor(logging.INFO):
-                self._log_request(req, dest, status)
-
+    # -- stateless answers --------------------------------------------------------------
     def _reply_stateless(self, req: Request, dest: Source, status: int, reason: str,
                          headers: Sequence[tuple[str, str]] = ()) -> None:
         if req.method == "ACK":
@@ -344,8 +386,7 @@ class App:
         data = build_response(req, status, reason, to_tag=self.new_tag(), headers=headers,
                               server=self.server_header)
         self.transports.send(dest, data)
-        self.stats.responses[_CLASS[status // 100]] += 1
-        self.stats.codes[status] += 1
+        self.stats.response(status)
         self._log_peer_once(dest.ip, status, "rejected %s from %s: %d %s",
                             req.method or "request", dest.ip, status, reason)
         if reqlog.isEnabledFor(logging.INFO):
@@ -382,9 +423,9 @@ class App:
 
     def _on_oversize(self, src: Source, data: bytes) -> None:
         try:
-            msg = parse_message(data[: self.config.server.max_message_size])
+            msg: Any = parse_message(data[: self.config.server.max_message_size])
         except ParseError as exc:
-            msg = exc.partial if isinstance(exc.partial, Request) else None  # type: ignore[assignment]
+            msg = exc.partial if isinstance(exc.partial, Request) else None
         if isinstance(msg, Request) and msg.get("via"):
             try:
                 dest = self._response_dest(msg, msg.top_via, src)
@@ -399,7 +440,9 @@ class App:
         """Log a peer's fault at most once a minute per kind, never per packet.
 
         The message is formatted only when it is logged: a flood of bad packets
-        from one peer costs a dict lookup each, not a string per packet.
+        from one peer costs a dict lookup each, not a string per packet. The
+        table is keyed by source address, so it is emptied when it grows past
+        10 000 entries (a log line may repeat; memory may not grow).
         """
         now = time.monotonic()
         key = (ip, kind)
@@ -439,19 +482,17 @@ class App:
                 log.debug("INVITE transaction %s ended without ACK", tx.key.branch)
         self._arm_timer()
 
-    # -- NOTIFY routing (pick-up) ---------------------------------------------------------
-    def register_notify(self, call_id: str, callback: Callable[[Request], None]) -> None:
-        self._notify[call_id] = callback
 
-    def unregister_notify(self, call_id: str) -> None:
-        self._notify.pop(call_id, None)
-
-    def notify_handler(self, call_id: str) -> Callable[[Request], None] | None:
-        return self._notify.get(call_id)
-
-    @property
-    def pid(self) -> int:
-        return os.getpid()
+async def _retire(old: RedirectServer, grace: float = 2.0) -> None:
+    """Let the old chain finish requests that are merely running (a store lookup in
+    flight); requests suspended on it are answered 500 + Retry-After by close()."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + grace
+    try:
+        while old.in_flight > old.suspended and loop.time() < end:
+            await asyncio.sleep(0.005)
+    finally:
+        old.close()
 
 
 def _tune_gc() -> None:
@@ -469,35 +510,12 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 50, 1000)
 
 
-def _reply_dest(via: Any, src: Source) -> Source:
+def _reply_dest(via: Via, src: Source) -> Source:
     """Where responses to a request with this top Via go (RFC 3261 §18.2.2, RFC 3581):
     the source itself over TCP or with rport, else the source IP at the sent-by port."""
     if src.transport != "udp" or via.rport is not None:
         return src
     return Source("udp", src.ip, via.port or 5060, None, src.local)
-
-
-@coroutine
-def resume_started(coro: Any, pending: Any) -> Any:
-    """Finish, under a Task, a coroutine started eagerly that is waiting on ``pending``.
-
-    It re-yields what the coroutine yielded (a future the Task then waits on,
-    or None for a bare yield) and forwards the Task's wake-up or its
-    cancellation, exactly as if the Task had run the coroutine from the start.
-    """
-    while True:
-        try:
-            yield pending
-        except BaseException as exc:
-            try:
-                pending = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-            continue
-        try:
-            pending = coro.send(None)
-        except StopIteration as stop:
-            return stop.value
 
 
 def _has_user(req: Request) -> bool:

@@ -12,72 +12,105 @@ import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .store.base import Binding
-from .transport import Source
+from .sip.source import Source
+from .store.base import Binding, LocationStore
+from .transport import Transports
+from .uac import Uac
 
 if TYPE_CHECKING:
-    from .app import App
+    from .parts import Current
 
-__all__ = ["send_text", "binding_dest", "send_to_binding"]
-
-
-async def binding_dest(app: App, b: Binding) -> Source:
-    tr = app.transports
-    if b.transport == "udp":
-        fam_v6 = ":" in b.source_ip
-        local = next((x for x in tr.bound if x.transport == "udp" and (":" in x.host) == fam_v6),
-                     None)
-        loc = (local.host, local.port) if local is not None else tr.local_for("udp", 5060)
-        return Source("udp", b.source_ip, b.source_port, None, loc)
-    cid = int(b.conn_id) if b.conn_id and b.conn_id.isdigit() else None
-    if cid is not None and tr.has_connection(cid):
-        return Source("tcp", b.source_ip, b.source_port, cid, tr.local_for("tcp", 5060))
-    return await tr.connect_tcp(b.source_ip, b.source_port)
+__all__ = ["Sender", "udp_local"]
 
 
-async def send_to_binding(app: App, b: Binding, method: str, *, headers: Sequence[tuple[str, str]],
-                          body: bytes = b"", from_uri: str | None = None,
-                          call_id: str | None = None, timeout: float | None = None) -> int:
-    try:
-        dest = await binding_dest(app, b)
-    except (TimeoutError, OSError, ConnectionError, socket.gaierror):
-        return 503
-    cfg = app.config
-    result = await app.uac.request(
-        method, b.contact, dest,
-        from_uri=from_uri or f"sip:{cfg.server.system}@{cfg.server.realm}", to_uri=b.aor,
-        headers=headers, body=body, call_id=call_id, timeout=timeout)
-    return result.status
+def udp_local(tr: Transports, ip: str) -> tuple[str, int]:
+    """Our UDP socket of the destination's address family (a v6 socket cannot reach v4)."""
+    v6 = ":" in ip
+    for b in tr.bound:
+        if b.transport == "udp" and (":" in b.host) == v6:
+            return (b.host, b.port)
+    return tr.local_for("udp", 5060)
 
 
-async def send_text(app: App, lines: Sequence[str], text: str, *, subject: str | None = None,
-                    from_uri: str | None = None, timeout: float | None = None
-                    ) -> list[dict[str, Any]]:
-    """MESSAGE to every binding of each line; one result per line.
+class Sender:
+    """Out-of-dialog requests from the server to phones (MESSAGE, NOTIFY, OPTIONS)."""
 
-    A result is ``{"target", "status", "detail"}``: status "delivered" when at least one
-    binding answered 2xx, "failed" when none did (detail lists each binding's final status,
-    408 when it did not answer within ``timeout``), "not registered" when the line has no
-    binding. Lines are reached in parallel, so one dead phone delays nobody else.
-    """
-    store = app.features["store"]
-    realm = app.config.server.realm
-    now = app.now()
-    body = text.encode("utf-8")
-    headers: list[tuple[str, str]] = [("Content-Type", "text/plain;charset=UTF-8")]
-    if subject:
-        headers.append(("Subject", subject))
+    def __init__(self, transports: Transports, uac: Uac, store: LocationStore,
+                 current: Current) -> None:
+        self.transports = transports
+        self.uac = uac
+        self.store = store
+        self.current = current
 
-    async def one(line: str) -> dict[str, Any]:
-        bindings = await store.lookup(f"sip:{line}@{realm}", now)
-        if not bindings:
-            return {"target": line, "status": "not registered", "detail": ""}
-        codes = await asyncio.gather(*(send_to_binding(app, b, "MESSAGE", headers=headers,
-                                                       body=body, from_uri=from_uri,
-                                                       timeout=timeout)
-                                       for b in bindings))
-        ok = [c for c in codes if 200 <= c < 300]
-        detail = ", ".join(str(c) for c in codes)
-        return {"target": line, "status": "delivered" if ok else "failed", "detail": detail}
+    async def binding_dest(self, b: Binding) -> Source:
+        tr = self.transports
+        if b.transport == "udp":
+            return Source("udp", b.source_ip, b.source_port, None, udp_local(tr, b.source_ip))
+        cid = int(b.conn_id) if b.conn_id and b.conn_id.isdigit() else None
+        if cid is not None and tr.has_connection(cid):
+            return Source("tcp", b.source_ip, b.source_port, cid, tr.local_for("tcp", 5060))
+        return await tr.connect_tcp(b.source_ip, b.source_port)
 
-    return list(await asyncio.gather(*(one(n) for n in dict.fromkeys(lines))))
+    async def send_to_binding(self, b: Binding, method: str, *,
+                              headers: Sequence[tuple[str, str]], body: bytes = b"",
+                              from_uri: str | None = None, call_id: str | None = None,
+                              timeout: float | None = None) -> int:
+        try:
+            dest = await self.binding_dest(b)
+        except (TimeoutError, OSError, ConnectionError, socket.gaierror):
+            return 503
+        cfg = self.current.config
+        result = await self.uac.request(
+            method, b.contact, dest,
+            from_uri=from_uri or f"sip:{cfg.server.system}@{cfg.server.realm}", to_uri=b.aor,
+            headers=headers, body=body, call_id=call_id, timeout=timeout)
+        return result.status
+
+    async def send_text(self, lines: Sequence[str], text: str, *, subject: str | None = None,
+                        from_uri: str | None = None, timeout: float | None = None,
+                        now: float) -> list[dict[str, Any]]:
+        """MESSAGE to every binding of each line; one result per line.
+
+        A result is ``{"target", "status", "detail"}``: status "delivered" when at least one
+        binding answered 2xx, "failed" when none did (detail lists each binding's final
+        status, 408 when it did not answer within ``timeout``), "not registered" when the
+        line has no binding. Lines are reached in parallel, so one dead phone delays nobody
+        else.
+        """
+        store = self.store
+        realm = self.current.config.server.realm
+        body = text.encode("utf-8")
+        headers: list[tuple[str, str]] = [("Content-Type", "text/plain;charset=UTF-8")]
+        if subject:
+            headers.append(("Subject", subject))
+
+        async def one(line: str) -> dict[str, Any]:
+            bindings = await store.lookup(f"sip:{line}@{realm}", now)
+            if not bindings:
+                return {"target": line, "status": "not registered", "detail": ""}
+            codes = await asyncio.gather(*(self.send_to_binding(
+                b, "MESSAGE", headers=headers, body=body, from_uri=from_uri, timeout=timeout)
+                for b in bindings))
+            ok = [c for c in codes if 200 <= c < 300]
+            detail = ", ".join(str(c) for c in codes)
+            return {"target": line, "status": "delivered" if ok else "failed", "detail": detail}
+
+        return list(await asyncio.gather(*(one(n) for n in dict.fromkeys(lines))))
+
+    async def send_replies(self, line: str, replies: Sequence[str], from_uri: str,
+                           now: float) -> None:
+        """Each of the sender's bindings gets the reply lines in order, the bindings in
+        parallel: a phone that is gone (no answer for 64*T1) holds up only itself, and gets
+        no more lines after the first it did not take."""
+        bindings = await self.store.lookup(
+            f"sip:{line}@{self.current.config.server.realm}", now)
+        headers = [("Content-Type", "text/plain;charset=UTF-8")]
+
+        async def one(b: Binding) -> None:
+            for reply in replies:
+                status = await self.send_to_binding(b, "MESSAGE", headers=headers,
+                                                    body=reply.encode("utf-8"), from_uri=from_uri)
+                if not 200 <= status < 300:
+                    return
+
+        await asyncio.gather(*(one(b) for b in bindings))

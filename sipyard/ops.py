@@ -8,64 +8,101 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import ConfigError, load_config
 from .control import ControlServer, Peer
 from .hooks import iso_time
+from .messaging import Sender
+from .parts import Parts, reconfigure
+from .sip.transaction import TransactionLayer
+from .transport import Transports
 
 if TYPE_CHECKING:
-    from .app import App
+    from .config import Config
 
-__all__ = ["install", "uninstall", "reload"]
+__all__ = ["OpsContext", "Operations", "reload"]
 
 log = logging.getLogger("sipyard")
 
 MAX_TEXT = 160
 MAX_SUBJECT = 64
 
-
-async def install(app: App) -> None:
-    cfg = app.config
-    path = cfg.server.data_dir / "control.sock"
-    server = ControlServer(path, mode=cfg.control.socket_mode, group=cfg.control.group,
-                           request_timeout=cfg.control.request_timeout)
-    ops = {
-        "status": _status, "registry": _registry, "message": _message, "presence": _presence,
-        "reload": _reload, "level": _level, "runstate": _runstate, "unregister": _unregister,
-        "bans": _bans, "unban": _unban, "stop": _stop,
-    }
-    for name, fn in ops.items():
-        server.register(name, _bind(app, fn))
-    await server.start()
-    app.features["control"] = server
-    app.features["reload"] = lambda: reload(app)
-    # The run state lives in the store; apply it if the config was loaded without it.
-    state = await app.features["store"].get_state("runstate")
-    if state and state != cfg.state:
-        result = await reload(app, state=state)
-        if not result.get("ok"):
-            log.error("run state %s not applied: %s", state, result.get("error"))
-    if cfg.server.metrics:
-        from .metrics import start_metrics
-
-        app.features["metrics"] = await start_metrics(app, cfg.server.metrics)
+#: builds the redirect chain for a config (raises ConfigError), and installs one
+ChainBuilder = Callable[["Config"], Any]
+ChainSwap = Callable[["Config", Any], None]
 
 
-async def uninstall(app: App) -> None:
-    server = app.features.pop("control", None)
-    if server is not None:
-        await server.close()
-    metrics = app.features.pop("metrics", None)
-    if metrics is not None:
-        metrics.close()
+@dataclass(eq=False)
+class OpsContext:
+    """What the control operations read and steer (the app fills it in)."""
+
+    parts: Parts
+    transports: Transports
+    txl: TransactionLayer
+    sender: Sender
+    build_chain: ChainBuilder
+    swap_chain: ChainSwap
+    request_stop: Callable[[], None]
+    now: Callable[[], float]
+    config_path: Path | None = None
+    #: CLI overrides (data_dir, listen) that a reload must apply again
+    load_args: dict[str, Any] = field(default_factory=dict)
+    control: ControlServer | None = None
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-def _bind(app: App, fn: Any) -> Any:
+class Operations:
+    """The control socket's server and its ops (``status``, ``registry``, ``reload`` …)."""
+
+    def __init__(self, ctx: OpsContext) -> None:
+        self.ctx = ctx
+        self.metrics: Any = None
+
+    async def start(self) -> None:
+        ctx = self.ctx
+        cfg = ctx.parts.current.config
+        path = cfg.server.data_dir / "control.sock"
+        server = ControlServer(path, mode=cfg.control.socket_mode, group=cfg.control.group,
+                               request_timeout=cfg.control.request_timeout)
+        ops = {
+            "status": _status, "registry": _registry, "message": _message,
+            "presence": _presence, "reload": _reload, "level": _level, "runstate": _runstate,
+            "unregister": _unregister, "bans": _bans, "unban": _unban, "stop": _stop,
+        }
+        for name, fn in ops.items():
+            server.register(name, _bind(ctx, fn))
+        await server.start()
+        ctx.control = server
+        # The run state lives in the store; apply it if the config was loaded without it.
+        state = await ctx.parts.store.get_state("runstate")
+        if state and state != cfg.state:
+            result = await reload(ctx, state=state)
+            if not result.get("ok"):
+                log.error("run state %s not applied: %s", state, result.get("error"))
+        if cfg.server.metrics:
+            from .metrics import start_metrics
+
+            self.metrics = await start_metrics(ctx, cfg.server.metrics)
+
+    async def close(self) -> None:
+        server, self.ctx.control = self.ctx.control, None
+        if server is not None:
+            await server.close()
+        metrics, self.metrics = self.metrics, None
+        if metrics is not None:
+            metrics.close()
+
+
+def _bind(ctx: OpsContext, fn: Any) -> Any:
     async def handler(req: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        return dict(await fn(app, req, peer))
+        return dict(await fn(ctx, req, peer))
     return handler
 
 
@@ -73,34 +110,34 @@ def _err(msg: str) -> dict[str, Any]:
     return {"ok": False, "error": msg}
 
 
-async def _status(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
-    now = app.now()
-    store = app.features["store"]
+async def _status(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    now = ctx.now()
+    store = ctx.parts.store
     bindings = await store.all(now)
-    redirect = app.features.get("redirect")
-    guard = app.features["guard"]
+    redirect = ctx.parts.current.redirect
+    guard = ctx.parts.guard
     return {
-        "version": __version__, "pid": app.pid, "uptime": round(now - app.stats.started, 1),
-        "realm": app.config.server.realm,
-        "listen": [f"{b.transport}:{b.host}:{b.port}" for b in app.transports.bound],
-        "state": app.config.state, "log_level": logging.getLevelName(
+        "version": __version__, "pid": os.getpid(), "uptime": round(now - ctx.parts.stats.started, 1),
+        "realm": ctx.parts.current.config.server.realm,
+        "listen": [f"{b.transport}:{b.host}:{b.port}" for b in ctx.transports.bound],
+        "state": ctx.parts.current.config.state, "log_level": logging.getLevelName(
             logging.getLogger().getEffectiveLevel()).lower(),
         "bindings": len(bindings), "lines_registered": len({b.aor for b in bindings}),
-        "transactions": len(app.txl),
+        "transactions": len(ctx.txl),
         "suspended": redirect.suspended if redirect is not None else 0,
         "redirect_in_flight": redirect.in_flight if redirect is not None else 0,
         "redirect_storage_slots": redirect.storage_slots if redirect is not None else 0,
-        "requests": dict(app.stats.requests), "responses": dict(app.stats.responses),
+        "requests": dict(ctx.parts.stats.requests), "responses": dict(ctx.parts.stats.responses),
         "auth_failures": guard.total_failures, "bans": len(guard.bans(now)),
-        "hooks": app.features["hooks"].stats(),
-        "tcp_connections": app.transports.connections,
+        "hooks": ctx.parts.hooks.stats(),
+        "tcp_connections": ctx.transports.connections,
     }
 
 
-async def _registry(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
-    cfg = app.config
-    now = app.now()
-    store = app.features["store"]
+async def _registry(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    cfg = ctx.parts.current.config
+    now = ctx.now()
+    store = ctx.parts.store
     want = req.get("line")
     if want is not None:
         want = str(want)
@@ -109,7 +146,7 @@ async def _registry(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]
         numbers = [want]
     else:
         numbers = list(cfg.line_numbers)
-    presence = await _presence_map(app)
+    presence = await _presence_map(ctx)
     lines = []
     for n in numbers:
         lc = cfg.lines[n]
@@ -123,29 +160,29 @@ async def _registry(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]
     return {"lines": lines}
 
 
-async def _presence_map(app: App) -> dict[str, str]:
-    store = app.features["store"]
+async def _presence_map(ctx: OpsContext) -> dict[str, str]:
+    store = ctx.parts.store
     out = {}
-    for n in app.config.line_numbers:
+    for n in ctx.parts.current.config.line_numbers:
         v = await store.get_state(f"presence:{n}")
         if v:
             out[n] = v
     return out
 
 
-async def _presence(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+async def _presence(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
     line = str(req.get("line", ""))
     state = str(req.get("state", ""))
-    if line not in app.config.lines:
+    if line not in ctx.parts.current.config.lines:
         return _err(f"no line {line}")
     if state not in ("here", "away", "dnd"):
         return _err("state must be here, away or dnd")
-    await app.features["store"].set_state(f"presence:{line}", None if state == "here" else state)
+    await ctx.parts.store.set_state(f"presence:{line}", None if state == "here" else state)
     return {"line": line, "state": state}
 
 
-def _targets(app: App, to: str) -> list[str] | str:
-    cfg = app.config
+def _targets(ctx: OpsContext, to: str) -> list[str] | str:
+    cfg = ctx.parts.current.config
     if to == "all":
         return list(cfg.line_numbers)
     if to in cfg.lines:
@@ -156,7 +193,7 @@ def _targets(app: App, to: str) -> list[str] | str:
     return f"no line or group {to}"
 
 
-async def _message(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+async def _message(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
     text = req.get("text")
     if not isinstance(text, str) or not text:
         return _err("text is required")
@@ -165,16 +202,15 @@ async def _message(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
     subject = req.get("subject")
     if subject is not None and (not isinstance(subject, str) or len(subject) > MAX_SUBJECT):
         return _err(f"subject must be at most {MAX_SUBJECT} characters")
-    targets = _targets(app, str(req.get("to", "")))
+    targets = _targets(ctx, str(req.get("to", "")))
     if isinstance(targets, str):
         return _err(targets)
-    from .messaging import send_text
-
     only_registered = req.get("to") == "all"
     # Finish inside the control channel's own deadline, so a phone that never answers is
     # reported as "failed" (408) rather than the whole op as "timed out".
-    timeout = max(0.5, min(32.0, app.config.control.request_timeout - 0.5))
-    results = await send_text(app, targets, text, subject=subject, timeout=timeout)
+    timeout = max(0.5, min(32.0, ctx.parts.current.config.control.request_timeout - 0.5))
+    results = await ctx.sender.send_text(targets, text, subject=subject, timeout=timeout,
+                                         now=ctx.now())
     if only_registered:
         results = [r for r in results if r["status"] != "not registered"] or results
     return {"results": results}
@@ -183,12 +219,9 @@ async def _message(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
 _UNSET: Any = object()
 
 
-def _reload_lock(app: App) -> asyncio.Lock:
+def _reload_lock(ctx: OpsContext) -> asyncio.Lock:
     """One reload at a time: SIGHUP, ``sipyard reload`` and ``runstate`` may race."""
-    lock = app.features.get("reload_lock")
-    if lock is None:
-        lock = app.features["reload_lock"] = asyncio.Lock()
-    return lock
+    return ctx.reload_lock
 
 
 def _state_name(raw: Any) -> str | None:
@@ -198,28 +231,27 @@ def _state_name(raw: Any) -> str | None:
     return None if text.lower() in ("", "none") else text
 
 
-async def reload(app: App, *, state: str | None = _UNSET) -> dict[str, Any]:
+async def reload(ctx: OpsContext, *, state: str | None = _UNSET) -> dict[str, Any]:
     """Re-read every layer and swap atomically, or keep the running config.
 
     ``state`` defaults to the run state recorded in the store. A refusal is
     ``{"ok": false, "error": "reload refused: FILE: KEY: REASON", "file", "key",
     "reason"}`` and changes nothing.
     """
-    async with _reload_lock(app):
-        return await _reload_locked(app, state)
+    async with _reload_lock(ctx):
+        return await _reload_locked(ctx, state)
 
 
-async def _reload_locked(app: App, state: str | None) -> dict[str, Any]:
-    old = app.config
-    args = getattr(app, "load_args", {}) or {}
+async def _reload_locked(ctx: OpsContext, state: str | None) -> dict[str, Any]:
+    old = ctx.parts.current.config
+    args = ctx.load_args
     if state is _UNSET:
-        state = await app.features["store"].get_state("runstate")
-    path = app.config_path or old.path
+        state = await ctx.parts.store.get_state("runstate")
+    path = ctx.config_path or old.path
     try:
         cfg = await asyncio.to_thread(load_config, path, data_dir=args.get("data_dir"),
                                       listen=args.get("listen"), state=state)
-        redirect_build = app.features.get("redirect_build")
-        chain = redirect_build(cfg) if redirect_build is not None else None
+        chain = ctx.build_chain(cfg)
     except ConfigError as exc:
         log.error("reload refused, old config kept: %s", exc)
         reply = _err(f"reload refused: {exc}")
@@ -231,27 +263,22 @@ async def _reload_locked(app: App, state: str | None) -> dict[str, Any]:
         reply.update(file=str(exc.filename or path), key="(file)",
                      reason=exc.strerror or str(exc))
         return reply
-    from .features import reconfigure
-
     notes = _unapplied(old, cfg)
-    app.config = cfg
-    reconfigure(app, cfg)
-    swap = app.features.get("redirect_swap")
-    if swap is not None:
-        swap(cfg, chain)
-    removed = await _drop_removed_lines(app, old, cfg)
+    reconfigure(ctx.parts, cfg)
+    ctx.swap_chain(cfg, chain)
+    removed = await _drop_removed_lines(ctx, old, cfg)
     level = cfg.logging.level.upper()
     logging.getLogger().setLevel(level)
     log.info("config reloaded from %s (run state %s)", ", ".join(map(str, cfg.source_files)),
              cfg.state or "none")
     for note in notes:
         log.warning("reload: %s", note)
-    app.features["hooks"].fire("reload", {"event": "reload", "state": cfg.state or "none",
-                                          "time": iso_time(app.now())})
+    ctx.parts.hooks.fire("reload", {"event": "reload", "state": cfg.state or "none",
+                                          "time": iso_time(ctx.now())})
     if (old.state or None) != (cfg.state or None):
-        app.features["hooks"].fire("state", {"event": "state", "state": cfg.state or "none",
+        ctx.parts.hooks.fire("state", {"event": "state", "state": cfg.state or "none",
                                              "previous": old.state or "none",
-                                             "time": iso_time(app.now())})
+                                             "time": iso_time(ctx.now())})
     return {"files": [str(p) for p in cfg.source_files], "state": cfg.state,
             "removed_lines": removed, "notes": notes}
 
@@ -270,21 +297,21 @@ def _unapplied(old: Any, new: Any) -> list[str]:
     return out
 
 
-async def _drop_removed_lines(app: App, old: Any, new: Any) -> list[str]:
+async def _drop_removed_lines(ctx: OpsContext, old: Any, new: Any) -> list[str]:
     if new.security.open_registration:
         return []
     gone = [n for n in old.lines if n not in new.lines]
-    store = app.features["store"]
+    store = ctx.parts.store
     for n in gone:
         await store.remove_aor(f"sip:{n}@{old.server.realm}")
     return gone
 
 
-async def _reload(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
-    return await reload(app)
+async def _reload(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    return await reload(ctx)
 
 
-async def _level(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+async def _level(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
     level = str(req.get("level", "")).lower()
     if level not in ("debug", "info", "warning", "error"):
         return _err("level must be debug, info, warning or error")
@@ -292,55 +319,55 @@ async def _level(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
     return {"level": level}
 
 
-async def _runstate(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
-    store = app.features["store"]
+async def _runstate(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    store = ctx.parts.store
     if "state" not in req:
         return {"state": await store.get_state("runstate"), "running": True,
-                "active": app.config.state}
+                "active": ctx.parts.current.config.state}
     new = _state_name(req.get("state"))
     # Apply first, record after: a state whose overlay does not load is refused and the
     # store keeps the old one, so the next start does not come up in a broken state.
     # Both under the reload lock, so a concurrent reload cannot read the old state between.
-    async with _reload_lock(app):
-        result = await _reload_locked(app, new)
+    async with _reload_lock(ctx):
+        result = await _reload_locked(ctx, new)
         if not result.get("ok", True):
             return result
         await store.set_state("runstate", new)
-    return {"state": new, "running": True, "active": app.config.state,
+    return {"state": new, "running": True, "active": ctx.parts.current.config.state,
             "files": result.get("files")}
 
 
-async def _unregister(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+async def _unregister(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
     line = str(req.get("line", ""))
-    cfg = app.config
+    cfg = ctx.parts.current.config
     if line not in cfg.lines and not cfg.security.open_registration:
         return _err(f"no line {line}")
-    removed = await app.features["store"].remove_aor(f"sip:{line}@{cfg.server.realm}")
+    removed = await ctx.parts.store.remove_aor(f"sip:{line}@{cfg.server.realm}")
     if removed:
         lc = cfg.lines.get(line)
-        app.features["hooks"].fire("release", {
+        ctx.parts.hooks.fire("release", {
             "event": "release", "line": line, "display": lc.display if lc and lc.display else "",
-            "reason": "removed", "time": iso_time(app.now())})
+            "reason": "removed", "time": iso_time(ctx.now())})
     return {"line": line, "removed": len(removed)}
 
 
-async def _bans(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
-    guard = app.features["guard"]
+async def _bans(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    guard = ctx.parts.guard
     return {"bans": [{"address": b.address, "until": b.until, "failures": b.failures}
-                     for b in guard.bans(app.now())]}
+                     for b in guard.bans(ctx.now())]}
 
 
-async def _unban(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
-    guard = app.features["guard"]
+async def _unban(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    guard = ctx.parts.guard
     addr = str(req.get("address", ""))
     if addr == "all":
         return {"address": addr, "removed": guard.unban_all()}
     return {"address": addr, "removed": guard.unban(addr)}
 
 
-async def _stop(app: App, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
-    server = app.features.get("control")
+async def _stop(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    server = ctx.control
     if server is not None and not server.privileged(peer):
         return _err("permission denied")
-    asyncio.get_running_loop().call_later(0.05, app.request_stop)
+    asyncio.get_running_loop().call_later(0.05, ctx.request_stop)
     return {"stopping": True, "at": time.time()}

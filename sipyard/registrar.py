@@ -42,9 +42,9 @@ from .sip.headers import NameAddr, parse_uint
 from .sip.message import STAR, Request
 from .sip.uri import SipUri, parse_uri
 from .store.base import Binding, LocationStore
-from .transport import Source
+from .sip.source import Source
 
-__all__ = ["Registrar", "Reply", "Reject"]
+__all__ = ["Registrar", "Reply", "Reject", "Plan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +81,47 @@ class _Want:
     binding_id: str
 
 
+class Plan:
+    """A checked REGISTER: the store update to run and how to answer once it ran."""
+
+    __slots__ = ("aor", "line", "fn", "wants", "path", "seen")
+
+    def __init__(self, aor: str, line: str, fn: Fn | None, wants: list[_Want],
+                 path: tuple[str, ...], seen: list[int]) -> None:
+        self.aor = aor
+        self.line = line
+        #: the update for ``store.update``; None for a fetch (no Contact)
+        self.fn = fn
+        self.wants = wants
+        self.path = path
+        #: filled by ``fn`` when it runs: how many bindings the AOR had before
+        self.seen = seen
+
+    def reply(self, after: list[Binding], now: float) -> Reply:
+        """The 200's headers (every binding with its expiry) from the committed bindings."""
+        path = self.path
+        granted = {w.binding_id: w.expires for w in self.wants if w.expires > 0}
+        headers: list[tuple[str, str]] = []
+        ordered = after if len(after) < 2 else sorted(
+            after, key=lambda b: -(b.q if b.q is not None else 1.0))
+        for b in ordered:
+            exp = granted.get(b.binding_id)
+            if exp is None:
+                exp = max(0, math.ceil(b.expires_at - now))
+            if b.q is not None:
+                headers.append(("Contact", f"<{b.contact}>{b.params};q={_fmt_q(b.q)};expires={exp}"))
+            else:
+                headers.append(("Contact", f"<{b.contact}>{b.params};expires={exp}"))
+        for p in path if after else ():
+            headers.append(("Path", p))
+        if path:
+            headers.append(("Supported", "path"))
+        added = tuple(b for b in after if b.binding_id in granted)
+        seen = self.seen
+        before = seen[0] if seen else 0
+        return Reply(200, "OK", tuple(headers), before, len(after), self.aor, self.line, added)
+
+
 class Registrar:
     def __init__(self, config: Any, store: LocationStore) -> None:
         self.config = config
@@ -112,6 +153,21 @@ class Registrar:
         header at fault) and lets :class:`StoreError` through (the caller
         answers 500): a 200 is only built from what the store committed.
         """
+        plan = self.plan(req, line, src, now)
+        if plan.fn is None:
+            after = await self.store.lookup(plan.aor, now)  # a fetch
+            plan.seen.append(len(after))
+        else:
+            after = await self.store.update(plan.aor, now, plan.fn)
+        return plan.reply(after, now)
+
+    def plan(self, req: Request, line: str, src: Source, now: float) -> Plan:
+        """Everything a REGISTER asks, checked, as an update for the store.
+
+        Split from :meth:`register` so a caller can hand ``plan.fn`` to the
+        store without a coroutine (``LocationStore.update_soon``) and build
+        the 200 with :meth:`Plan.reply` once the write committed.
+        """
         cfg = self.config
         srv = cfg.server
         header_exp = _header_expires(req)
@@ -128,41 +184,25 @@ class Registrar:
         path: tuple[str, ...] = ()
         if req.has("path") and "path" in {s.lower() for s in req.get_all("supported")}:
             path = tuple(req.get_all("path"))
-        ua = (req.get("user-agent") or "")[:200]
-
+        ua = req.get("user-agent") or ""
+        if len(ua) > 200:
+            ua = ua[:200]
         seen: list[int] = []  # bindings the update saw: for activate/release
+        fn: Fn | None
         if contacts == STAR:
             if header_exp != 0:
                 raise Reject(400, "Bad Contact header: * requires Expires: 0")
             wants: list[_Want] = []
-            after = await self.store.update(aor, now, _remove_all(call_id, cseq, seen))
+            fn = _remove_all(call_id, cseq, seen)
         else:
             assert not isinstance(contacts, str)
             wants = [self._want(c, header_exp, srv) for c in contacts]
-            if sum(1 for w in wants if w.reg_id is not None) > 1:
+            if len(wants) > 1 and sum(1 for w in wants if w.reg_id is not None) > 1:
                 # RFC 5626 §6: one flow per REGISTER.
                 raise Reject(400, "Bad Contact header: more than one reg-id")
-            if wants:
-                after = await self.store.update(aor, now, _apply(
-                    wants, call_id, cseq, now, src, path, ua, aor, max_contacts, overflow, seen))
-            else:
-                after = await self.store.lookup(aor, now)  # a fetch
-                seen.append(len(after))
-        granted = {w.binding_id: w.expires for w in wants if w.expires > 0}
-        headers: list[tuple[str, str]] = []
-        for b in sorted(after, key=lambda b: -(b.q if b.q is not None else 1.0)):
-            exp = granted.get(b.binding_id)
-            if exp is None:
-                exp = max(0, math.ceil(b.expires_at - now))
-            q = f";q={_fmt_q(b.q)}" if b.q is not None else ""
-            headers.append(("Contact", f"<{b.contact}>{b.params}{q};expires={exp}"))
-        for p in path if after else ():
-            headers.append(("Path", p))
-        if path:
-            headers.append(("Supported", "path"))
-        added = tuple(b for b in after if b.binding_id in granted)
-        before = seen[0] if seen else 0
-        return Reply(200, "OK", tuple(headers), before, len(after), aor, line, added)
+            fn = _apply(wants, call_id, cseq, now, src, path, ua, aor, max_contacts, overflow,
+                        seen) if wants else None
+        return Plan(aor, line, fn, wants, path, seen)
 
     def _want(self, c: NameAddr, header_exp: int | None, srv: Any) -> _Want:
         uri = c.uri

@@ -16,36 +16,15 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from .sip.errors import ParseError
 from .sip.framing import PING, PONG, StreamFramer
+from .sip.source import Listen, Source
 
 __all__ = ["Source", "Listen", "Transports"]
 
 log = logging.getLogger("sipyard.transport")
-
-
-class Source(NamedTuple):
-    """Where a message came from, and so where its answers go."""
-
-    transport: str  # "udp" | "tcp"
-    ip: str
-    port: int
-    conn_id: int | None  # TCP connection id; None for UDP
-    local: tuple[str, int]
-
-    @property
-    def reliable(self) -> bool:
-        return self.transport != "udp"
-
-
-@dataclass(frozen=True, slots=True)
-class Listen:
-    transport: str
-    host: str
-    port: int
 
 
 Handler = Callable[[bytes, Source], None]

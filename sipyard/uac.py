@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable, Sequence
 
 from .sip.message import Response
-from .transport import Source
+from .sip.source import Source
 
 __all__ = ["Uac", "UacResult"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sipyard.app import resume_started
+from sipyard.eager import resume_started
 
 
 async def _started(coro: Any) -> tuple[bool, Any]:

@@ -33,6 +33,7 @@ __all__ = [
     "LocationStore",
     "StoreError",
     "UpdateFn",
+    "UpdateDone",
     "normalize_update",
     "sort_key",
 ]
@@ -78,6 +79,8 @@ def sort_key(b: Binding) -> tuple[float, str]:
 
 
 UpdateFn = Callable[[list[Binding]], tuple[list[Binding], list[str]]]
+#: called with (bindings after, None) once an update committed, or (None, error)
+UpdateDone = Callable[["list[Binding] | None", "BaseException | None"], None]
 
 
 def normalize_update(
@@ -147,6 +150,24 @@ class LocationStore(abc.ABC):
         Returns the AOR's unexpired bindings afterwards. Durable when it
         returns: the caller may send 200 OK.
         """
+
+    def update_soon(self, aor: str, now: float, fn: UpdateFn, done: UpdateDone) -> bool:
+        """Start :meth:`update` without a coroutine, when the backend can.
+
+        Returns False when it cannot right now (the AOR is being written, or
+        the backend needs I/O to read: redis); the caller then awaits
+        :meth:`update`. When True, ``fn`` has run (an exception it raised
+        propagates from here, with nothing written) and ``done(bindings,
+        None)`` is called from the event loop once the write committed — or
+        ``done(None, StoreError)`` when it failed. ``done`` may be called
+        before this returns (nothing to write). This is the registrar's fast
+        lane: no Task, Future or coroutine per REGISTER, same durability.
+        """
+        return False
+
+    def lookup_now(self, aor: str, now: float) -> list[Binding] | None:
+        """:meth:`lookup` without a coroutine when the bindings are in memory, else None."""
+        return None
 
     @abc.abstractmethod
     async def remove_aor(self, aor: str) -> list[Binding]:

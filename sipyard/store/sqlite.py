@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -62,10 +63,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .base import Binding, LocationStore, StoreError, UpdateFn, normalize_update
+from .base import Binding, LocationStore, StoreError, UpdateDone, UpdateFn, normalize_update
 from .cache import BindingCache, KeyedLocks
 
 __all__ = ["SqliteStore", "DB_NAME"]
+
+log = logging.getLogger("sipyard.store")
 
 DB_NAME = "sipyard.db"
 SCHEMA_VERSION = 1
@@ -181,13 +184,16 @@ class _Op:
     ``on_commit(result)`` in the loop, in commit order (never for a failed write)."""
 
     run: Callable[[sqlite3.Connection], Any]
-    future: asyncio.Future[Any]
+    #: the waiting coroutine's future, or None when ``done`` is called instead
+    future: asyncio.Future[Any] | None
     on_commit: Callable[[Any], Any] | None = None
     #: run alone, outside any transaction (close, pragmas)
     alone: bool = False
     #: the AOR lock to release once the outcome is applied (success or not)
     unlock: str | None = None
     outcome: tuple[bool, Any] = field(default=(False, None))
+    #: callback of update_soon: (result, None) or (None, StoreError)
+    done: UpdateDone | None = None
 
 
 _STOP = object()
@@ -478,6 +484,34 @@ class SqliteStore(LocationStore):
         result: list[Binding] = await fut
         return result
 
+    def update_soon(self, aor: str, now: float, fn: UpdateFn, done: UpdateDone) -> bool:
+        if self._writer is None or self._closing:
+            return False  # update() raises the StoreError
+        locks = self._locks
+        if not locks.try_acquire(aor):
+            return False
+        try:
+            current = self._cache.visible(aor, now)
+            puts, removes = normalize_update(aor, fn(list(current)))
+            if not puts and not removes:
+                locks.release(aor)
+                done(current, None)
+                return True
+            rows = [binding_row(b) for b in puts]
+            self._submit(_Op(
+                partial(_write_delta, aor, rows, removes), None,
+                on_commit=partial(self._committed_update, aor, puts, removes, now),
+                unlock=aor, done=done))
+        except BaseException:
+            locks.release(aor)
+            raise
+        return True
+
+    def lookup_now(self, aor: str, now: float) -> list[Binding] | None:
+        if self._writer is None or self._closing:
+            return None
+        return self._cache.visible(aor, now)
+
     def _committed_update(self, aor: str, puts: tuple[Binding, ...],
                           removes: tuple[str, ...], now: float, _: Any) -> list[Binding]:
         self._cache.apply(aor, puts, removes)
@@ -540,14 +574,17 @@ class SqliteStore(LocationStore):
         if op.alone:
             self._flush()
             writer.submit(op)
-            return op.future
+            return op.future  # type: ignore[return-value]  # alone ops always have one
         # Group commit starts in the loop: every write of one loop iteration (all
         # REGISTERs of one burst of datagrams) reaches the writer as one item, so
         # the thread wakes, commits and hands back once per burst, not per write.
-        self._pending.append(op)
-        if len(self._pending) == 1:
+        pending = self._pending
+        pending.append(op)
+        if len(pending) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
-        return op.future
+        elif len(pending) >= MAX_BATCH:
+            self._flush()
+        return op.future  # type: ignore[return-value]  # None only for update_soon
 
     def _flush(self) -> None:
         pending = self._pending
@@ -575,8 +612,18 @@ class SqliteStore(LocationStore):
                     ok, value = False, exc
             if op.unlock is not None:
                 self._locks.release(op.unlock)
+            done = op.done
+            if done is not None:
+                try:
+                    if ok:
+                        done(value, None)
+                    else:
+                        done(None, _store_error(value))
+                except Exception:  # a bug in the caller's callback: the others still run
+                    log.exception("store: update callback failed")
+                continue
             fut = op.future
-            if fut.done():
+            if fut is None or fut.done():
                 continue
             if ok:
                 fut.set_result(value)
