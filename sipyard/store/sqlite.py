@@ -71,7 +71,7 @@ __all__ = ["SqliteStore", "DB_NAME"]
 log = logging.getLogger("sipyard.store")
 
 DB_NAME = "sipyard.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: most operations committed in one transaction (bounds one commit's latency)
 MAX_BATCH = 1024
 
@@ -90,7 +90,9 @@ CREATE TABLE IF NOT EXISTS bindings (
     blobs INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (aor, binding_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS bindings_expires_at ON bindings (expires_at);
+-- no index on expires_at: the cache's expiry wheel finds due bindings, and the
+-- one scan by expires_at happens at open (schema 1 had the index: dropped below)
+DROP INDEX IF EXISTS bindings_expires_at;
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 PRAGMA user_version = {SCHEMA_VERSION};
 """
@@ -405,6 +407,9 @@ class SqliteStore(LocationStore):
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("PRAGMA journal_size_limit=67108864")
+            # One process owns the file while it runs (several workers share redis,
+            # not sqlite): the exclusive lock spares every commit its lock calls.
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(
