@@ -18,16 +18,17 @@ from typing import Any
 from ._text import is_number, norm_host
 
 __all__ = [
-    "ALGORITHMS", "CLI", "CREDENTIAL_KEYS", "Config", "ConfigError", "ControlConfig",
-    "DEFAULT_CHAIN", "FeaturesConfig", "GroupConfig", "HooksConfig", "LineConfig", "Listen",
-    "LoggingConfig", "Network", "Ranges", "RedirectConfig", "RuleConfig", "SecurityConfig",
-    "ServerConfig", "StoreConfig",
+    "ALGORITHMS", "CLI", "DEFAULT_CHAIN", "Config", "ConfigError", "ControlConfig",
+    "FeaturesConfig", "GroupConfig", "HooksConfig", "LineConfig", "Listen", "LoggingConfig",
+    "Network", "Ranges", "RedirectConfig", "RuleConfig", "SecurityConfig", "ServerConfig",
+    "StoreConfig",
 ]
 
 #: Digest algorithm name -> (line key holding its HA1, hex length).
 ALGORITHMS: Mapping[str, tuple[str, int]] = {
     "MD5": ("ha1_md5", 32), "SHA-256": ("ha1_sha256", 64), "SHA-512-256": ("ha1_sha512_256", 64),
 }
+#: Keys of ``[lines.NN]`` that hold a credential (internal to the package).
 CREDENTIAL_KEYS = ("secret", *(key for key, _ in ALGORITHMS.values()))
 DEFAULT_CHAIN = ("registrations", "aliases", "subscribe", "mapping", "fallback", "pickup",
                  "directed_pickup", "join")
