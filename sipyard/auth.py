@@ -25,12 +25,15 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .security import Guard
 from .sip.digest import DigestServer, VerdictStatus, compute_ha1
 from .sip.errors import ParseError
 from .sip.message import Request
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = ["Authenticator", "AuthResult", "load_secret"]
 
@@ -63,13 +66,13 @@ def load_secret(data_dir: Path) -> bytes:
 
 
 class Authenticator:
-    def __init__(self, config: Any, secret: bytes, guard: Guard) -> None:
+    def __init__(self, config: Config, secret: bytes, guard: Guard) -> None:
         self.guard = guard
         self._secret = secret
         self._digest_params: tuple[str, float, tuple[str, ...]] | None = None
         self.configure(config)
 
-    def configure(self, config: Any) -> None:
+    def configure(self, config: Config) -> None:
         srv = config.server
         self.config = config
         self.realm = srv.realm

@@ -20,9 +20,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .config import Config, ConfigError
 
 __all__ = ["main"]
 
@@ -147,14 +150,15 @@ def _fail(args: argparse.Namespace, msg: str, code: int = 1,
     return code
 
 
-def _config_error_fields(exc: Any) -> dict[str, Any]:
+def _config_error_fields(exc: ConfigError) -> dict[str, Any]:
     return {"file": exc.file, "key": exc.key, "reason": exc.reason}
 
 
-def _load(args: argparse.Namespace, **kw: Any) -> Any:
+def _load(args: argparse.Namespace, *, listen: Sequence[str] | None = None,
+          state: str | None = None) -> Config:
     from .config import load_config
 
-    return load_config(args.config, data_dir=args.data, **kw)
+    return load_config(args.config, data_dir=args.data, listen=listen, state=state)
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -297,7 +301,7 @@ def _hostport(host: str, port: int) -> str:
 class _OfflineServices:
     """Enough of the app for redirectors to be built (and rejected) without a server."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
         self.logger = logging.getLogger("sipyard.check")
 
@@ -321,7 +325,7 @@ class _OfflineServices:
         pass
 
 
-def _check_chain(cfg: Any) -> None:
+def _check_chain(cfg: Config) -> None:
     """Build the redirect chain as a reload would: bad rules or names raise ConfigError."""
     from .redirect.loader import build_chain
 
@@ -340,9 +344,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         for f in sorted(cfg.states_dir.glob("*.toml")):
             _check_chain(_load(args, state=f.stem))
             states.append(f.stem)
-    info = {"files": [str(p) for p in cfg.source_files], "lines": len(cfg.lines),
-            "groups": len(cfg.groups), "warnings": list(cfg.warnings), "state": cfg.state,
-            "states": states}
+    info: dict[str, Any] = {
+        "files": [str(p) for p in cfg.source_files], "lines": len(cfg.lines),
+        "groups": len(cfg.groups), "warnings": list(cfg.warnings), "state": cfg.state,
+        "states": states}
     text = f"config ok: {', '.join(info['files'])} ({_n(len(cfg.lines), 'line')}, " \
            f"{_n(len(cfg.groups), 'group')})"
     if states:

@@ -43,11 +43,11 @@ BUILTIN: Final[dict[str, str]] = {
 }
 
 
-def _config_file(config: Any) -> str:
-    return str(getattr(config, "path", "") or "<config>")
+def _config_file(config: Config | None) -> str:
+    return "<config>" if config is None else str(config.path)
 
 
-def redirector_class(name: str, *, config: Any = None, key: str = "redirect.chain"
+def redirector_class(name: str, *, config: Config | None = None, key: str = "redirect.chain"
                      ) -> type[Redirector]:
     """The class for a chain entry; ConfigError when it cannot be found or is not one."""
     file = _config_file(config)

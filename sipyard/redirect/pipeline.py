@@ -136,7 +136,7 @@ class Services(Protocol):
     """
 
     @property
-    def config(self) -> Any: ...
+    def config(self) -> Config: ...
     @property
     def logger(self) -> logging.Logger: ...
 
@@ -150,7 +150,7 @@ class Services(Protocol):
     def unregister_notify(self, call_id: str) -> None: ...
 
 
-def line_aor(config: Any, line: str) -> str:
+def line_aor(config: Config, line: str) -> str:
     """The AOR a line registers under: ``sip:NN@realm``."""
     return f"sip:{line}@{config.server.realm}"
 
@@ -358,10 +358,8 @@ class RedirectServer:
             chain = build_chain(config, services)
         self.chain: tuple[Redirector, ...] = tuple(chain)
         self._index_of = {r.name or type(r).__name__: i for i, r in enumerate(self.chain)}
-        redirect = getattr(config, "redirect", None)
-        self.suspend_timeout = float(getattr(redirect, "suspend_timeout", 30.0))
-        server = getattr(config, "server", None)
-        self._warn_agent = str(getattr(server, "realm", "") or "sipyard")
+        self.suspend_timeout = float(config.redirect.suspend_timeout)
+        self._warn_agent = config.server.realm or "sipyard"
         self._next_seq = seq_start & SEQ_MASK
         self._in_flight: dict[int, _Request] = {}
         self._by_key: dict[Hashable, _Request] = {}

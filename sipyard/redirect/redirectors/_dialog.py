@@ -23,7 +23,7 @@ import secrets
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from sipyard.sip.errors import ParseError
 from sipyard.sip.uri import SipUri, escape, parse_uri
@@ -40,6 +40,9 @@ from ..pipeline import (
     line_aor,
 )
 from .registrations import HNV_SAFE
+
+if TYPE_CHECKING:
+    from sipyard.config import Config
 
 __all__ = ["DialogInfo", "parse_dialog_info", "DialogSearch", "DialogFeature", "MAX_BODY",
            "dialog_contact"]
@@ -266,12 +269,12 @@ class DialogFeature(Redirector):
     require: ClassVar[str] = "replaces"
     early_only: ClassVar[bool] = True
 
-    def __init__(self, config: Any, services: Services) -> None:
+    def __init__(self, config: Config, services: Services) -> None:
         super().__init__(config, services)
         features = config.features
         self.code: str | None = getattr(features, self.feature, None) if self.feature else None
-        self.wait = float(getattr(features, "pickup_wait", 2.0))
-        agent = getattr(features, "pickup_agent", None) or config.server.system
+        self.wait = float(features.pickup_wait)
+        agent = features.pickup_agent or config.server.system
         self.agent = agent if ":" in agent else f"sip:{agent}@{config.server.realm}"
         self._searches: dict[int, DialogSearch] = {}
 

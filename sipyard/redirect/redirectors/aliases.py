@@ -16,9 +16,7 @@ AORs, all with equal preference (the caller forks to them in parallel).
 
 from __future__ import annotations
 
-from typing import Any
-
-from sipyard.config import ConfigError
+from sipyard.config import Config, ConfigError
 from sipyard.sip.errors import ParseError
 from sipyard.sip.uri import SipUri, parse_uri
 
@@ -34,13 +32,13 @@ _Node = tuple[str, str]  # ("user", name) | ("aor", "user@host")
 class Aliases(Redirector):
     name = "aliases"
 
-    def __init__(self, config: Any, services: Services) -> None:
+    def __init__(self, config: Config, services: Services) -> None:
         super().__init__(config, services)
-        self._file = str(getattr(config, "path", "") or "<config>")
+        self._file = str(config.path)
         self._ours = config.is_our_domain
         self._by_user: dict[str, tuple[Contact, ...]] = {}
         self._by_aor: dict[str, tuple[Contact, ...]] = {}
-        for name, targets in (getattr(config, "aliases", None) or {}).items():
+        for name, targets in config.aliases.items():
             key = f"aliases.{name}"
             if isinstance(targets, str):
                 targets = (targets,)
@@ -50,7 +48,7 @@ class Aliases(Redirector):
                 self._by_user[user] = contacts
             else:
                 self._by_aor[f"{user}@{host}"] = contacts
-        for number, group in (getattr(config, "groups", None) or {}).items():
+        for number, group in config.groups.items():
             if group.members and number not in self._by_user:
                 self._by_user[number] = tuple(
                     Contact(line_aor(config, m), source="aliases") for m in group.members)

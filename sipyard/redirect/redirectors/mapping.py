@@ -53,9 +53,10 @@ Contacts (templates)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from sipyard.config import ConfigError
+from sipyard.config import Config, ConfigError, RuleConfig
 
 from ..pipeline import NEEDS_AUTH, ErrorDescriptor, RedirectContext, Redirector, Result, Services
 from ._rules import Rule, RuleError, compile_rule
@@ -72,20 +73,21 @@ class Mapping(Redirector):
     #: Run only while no contact has been found (``fallback``).
     only_when_empty: ClassVar[bool] = False
 
-    def __init__(self, config: Any, services: Services) -> None:
+    def __init__(self, config: Config, services: Services) -> None:
         super().__init__(config, services)
-        zone = str(getattr(config.server, "timezone", "UTC") or "UTC")
-        rules = getattr(config, self.section, None) or ()
+        zone = config.server.timezone or "UTC"
+        # ``config.mapping`` / ``config.fallback``; plain dicts are accepted too (see _compile)
+        rules: Sequence[RuleConfig | dict[str, Any]] = getattr(config, self.section, None) or ()
         self.rules: tuple[Rule, ...] = tuple(
             self._compile(raw, i, zone) for i, raw in enumerate(rules))
         perms: dict[str, set[str]] = {}
-        for number, line in (getattr(config, "lines", None) or {}).items():
-            perms.setdefault(number, set()).update(getattr(line, "permissions", ()))
-        for number, granted in (getattr(config, "permissions", None) or {}).items():
-            perms.setdefault(str(number), set()).update(granted)
+        for number, line in config.lines.items():
+            perms.setdefault(number, set()).update(line.permissions)
+        for number, granted in config.permissions.items():
+            perms.setdefault(number, set()).update(granted)
         self._perms = {n: frozenset(p) for n, p in perms.items()}
 
-    def _compile(self, raw: Any, i: int, zone: str) -> Rule:
+    def _compile(self, raw: RuleConfig | dict[str, Any], i: int, zone: str) -> Rule:
         index = getattr(raw, "index", None)
         if index is None and isinstance(raw, dict):
             index = raw.get("_index", i)
@@ -96,7 +98,7 @@ class Mapping(Redirector):
             if hasattr(raw, "error"):
                 raise raw.error(exc.key, exc.reason) from None
             file = raw.get("_file") if isinstance(raw, dict) else None
-            file = file or str(getattr(self.config, "path", "") or "<config>")
+            file = file or str(self.config.path)
             raise ConfigError(str(file), f"{self.section}[{index}].{exc.key}",
                               exc.reason) from None
 

@@ -45,8 +45,7 @@ class Pickup(DialogFeature):
                 return _NOT_SUBSCRIBE
             contacts = ctx.contacts
             contacts.clear()
-            numbers = getattr(self.config, "line_numbers", None) or tuple(self.config.lines)
-            for number in numbers:
+            for number in self.config.line_numbers:
                 contacts.add(Contact(line_aor(self.config, number), source=self.name))
             contacts.seal(self.name)
             return Result.SUCCESS

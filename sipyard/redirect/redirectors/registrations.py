@@ -9,12 +9,15 @@ Other binding params (``+sip.instance``, ``reg-id``) mean nothing to a caller an
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 from sipyard.sip.uri import escape
 
 from ..contacts import Contact
 from ..pipeline import BindingLike, ErrorDescriptor, RedirectContext, Redirector, Result, Services
+
+if TYPE_CHECKING:
+    from sipyard.config import Config
 
 __all__ = ["Registrations", "with_uri_header"]
 
@@ -34,7 +37,7 @@ def with_uri_header(uri: str, name: str, value: str) -> str:
 class Registrations(Redirector):
     name = "registrations"
 
-    def __init__(self, config: Any, services: Services) -> None:
+    def __init__(self, config: Config, services: Services) -> None:
         super().__init__(config, services)
         # id(binding) -> (binding, contact); holding the binding keeps its id from being reused
         self._cache: dict[int, tuple[BindingLike, Contact]] = {}

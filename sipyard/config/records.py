@@ -1,0 +1,246 @@
+"""The frozen records a validated config is made of, and the error that refuses one.
+
+Why records and not the parsed TOML: the rest of the server reads typed fields that are known
+to be valid (``config.server.realm`` is a non-empty ``str``), and a reload swaps one immutable
+``Config`` for another, so a request in flight never sees half of each. Section records carry
+their defaults as field defaults; ``validate`` reads the key lists and defaults from here, so
+they live in one place.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._text import is_number, norm_host
+
+__all__ = [
+    "ALGORITHMS", "CLI", "DEFAULT_CHAIN", "Config", "ConfigError", "ControlConfig",
+    "FeaturesConfig", "GroupConfig", "HooksConfig", "LineConfig", "Listen", "LoggingConfig",
+    "Network", "Ranges", "RedirectConfig", "RuleConfig", "SecurityConfig", "ServerConfig",
+    "StoreConfig",
+]
+
+#: Digest algorithm name -> (line key holding its HA1, hex length).
+ALGORITHMS: Mapping[str, tuple[str, int]] = {
+    "MD5": ("ha1_md5", 32), "SHA-256": ("ha1_sha256", 64), "SHA-512-256": ("ha1_sha512_256", 64),
+}
+#: Keys of ``[lines.NN]`` that hold a credential (internal to the package).
+CREDENTIAL_KEYS = ("secret", *(key for key, _ in ALGORITHMS.values()))
+DEFAULT_CHAIN = ("registrations", "aliases", "subscribe", "mapping", "fallback", "pickup",
+                 "directed_pickup", "join")
+#: The "file" named by errors in ``--listen`` / ``--state``: they came from no file.
+CLI = "<command line>"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """A config file is unreadable or invalid; ``str()`` is ``"FILE: KEY: REASON"``."""
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        super().__init__(file, key, reason)
+        self.file = file
+        self.key = key
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """One socket to open. ``host`` carries no brackets; ``str()`` gives the spec back."""
+
+    transport: str  # "udp" | "tcp"
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Ranges:
+    """Sorted, merged number ranges; ``"42" in r`` wants a canonical decimal (no leading 0)."""
+
+    spans: tuple[tuple[int, int], ...]
+
+    def __contains__(self, item: object) -> bool:
+        if isinstance(item, str):
+            if not is_number(item):
+                return False
+            n = int(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            n = item
+        else:
+            return False
+        return any(lo <= n <= hi for lo, hi in self.spans)
+
+    def __str__(self) -> str:
+        return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in self.spans)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    realm: str
+    domains: tuple[str, ...]
+    listen: tuple[Listen, ...]
+    data_dir: Path
+    hooks_dir: Path
+    algorithms: tuple[str, ...]
+    extensions: Ranges
+    min_expires: int
+    max_expires: int
+    default_expires: int
+    system: str
+    timezone: str
+    metrics: tuple[str, int] | None
+    max_message_size: int
+    nonce_ttl: int
+    tcp_idle: float
+    server_header: str
+    #: realm + domains, normalised (lower case, no brackets, no trailing dot): for is_our_domain.
+    our_domains: frozenset[str] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    open_registration: bool = False
+    max_auth_failures: int = 20
+    failure_window: int = 60
+    ban_seconds: int = 600
+    allow: tuple[Network, ...] = ()
+    trusted: tuple[Network, ...] = ()
+    register_rate: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: str | None = None
+    synchronous: str = "full"
+
+
+@dataclass(frozen=True, slots=True)
+class HooksConfig:
+    timeout: float = 10.0
+    max_running: int = 4
+    queue: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectConfig:
+    chain: tuple[str, ...] = DEFAULT_CHAIN
+    require_auth: bool = True
+    suspend_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    group: str | None = None
+    socket_mode: int = 0o660
+    request_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class FeaturesConfig:
+    directed_pickup: str | None = "*78"
+    join: str | None = "*79"
+    global_pickup: str | None = None
+    pickup_agent: str | None = None
+    pickup_wait: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class LineConfig:
+    number: str
+    display: str | None
+    secret: str | None = field(repr=False)
+    #: algorithm name ("MD5", …) -> lower-case hex HA1, as configured.
+    ha1: Mapping[str, str] = field(repr=False)
+    #: effective algorithms: the line's or the server's, narrowed to those it can verify.
+    algorithms: tuple[str, ...]
+    max_contacts: int
+    overflow: str
+    type: str
+    #: ``[lines.NN] permissions`` then ``[permissions] NN``, without duplicates.
+    permissions: tuple[str, ...]
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.secret is not None or bool(self.ha1)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    number: str
+    display: str | None
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    """A ``[[mapping]]`` / ``[[fallback]]`` rule, type-checked but not compiled."""
+
+    kind: str  # "mapping" | "fallback"
+    index: int
+    source: str  # the file the rule came from
+    name: str | None
+    hosts: tuple[str, ...]
+    users: tuple[str, ...]
+    permissions: tuple[str, ...]
+    when: tuple[str, ...]
+    timezone: str
+    contacts: tuple[str, ...]
+    raw: Mapping[str, Any] = field(repr=False)
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        """An error for the compiler to raise: ``FILE: mapping[2].users: REASON``."""
+        return ConfigError(self.source, f"{self.kind}[{self.index}].{key}", reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    server: ServerConfig
+    logging: LoggingConfig
+    security: SecurityConfig
+    store: StoreConfig
+    hooks: HooksConfig
+    redirect: RedirectConfig
+    control: ControlConfig
+    features: FeaturesConfig
+    lines: Mapping[str, LineConfig]
+    groups: Mapping[str, GroupConfig]
+    aliases: Mapping[str, tuple[str, ...]]
+    mapping: tuple[RuleConfig, ...]
+    fallback: tuple[RuleConfig, ...]
+    permissions: Mapping[str, tuple[str, ...]]
+    line_numbers: tuple[str, ...]  # numeric order
+    source_files: tuple[Path, ...]  # every file read, in layer order
+    state: str | None  # run state whose overlay was applied
+    warnings: tuple[str, ...]  # "FILE: KEY: note" for things ignored
+
+    def is_our_domain(self, host: str) -> bool:
+        """Whether a Request-URI / To host is served here (realm or one of ``domains``)."""
+        ours = self.server.our_domains
+        return host in ours or norm_host(host) in ours
+
+    def line(self, number: str | int) -> LineConfig | None:
+        return self.lines.get(str(number))
+
+    def group(self, number: str | int) -> GroupConfig | None:
+        return self.groups.get(str(number))
+
+    @property
+    def states_dir(self) -> Path:
+        """Where run-state overlays live (``states/<name>.toml`` beside the main file)."""
+        return self.path.parent / "states"
