@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..eager import resume_started
 from ..sip.errors import ParseError
@@ -45,7 +45,7 @@ def trusted(cfg: Config, ip: str) -> bool:
 class RedirectHandler:
     """Runs the redirector chain and answers 3xx/4xx/5xx (or the server's own OPTIONS)."""
 
-    __slots__ = ("current", "guard", "auth", "stats", "out", "chat")
+    __slots__ = ("current", "guard", "auth", "stats", "out", "chat", "needs_task")
 
     def __init__(self, parts: Parts, out: Responder, chat: ChatHandler) -> None:
         self.current = parts.current
@@ -54,6 +54,8 @@ class RedirectHandler:
         self.stats = parts.stats
         self.out = out
         self.chat = chat
+        #: the store's coroutines must run inside a Task (redis): no eager start
+        self.needs_task = parts.store.needs_task
 
     def handle(self, req: Request, src: Source, tx: ServerTransaction) -> Awaitable[None] | None:
         uri = req.ruri
@@ -81,6 +83,8 @@ class RedirectHandler:
         # Run the chain at once: most requests are answered from memory without
         # waiting, and those need neither a Task nor a 100 Trying timer.
         run = server.redirect(req, caller, key=tx)
+        if self.needs_task:
+            return self._wait(req, src, tx, run, None)
         try:
             pending = run.send(None)
         except StopIteration as stop:
@@ -88,15 +92,16 @@ class RedirectHandler:
             return None
         return self._wait(req, src, tx, run, pending)
 
-    async def _wait(self, req: Request, src: Source, tx: ServerTransaction, run: object,
+    async def _wait(self, req: Request, src: Source, tx: ServerTransaction, run: Any,
                     pending: object) -> None:
+        """Finish a chain that waits (``pending`` is what it yielded; None: not started)."""
         trying = None
         out = self.out
         if req.method == "INVITE":
             # Stop the caller's retransmissions while the chain waits (RFC 3261 §8.2.6.1).
             trying = out.call_later(0.2, lambda: _trying(out, tx, req))
         try:
-            outcome = await resume_started(run, pending)
+            outcome = await (run if pending is None else resume_started(run, pending))
         finally:
             if trying is not None:
                 trying.cancel()
