@@ -29,7 +29,7 @@ from .handlers.chat import ChatHandler
 from .handlers.redirect import CancelHandler, NotifyHandler, RedirectHandler
 from .handlers.register import RegisterHandler
 from .messaging import Sender
-from .ops import OpsContext, Operations, reload
+from .ops import Operations, OpsContext, reload
 from .parts import Parts, build_parts, close_parts, open_parts
 from .redirect.loader import build_chain
 from .redirect.pipeline import RedirectServer

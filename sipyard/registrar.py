@@ -40,9 +40,9 @@ from typing import Any
 from .sip.errors import ParseError
 from .sip.headers import NameAddr, parse_uint
 from .sip.message import STAR, Request
+from .sip.source import Source
 from .sip.uri import SipUri, parse_uri
 from .store.base import Binding, LocationStore
-from .sip.source import Source
 
 __all__ = ["Registrar", "Reply", "Reject", "Plan"]
 

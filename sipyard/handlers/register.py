@@ -10,8 +10,8 @@ being written, or a store that needs I/O (redis), takes the async path.
 from __future__ import annotations
 
 import logging
-from email.utils import formatdate
 from collections.abc import Awaitable
+from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 from ..hooks import iso_time

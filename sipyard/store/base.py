@@ -24,9 +24,9 @@ lives here, so the sqlite and redis backends behave the same:
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from types import TracebackType
+
+from .binding import Binding, UpdateDone, UpdateFn, normalize_update, sort_key
 
 __all__ = [
     "Binding",
@@ -37,77 +37,6 @@ __all__ = [
     "normalize_update",
     "sort_key",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Binding:
-    """One registered contact of an AOR (RFC 3261 §10, RFC 5626 when present).
-
-    Slotted and frozen: a server holds one per registered device in memory
-    (the object is 168 bytes; with its strings and the sqlite cache's index a
-    typical binding costs about 800 bytes, see tests/test_store.py), and the
-    cache hands the same objects to every reader, so they must be immutable.
-    """
-
-    aor: str
-    #: the registrar's identity of the binding within its AOR (instance/reg-id or contact text)
-    binding_id: str
-    #: the contact URI text exactly as received, without the <>
-    contact: str
-    #: header params as written (";+sip.instance=\"<urn:…>\";reg-id=1"), without q/expires
-    params: str
-    q: float | None
-    #: epoch seconds; the binding is gone once ``now >= expires_at``
-    expires_at: float
-    registered_at: float
-    call_id: str
-    cseq: int
-    source_ip: str
-    source_port: int
-    transport: str
-    #: the stream connection the REGISTER came on (RFC 5626 flow), if any
-    conn_id: str | None
-    path: tuple[str, ...]
-    user_agent: str
-    instance: str | None
-    reg_id: int | None
-
-
-def sort_key(b: Binding) -> tuple[float, str]:
-    """The order every backend returns an AOR's bindings in."""
-    return (b.registered_at, b.binding_id)
-
-
-UpdateFn = Callable[[list[Binding]], tuple[list[Binding], list[str]]]
-#: called with (bindings after, None) once an update committed, or (None, error)
-UpdateDone = Callable[["list[Binding] | None", "BaseException | None"], None]
-
-
-def normalize_update(
-    aor: str, result: tuple[Iterable[Binding], Iterable[str]]
-) -> tuple[tuple[Binding, ...], tuple[str, ...]]:
-    """Check and canonicalise what an update ``fn`` returned.
-
-    Returns (puts without duplicate ids, last one wins; ids to remove without
-    duplicates). A put for another AOR or a non-Binding is a caller bug:
-    ``ValueError``/``TypeError`` before anything is written.
-    """
-    puts_in, removes_in = result
-    removes = tuple(dict.fromkeys(removes_in))
-    for rid in removes:
-        if type(rid) is not str:
-            raise TypeError(f"binding id to remove must be str, not {type(rid).__name__}")
-    removed = set(removes)
-    puts: dict[str, Binding] = {}
-    for b in puts_in:
-        if not isinstance(b, Binding):
-            raise TypeError(f"update fn must return Binding objects, not {type(b).__name__}")
-        if b.aor != aor:
-            raise ValueError(f"binding for {b.aor!r} put into AOR {aor!r}")
-        if b.binding_id not in removed:
-            puts.pop(b.binding_id, None)
-            puts[b.binding_id] = b
-    return tuple(puts.values()), removes
 
 
 class StoreError(Exception):
