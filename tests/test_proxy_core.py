@@ -109,7 +109,7 @@ def test_is_our_via() -> None:
 # -- loop detection ----------------------------------------------------------------
 
 def _forwarded(loops: LoopDetector, received: Request, target: str, n: int = 0) -> Request:
-    received = preprocess_routes(received, OURS.is_our_uri)
+    received = preprocess_routes(received, OURS)
     branch = loops.branch(loops.request_hash(received), n)
     fwd = forward_request(received, target=target, via=US.via(branch),
                           max_forwards=next_max_forwards(received))
@@ -141,7 +141,7 @@ def test_request_coming_back_unchanged_is_a_loop() -> None:
     loops = LoopDetector(OURS)
     original = invite("sip:bob@example.com")
     fwd = _forwarded(loops, original, target="sip:bob@example.com")  # e.g. a static route
-    assert not loops.is_loop(preprocess_routes(original, OURS.is_our_uri))
+    assert not loops.is_loop(preprocess_routes(original, OURS))
     back = _via_downstream(fwd)
     assert loops.is_loop(back)
 
@@ -193,7 +193,7 @@ def test_16_12_1_1_basic_trapezoid() -> None:
                 "Contact: <sip:caller@u1.example.com>\n"
                 "Record-Route: <sip:p1.example.com;lr>\nContent-Length: 0\n\n")
     p2 = Interface("p2.domain.com", 5060)
-    fwd = forward_request(preprocess_routes(at_p2, P2.is_our_uri),
+    fwd = forward_request(preprocess_routes(at_p2, P2),
                           target="sip:callee@u2.domain.com", via=p2.via("z9hG4bKp2"),
                           max_forwards=68, record_route=record_route_values(p2, p2))
     assert fwd.request.uri == "sip:callee@u2.domain.com"
@@ -203,11 +203,11 @@ def test_16_12_1_1_basic_trapezoid() -> None:
     # The callee's BYE: route set = the Record-Route in order.
     at_p2_bye = bye("sip:caller@u1.example.com",
                     "<sip:p2.domain.com;lr>,<sip:p1.example.com;lr>")
-    step = next_hop(preprocess_routes(at_p2_bye, P2.is_our_uri))
+    step = next_hop(preprocess_routes(at_p2_bye, P2))
     assert step.request.uri == "sip:caller@u1.example.com"
     assert step.request.get_all("route") == ["<sip:p1.example.com;lr>"]
     assert step.next_hop == "sip:p1.example.com;lr"  # loose: R-URI kept
-    step = next_hop(preprocess_routes(step.request, P1.is_our_uri))
+    step = next_hop(preprocess_routes(step.request, P1))
     assert step.request.get_all("route") == []
     assert step.next_hop == "sip:caller@u1.example.com"
 
@@ -217,11 +217,11 @@ def test_16_12_1_2_traversing_a_strict_routing_proxy() -> None:
     at_p1 = bye("sip:callee@u2.domain.com",
                 "<sip:p1.example.com;lr>,<sip:p2.example.com;lr>,<sip:p3.middle.com>,"
                 "<sip:p4.domain.com;lr>")
-    step = next_hop(preprocess_routes(at_p1, P1.is_our_uri))
+    step = next_hop(preprocess_routes(at_p1, P1))
     assert step.next_hop == "sip:p2.example.com;lr"
     assert step.request.uri == "sip:callee@u2.domain.com"
     p2 = LocalAddresses([Interface("p2.example.com", 5060)])
-    step = next_hop(preprocess_routes(step.request, p2.is_our_uri))
+    step = next_hop(preprocess_routes(step.request, p2))
     # next hop without ;lr: R-URI to the end of the Route set, the strict route into the R-URI
     assert step.request.uri == "sip:p3.middle.com"
     assert step.request.get_all("route") == ["<sip:p4.domain.com;lr>",
@@ -229,7 +229,7 @@ def test_16_12_1_2_traversing_a_strict_routing_proxy() -> None:
     assert step.next_hop == "sip:p3.middle.com"
     # P3, a strict router, sends on: the top Route becomes the R-URI.
     at_p4 = bye("sip:p4.domain.com;lr", "<sip:callee@u2.domain.com>")
-    step = next_hop(preprocess_routes(at_p4, P4.is_our_uri))
+    step = next_hop(preprocess_routes(at_p4, P4))
     # P4 sees its own Record-Route value in the R-URI: the last Route is the real one.
     assert step.request.uri == "sip:callee@u2.domain.com"
     assert step.request.get_all("route") == []
@@ -256,7 +256,7 @@ def test_16_12_1_3_two_namespaces_with_double_record_route() -> None:
     from_u2 = bye("sip:caller@u1.leftprivatespace.com", ",".join(rr))
     from_u1 = bye("sip:callee@u2.rightprivatespace.com", ",".join(reversed(rr)))
     for request in (from_u2, from_u1):
-        step = next_hop(preprocess_routes(request, gateway.is_our_uri))
+        step = next_hop(preprocess_routes(request, gateway))
         assert step.request.get_all("route") == []  # both our values popped
         assert step.next_hop == request.uri
 
@@ -277,7 +277,7 @@ def test_record_route_values() -> None:
 def test_forward_request_builds_the_copy() -> None:
     original = invite(extra="Record-Route: <sip:up.example.com;lr>\nRoute: <sip:192.0.2.1;lr>\n")
     before = original.to_bytes()
-    received = preprocess_routes(original, OURS.is_our_uri)
+    received = preprocess_routes(original, OURS)
     fwd = forward_request(received, target="sip:bob@192.0.2.50:5062", via=US.via("z9hG4bKb.0"),
                           max_forwards=next_max_forwards(received),
                           record_route=record_route_values(US, US),
@@ -563,3 +563,95 @@ def test_max_branches_caps_the_fork() -> None:
     ctx = ResponseContext([Target(f"sip:u{i}@h") for i in range(5)], invite=True,
                           max_branches=3)
     assert len(started(ctx)) == 3
+
+
+def test_request_uri_with_a_user_at_our_address_is_not_a_strict_route() -> None:
+    feature = invite("sip:*97@192.0.2.1", extra="Route: <sip:192.0.2.1;lr>\n")
+    out = preprocess_routes(feature, OURS)
+    assert out.uri == "sip:*97@192.0.2.1" and out.get_all("route") == []
+    assert OURS.is_our_record_route("sip:192.0.2.1:5060;lr")
+    assert not OURS.is_our_record_route("sip:*97@192.0.2.1")
+
+
+# -- a driver: how the async handler is meant to use both layers -----------------------------
+
+def test_driver_loop_end_to_end() -> None:
+    """Fork an INVITE to two phones over UDP: one busy, one answers; fake clock throughout."""
+    from sipyard.sip.client_transaction import (
+        ClientTransactionLayer,
+        PassResponse,
+        Send,
+        Timeout,
+        TransportFailure,
+        Unmatched,
+        build_cancel,
+    )
+    from sipyard.sip.message import build_response
+
+    ctl = ClientTransactionLayer()
+    loops = LoopDetector(OURS)
+    wire: list[tuple[object, bytes]] = []  # what the transport would send
+    upstream: list[int] = []  # statuses sent on the server transaction
+    branch_tx = {}
+    received = preprocess_routes(invite(), OURS)
+    assert check_max_forwards(received) is MaxForwardsVerdict.FORWARD
+    assert not loops.is_loop(received)
+    h = loops.request_hash(received)
+    ctx = ResponseContext([Target(A), Target(B)], invite=True)
+
+    def run(actions: list[ProxyAction], now: float) -> None:
+        for a in actions:
+            if isinstance(a, StartBranch):
+                fwd = forward_request(received, target=a.target.uri,
+                                      via=US.via(loops.branch(h, a.branch_id)),
+                                      max_forwards=next_max_forwards(received),
+                                      record_route=record_route_values(US, US))
+                tx, sends = ctl.start(fwd.request, fwd.next_hop, False, now)
+                tx.user = a.branch_id
+                branch_tx[a.branch_id] = tx
+                tx_actions(list(sends), now)
+            elif isinstance(a, CancelBranch):
+                invite_tx = branch_tx[a.branch_id]
+                cancel = build_cancel(invite_tx.request, a.reason)
+                _tx, sends = ctl.start(cancel, invite_tx.dest, False, now)
+                tx_actions(list(sends), now)
+            elif isinstance(a, AbandonBranch):
+                ctl.terminate(branch_tx[a.branch_id])
+            elif isinstance(a, ForwardResponse):
+                upstream.append(a.response.status)
+            elif isinstance(a, SendFinal):
+                upstream.append(a.status)
+
+    def tx_actions(actions: list[object], now: float) -> None:
+        for t in actions:
+            if isinstance(t, Send):
+                wire.append((t.dest, t.data))
+            elif isinstance(t, PassResponse):
+                if t.tx.method == "INVITE":
+                    assert isinstance(t.tx.user, int)
+                    run(ctx.on_response(t.tx.user, t.response, now), now)
+            elif isinstance(t, Timeout | TransportFailure) and t.tx.method == "INVITE":
+                assert isinstance(t.tx.user, int)
+                run(ctx.on_timeout(t.tx.user, now), now)
+            elif isinstance(t, Unmatched):
+                pass  # a proxy forwards it statelessly by its Via
+
+    def phone_answers(branch_id: int, status: int, now: float, tag: str) -> None:
+        tx = branch_tx[branch_id]
+        data = build_response(tx.request, status, REASONS[status], to_tag=tag)
+        msg = parse_message(data)
+        assert isinstance(msg, Response)
+        tx_actions(list(ctl.receive_response(msg, now)), now)
+
+    run(ctx.start(0.0), 0.0)
+    assert [d for d, _ in wire] == [A, B]
+    phone_answers(0, 180, 0.2, "ta")
+    phone_answers(1, 486, 0.3, "tb")  # B busy: ACKed by its client transaction
+    assert wire[-1][0] == B and wire[-1][1].startswith(b"ACK sip:b@192.0.2.32 SIP/2.0")
+    phone_answers(0, 200, 1.0, "ta")
+    assert upstream == [180, 200]  # the 486 lost to the 2xx and was never sent
+    assert ctx.done
+    run([], 1.0)
+    assert ctl.next_deadline() is not None  # A in Accepted (M), B in Completed (D)
+    tx_actions(list(ctl.handle_timer(40.0)), 40.0)
+    assert len(ctl) == 0

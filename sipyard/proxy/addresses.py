@@ -104,3 +104,16 @@ class LocalAddresses:
         if port is None:
             port = default_port(uri.param("transport") or "udp", uri.scheme.lower() == "sips")
         return self.has(uri.host, port)
+
+    def is_our_record_route(self, uri: str | Uri) -> bool:
+        """Whether ``uri`` is a value we put in Record-Route: ours and without a user part.
+
+        The user part tells it apart from a Request-URI addressed to a user at
+        our address (``sip:*97@192.0.2.1``), which §16.4 must leave alone.
+        """
+        if isinstance(uri, str):
+            try:
+                uri = parse_uri(uri)
+            except ParseError:
+                return False
+        return isinstance(uri, SipUri) and uri.user is None and self.is_our_uri(uri)

@@ -11,7 +11,7 @@ of that header was, so the headers a proxy reads stay near the top (§7.3.1).
 
 The order a stateful proxy applies them::
 
-    req = preprocess_routes(received, ours.is_our_uri)           # §16.4
+    req = preprocess_routes(received, ours)                       # §16.4
     if loops.is_loop(req): 482                                    # §16.3 step 4
     h = loops.request_hash(req)
     for n, target in enumerate(targets):                          # §16.6
@@ -24,14 +24,14 @@ The order a stateful proxy applies them::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from sipyard.sip.headers import parse_name_addr, split_values
 from sipyard.sip.message import Message, Request, Response, canonical_name
 from sipyard.sip.uri import SipUri, parse_uri
 
-from .addresses import Interface
+from .addresses import Interface, LocalAddresses
 
 __all__ = [
     "DIALOG_CREATING",
@@ -99,23 +99,23 @@ def copy_request(req: Request) -> Request:
     return _request(req, req.uri, list(req.headers))
 
 
-def preprocess_routes(req: Request, is_ours: Callable[[str], bool]) -> Request:
+def preprocess_routes(req: Request, ours: LocalAddresses) -> Request:
     """§16.4: undo a strict router's rewrite, then pop the Route values that are ours.
 
-    If the Request-URI is one of our Record-Route values, the previous hop
-    was a strict router (RFC 2543): the real Request-URI is the last Route
-    value, which is removed. Then, if the top Route names us, it is removed;
+    If the Request-URI is one of our Record-Route values (ours, no user part)
+    and there is a Route, the previous hop was a strict router (RFC 2543):
+    the real Request-URI is the last Route value, which is removed. Then, if the top Route names us, it is removed;
     a second one that names us too goes as well (our RFC 5658 double
     Record-Route comes back as two Route values).
     """
     routes = req.get_all("route")
     uri = req.uri
     changed = False
-    if routes and is_ours(uri):
+    if routes and ours.is_our_record_route(uri):
         uri = route_uri(routes.pop())
         changed = True
     for _ in range(2):
-        if routes and is_ours(route_uri(routes[0])):
+        if routes and ours.is_our_uri(route_uri(routes[0])):
             del routes[0]
             changed = True
     if not changed:
