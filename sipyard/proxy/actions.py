@@ -1,0 +1,104 @@
+"""Targets and the actions a response context asks its driver to carry out.
+
+Frozen, slotted records, one module for the layer (DESIGN §9). The context
+decides, the driver (the async proxy handler) executes: it builds and sends
+requests, runs client transactions and answers upstream; the context never
+touches a socket or a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sipyard.sip.message import Response
+
+__all__ = [
+    "Target",
+    "StartBranch",
+    "CancelBranch",
+    "AbandonBranch",
+    "ForwardResponse",
+    "SendFinal",
+    "GiveUp",
+    "ProxyAction",
+    "REASON_COMPLETED_ELSEWHERE",
+]
+
+#: The Reason of the CANCELs a 2xx causes (RFC 3326; what phones show as "answered elsewhere").
+REASON_COMPLETED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One member of the target set (§16.5): a URI to fork to.
+
+    ``q`` orders serial forking (higher first, equal in parallel); ``depth``
+    counts the 3xx recursions that produced it; ``data`` is the driver's own
+    (the binding's Path, flow, received address …), carried untouched and not
+    compared.
+    """
+
+    uri: str
+    q: float = 1.0
+    depth: int = 0
+    data: object = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StartBranch:
+    """Forward the request to ``target`` as branch ``branch_id`` (a new client transaction).
+
+    ``branch_id`` doubles as the per-branch counter of the Via branch
+    (:meth:`~sipyard.proxy.loop.LoopDetector.branch`).
+    """
+
+    branch_id: int
+    target: Target
+
+
+@dataclass(frozen=True, slots=True)
+class CancelBranch:
+    """Send a CANCEL for branch ``branch_id`` (``build_cancel`` of its request, §9.1).
+
+    Only issued once the branch had a provisional response. ``reason`` is
+    the Reason header value, or None.
+    """
+
+    branch_id: int
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AbandonBranch:
+    """The context wants nothing more from ``branch_id``: terminate its client transaction.
+
+    Issued when timer C fires before any provisional, or when a CANCELed
+    branch never answered within the CANCEL guard time.
+    """
+
+    branch_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardResponse:
+    """Send ``response`` upstream on the server transaction; our Via is already removed."""
+
+    branch_id: int
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class SendFinal:
+    """Answer upstream with a response of our own (build it from the original request)."""
+
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """A non-INVITE ended in 408: send nothing (RFC 4320 §4.2), just end the server transaction."""
+
+
+ProxyAction = StartBranch | CancelBranch | AbandonBranch | ForwardResponse | SendFinal | GiveUp
