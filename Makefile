@@ -21,7 +21,7 @@ $(VENV)/.test: $(VENV)/.runtime pyproject.toml
 	$(PIP) install -q -e '.[test,fast,redis,metrics,compile]'
 	@touch $@
 
-CORE_SRC := $(wildcard sipyard/sip/*.py)
+CORE_SRC := $(wildcard sipyard/sip/*.py) sipyard/stats.py sipyard/registrar.py $(wildcard sipyard/store/*.py)
 
 # The SIP core compiled with mypyc (about 1.8x faster); pure Python when that fails.
 $(VENV)/.core: $(VENV)/.runtime $(CORE_SRC) scripts/build_core.py
@@ -62,4 +62,4 @@ bench: $(VENV)/.runtime $(VENV)/.core deps-bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build
-	rm -f sipyard/sip/*.so
+	rm -f sipyard/*.so sipyard/sip/*.so sipyard/store/*.so sipyard/handlers/*.so

@@ -1,4 +1,4 @@
-"""Compile the sans-IO SIP core (sipyard/sip) with mypyc, in place.
+"""Compile the sans-IO SIP core (sipyard/sip) and the REGISTER fast lane with mypyc, in place.
 
     .venv/bin/python scripts/build_core.py [--clean]
 
@@ -19,14 +19,22 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = ROOT / "sipyard" / "sip"
-#: compiled, in dependency order (digest.py and framing.py gain little; they stay Python)
-MODULES = ["_abnf", "errors", "uri", "headers", "message", "validate", "transaction"]
+PKG = ROOT / "sipyard"
+#: compiled, in dependency order: the sans-IO core, then the REGISTER fast lane above it
+#: (digest.py and framing.py gain little; asyncio-heavy modules stay Python)
+MODULES = [
+    "sip/_abnf", "sip/errors", "sip/uri", "sip/headers", "sip/message", "sip/validate",
+    "sip/transaction", "sip/source", "stats", "store/binding", "store/cache", "registrar",
+    "handlers/base", "handlers/register", "handlers/redirect", "handlers/chat", "eager", "app",
+]
+#: directories that may hold compiled modules (sipyard/__init__.py drops stale ones)
+DIRS = ["", "sip", "store", "handlers"]
 
 
 def clean() -> None:
-    for path in CORE.glob("*.so"):
-        path.unlink()
+    for d in DIRS:
+        for path in (PKG / d).glob("*.so"):
+            path.unlink()
     shutil.rmtree(ROOT / "build" / "mypyc-core", ignore_errors=True)
 
 
@@ -38,8 +46,8 @@ def build() -> None:
     clean()
     setup(
         name="sipyard-core",
-        ext_modules=mypycify([f"sipyard/sip/{m}.py" for m in MODULES],
-                             group_name="sipyard.sip._core", opt_level="3"),
+        ext_modules=mypycify([f"sipyard/{m}.py" for m in MODULES],
+                             group_name="sipyard._core", opt_level="3"),
         script_args=["build_ext", "--inplace", "--build-temp", "build/mypyc-core/temp",
                      "--build-lib", "build/mypyc-core/lib", "-q"],
     )

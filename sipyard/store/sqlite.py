@@ -407,9 +407,9 @@ class SqliteStore(LocationStore):
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("PRAGMA journal_size_limit=67108864")
-            # One process owns the file while it runs (several workers share redis,
-            # not sqlite): the exclusive lock spares every commit its lock calls.
-            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            # locking_mode=EXCLUSIVE was measured (0.1 us per binding at 32 writes per
+            # commit, 2 us alone) and left out: it would lock out `sqlite3 .backup` and
+            # any reader of a running server's file.
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(
