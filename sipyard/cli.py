@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, sdnotify
+from .clihelp import VersionAction, add_examples
 
 __all__ = ["main"]
 
@@ -48,8 +49,9 @@ def _common(p: argparse.ArgumentParser, *, json_out: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="sipyard", description="SIP registrar and redirect server")
-    ap.add_argument("--version", action="version", version=f"sipyard {__version__}")
+    ap = _Parser(prog="sipyard", description="SIP registrar and redirect server",
+                 epilog="`sipyard COMMAND --help` shows an example of each command.")
+    ap.add_argument("--version", action=VersionAction)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the server in the foreground")
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address")
     p = sub.add_parser("stop", help="stop the running server")
     _common(p)
+    add_examples(sub)
     return ap
 
 
@@ -241,9 +244,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # place (a config being loaded for the first time is fresh anyway).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     cfg = _load(args, listen=args.listen)
-    level = (args.log_level or cfg.logging.level).upper()
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logsetup import configure
+
+    # Under systemd the journal stamps each line: no timestamps of our own there.
+    configure(args.log_level or cfg.logging.level)
     for w in cfg.warnings:
         logging.getLogger("sipyard").warning("config: %s", w)
     try:
@@ -268,12 +272,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return _fail(args, str(exc) or type(exc).__name__)
         # Signals work from the moment "listening on" is printed (supervisors and tests
         # act on that line).
+        reload = app.features.get("reload")
+        if reload is not None:  # SIGHUP: RELOADING=1 … READY=1 to systemd (see sdnotify)
+            app.features["reload"] = sdnotify.notify_reloads(reload)
         app.install_signals()
         for b in bound:
             print(f"sipyard {__version__} listening on {b.transport}:{_hostport(b.host, b.port)}",
                   flush=True)
+        sdnotify.ready("listening on " + ", ".join(
+            f"{b.transport}:{_hostport(b.host, b.port)}" for b in bound))
         try:
             await app.serve_forever()
+            sdnotify.stopping()
         finally:
             await app.stop()
         return 0
