@@ -30,6 +30,7 @@ repository beside it to take them from.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -41,16 +42,31 @@ from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 from setuptools.dist import Distribution
 
-#: compiled, in dependency order; keep in step with scripts/build_core.py
-MODULES = ["_abnf", "errors", "uri", "headers", "message", "validate", "transaction"]
+
+def _core_modules() -> list[str]:
+    """The modules `scripts/build_core.py` compiles (one list for `make core` and pip)."""
+    path = Path(__file__).resolve().parent / "scripts" / "build_core.py"
+    spec = importlib.util.spec_from_file_location("_sipyard_build_core", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.MODULES)
+
+
+#: compiled, in dependency order
+MODULES = _core_modules()
 GROUP = "sipyard.sip._core"
+
+
+#: the setup.py commands that build something to install; not egg_info/dist_info (metadata),
+#: sdist (would list the generated C files) or editable_wheel/develop (`pip install -e`)
+_BUILDS = {"bdist_wheel", "bdist", "build", "build_ext", "install"}
 
 
 def _wants_compiled() -> bool:
     if os.environ.get("SIPYARD_PURE", "") not in ("", "0"):
         return False
-    # editable_wheel: PEP 660 `pip install -e`; develop: the legacy form of it.
-    return not ({"editable_wheel", "develop"} & set(sys.argv))
+    return bool(_BUILDS & set(sys.argv))
 
 
 def _warn(message: str) -> None:
