@@ -61,5 +61,5 @@ bench: $(VENV)/.runtime $(VENV)/.core deps-bench
 	bench/run.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist sipyard.egg-info
 	rm -f sipyard/sip/*.so
