@@ -33,12 +33,25 @@ def _drop_stale_builds() -> None:
                 so.unlink()
 
 
+_drop_stale_builds()
+
+
 def core_kind() -> str:
-    """``compiled`` when the SIP core runs as mypyc extension modules, else ``pure Python``."""
+    """``"compiled"`` when the SIP core runs as mypyc extension modules, else ``"pure Python"``.
+
+    Why it looks at ``sipyard.sip.message``: the core is compiled as a whole or not at all
+    (setup.py, scripts/build_core.py), and a stale build is dropped at import of
+    ``sipyard.sip``; so the loader of one hot module after that import tells the truth about
+    what is running, which a flag written at build time would not.
+    """
+    from importlib.machinery import ExtensionFileLoader
+
     from .sip import message
 
-    return "compiled" if not message.__file__ or not message.__file__.endswith(".py") \
-        else "pure Python"
+    compiled = isinstance(getattr(message, "__loader__", None), ExtensionFileLoader)
+    return "compiled" if compiled else "pure Python"
 
 
-_drop_stale_builds()
+def version_line() -> str:
+    """What ``sipyard --version`` prints: ``sipyard 0.1.0 (core: compiled)``."""
+    return f"sipyard {__version__} (core: {core_kind()})"

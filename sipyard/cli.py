@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import __version__, sdnotify
+from .clihelp import VersionAction, add_examples
 
 if TYPE_CHECKING:
     from .config import Config, ConfigError
@@ -51,8 +52,9 @@ def _common(p: argparse.ArgumentParser, *, json_out: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="sipyard", description="SIP registrar and redirect server")
-    ap.add_argument("--version", action="version", version=f"sipyard {__version__}")
+    ap = _Parser(prog="sipyard", description="SIP registrar and redirect server",
+                 epilog="`sipyard COMMAND --help` shows an example of each command.")
+    ap.add_argument("--version", action=VersionAction)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the server in the foreground")
@@ -107,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address")
     p = sub.add_parser("stop", help="stop the running server")
     _common(p)
+    add_examples(sub)
     return ap
 
 
@@ -245,9 +248,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # place (a config being loaded for the first time is fresh anyway).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     cfg = _load(args, listen=args.listen)
-    level = (args.log_level or cfg.logging.level).upper()
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logsetup import configure
+
+    # Under systemd the journal stamps each line: no timestamps of our own there.
+    configure(args.log_level or cfg.logging.level)
     for w in cfg.warnings:
         logging.getLogger("sipyard").warning("config: %s", w)
     try:
@@ -276,8 +280,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for b in bound:
             print(f"sipyard {__version__} listening on {b.transport}:{_hostport(b.host, b.port)}",
                   flush=True)
+        sdnotify.ready("listening on " + ", ".join(
+            f"{b.transport}:{_hostport(b.host, b.port)}" for b in bound))
         try:
             await app.serve_forever()
+            sdnotify.stopping()
         finally:
             await app.stop()
         return 0
@@ -391,9 +398,14 @@ def _install_demo_extras(d: Path) -> None:
         (d / "states").mkdir(exist_ok=True)
         for f in states.iterdir():
             (d / "states" / f.name).write_text(f.read_text("utf-8"), encoding="utf-8")
+    if (d / "hooks").exists():
+        return
     repo_hooks = Path(__file__).resolve().parent.parent / "examples" / "hooks"
-    if repo_hooks.is_dir() and not (d / "hooks").exists():
-        shutil.copytree(repo_hooks, d / "hooks")
+    packaged = Path(str(root.joinpath("hooks")))
+    for hooks in (repo_hooks, packaged):  # a checkout, else what pip installed
+        if hooks.is_dir():
+            shutil.copytree(hooks, d / "hooks")
+            break
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:

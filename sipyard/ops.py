@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import __version__, sdnotify
 from .config import ConfigError, load_config
 from .control import ControlServer, Peer
 from .hooks import iso_time
@@ -239,7 +239,8 @@ async def reload(ctx: OpsContext, *, state: str | None = _UNSET) -> dict[str, An
     "reason"}`` and changes nothing.
     """
     async with _reload_lock(ctx):
-        return await _reload_locked(ctx, state)
+        with sdnotify.reloading():  # RELOADING=1 … READY=1 to systemd, however it ends
+            return await _reload_locked(ctx, state)
 
 
 async def _reload_locked(ctx: OpsContext, state: str | None) -> dict[str, Any]:
