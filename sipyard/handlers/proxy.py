@@ -89,6 +89,8 @@ class ProxyHandler:
         self.needs_task = parts.store.needs_task
         #: INVITEs CANCELed while their targets were being looked up (by server tx key)
         self.cancelled: set[object] = set()
+        #: the line of a trusted, unauthenticated caller (its From), for calls and limits
+        self.identity: dict[object, str | None] = {}
 
     # -- entry ----------------------------------------------------------------------
     def handle(self, req: Request, src: Source, tx: ServerTransaction) -> Awaitable[None] | None:
@@ -205,8 +207,10 @@ class ProxyHandler:
             return self._resolve_and_fork(req, received, src, tx, targets, caller, None)
         if method == "INVITE":
             out.respond(tx, req, 100, "Trying")  # at once: the chain or the phones may take a while
-            if self.keeper.at_limit(caller):
-                self._busy(req, tx, caller, None)
+            if caller is None and is_trusted:  # a trusted source's From is believed
+                self.identity[tx.key] = _line_of(self.services, req.from_.uri)
+            if self.keeper.at_limit(caller or self.identity.get(tx.key)):
+                self._busy(req, tx, self.identity.pop(tx.key, caller), None)
                 return None
         server = self.current.redirect
         if server is None:
@@ -263,6 +267,7 @@ class ProxyHandler:
             return None
         uri = req.ruri
         callee = self.services.line_for_uri(uri) if isinstance(uri, SipUri) else None
+        caller = caller or self.identity.pop(tx.key, None)
         if outcome.status != 302:
             out.respond(tx, req, outcome.status, outcome.reason, outcome.headers)
             if req.method == "INVITE":
