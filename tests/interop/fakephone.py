@@ -8,6 +8,7 @@ than a sipp scenario per case.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -93,10 +94,8 @@ class FakePhone:
                                            contact=contact), addr)
 
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.sendto(data, addr)
-        except OSError:
-            pass
 
     def _take(self, msg: str, addr: tuple[str, int]) -> None:
         self.got.append(msg)
