@@ -266,3 +266,27 @@ def test_proxy_auth_407_and_no_open_relay(tmp_path: Path) -> None:
         assert status_of(r) == 403  # unauthenticated, untrusted: not relayed
     finally:
         srv.stop()
+
+
+def test_kill9_during_calls_leaves_every_cdr_line_intact(tmp_path: Path, phones: Any) -> None:
+    srv = Server(write_config(tmp_path / "k9", server={"mode": "proxy"},
+                              security={"trusted": ["127.0.0.0/8"]})).start()
+    busy = phones(final=486, delay=0.0, reason="Busy Here")
+    bind(srv, "11", busy)
+    callers = []
+    for _ in range(40):
+        c = Caller(srv)
+        c.invite("11")
+        callers.append(c)
+    wait_for(lambda: (srv.data / "cdr.jsonl").exists())
+    srv.kill9()
+    lines = (srv.data / "cdr.jsonl").read_text().splitlines()
+    assert lines
+    assert all(json.loads(x)["disposition"] == "busy" for x in lines)  # none torn
+    srv2 = Server(srv.config).start()
+    try:
+        assert (srv.data / "cdr.jsonl").read_text().splitlines()[:len(lines)] == lines
+    finally:
+        srv2.stop()
+        for c in callers:
+            c.close()
