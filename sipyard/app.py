@@ -24,18 +24,21 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .eager import resume_started
+from .forwarder import Forwarder, Wire
 from .handlers.base import Cancel, Handle
+from .handlers.calls import CallKeeper
 from .handlers.chat import ChatHandler
+from .handlers.proxy import ProxyCancelHandler, ProxyHandler
 from .handlers.redirect import CancelHandler, NotifyHandler, RedirectHandler
 from .handlers.register import RegisterHandler
-from .messaging import Sender
+from .messaging import Sender, udp_local
 from .ops import Operations, OpsContext, reload
 from .parts import Parts, build_parts, close_parts, open_parts
 from .redirect.loader import build_chain
 from .redirect.pipeline import RedirectServer
 from .services import NotifyRoutes, RedirectServices
 from .sip.errors import ParseError
-from .sip.message import Limits, Request, build_response, parse_message
+from .sip.message import Limits, Request, Response, build_response, parse_message
 from .sip.source import Listen, Source, bare_host
 from .sip.transaction import Outcome, ServerTransaction, TransactionLayer, make_key
 from .sip.uri import SipUri
@@ -99,6 +102,10 @@ class App:
         self._stopped = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        #: proxy mode (read at start; a reload does not switch modes)
+        self.forwarder: Forwarder | None = None
+        self.proxy: ProxyHandler | None = None
+        self.keeper: CallKeeper | None = None
         self.handlers: dict[str, Handle] = self._dispatch_table()
 
     def _dispatch_table(self) -> dict[str, Handle]:
@@ -111,7 +118,28 @@ class App:
         table["REGISTER"] = RegisterHandler(parts, self).handle
         table["CANCEL"] = CancelHandler(parts, self.txl, self).handle
         table["NOTIFY"] = NotifyHandler(self.routes, self).handle
+        if self.config.server.mode == "proxy":
+            table = self._proxy_table(table, chat)
         return table
+
+    def _proxy_table(self, table: dict[str, Handle], chat: ChatHandler) -> dict[str, Handle]:
+        """Proxy mode: everything but REGISTER goes to the proxy handler (issue #12)."""
+        parts = self.parts
+        pcfg = self.config.proxy
+        self.forwarder = fw = Forwarder(
+            Wire(send=self.transports.send, relay=self.relay, respond=self.respond,
+                 drop=self.drop, clock=self._clock, arm=self._arm_timer,
+                 udp_local=lambda ip: udp_local(self.transports, ip)),
+            timer_c=pcfg.timer_c, group_timeout=pcfg.fork_group_timeout,
+            max_branches=pcfg.max_branches)
+        self.keeper = CallKeeper(parts, self)
+        self.proxy = proxy = ProxyHandler(parts, self, fw, chat, NotifyHandler(self.routes, self),
+                                          self.services, self.sender, self.keeper)
+        out = {m: h for m, h in table.items() if m == "REGISTER"}
+        for m in (*REDIRECTED, "*", "BYE", "ACK", "NOTIFY", "INFO", "UPDATE", "PRACK"):
+            out[m] = proxy.handle
+        out["CANCEL"] = ProxyCancelHandler(parts, self.txl, self, fw, proxy).handle
+        return out
 
     @property
     def config(self) -> Config:
@@ -136,6 +164,8 @@ class App:
         await self.ops.start()
         specs = list(listens) if listens is not None else list(self.config.server.listen)
         bound = await self.transports.start(specs)  # type: ignore[arg-type]
+        if self.forwarder is not None:
+            self.forwarder.set_addresses(bound, self.config.server.our_domains)
         for b in bound:
             log.info("listening on %s %s:%d", b.transport, b.host, b.port)
         _tune_gc()
@@ -144,6 +174,9 @@ class App:
     async def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self.keeper is not None:
+            self.keeper.close()
+            await self.keeper.flush()
         await self.transports.close()
         for task in list(self._tasks):
             task.cancel()
@@ -209,6 +242,30 @@ class App:
         """OPTIONS to the server itself: the keep-alive and capability probe."""
         self.respond(tx, req, 200, "OK", _OPTIONS_HEADERS)
 
+    def _clock(self) -> float:
+        loop = self.loop
+        return loop.time() if loop is not None else time.monotonic()
+
+    def relay(self, tx: ServerTransaction, req: Request, resp: Response) -> None:
+        """Forward a response from downstream on ``tx`` (proxy mode; our Via is already off).
+
+        A 2xx to an INVITE goes upstream even when the transaction no longer
+        takes it (a late 2xx of another branch, §16.7 step 5)."""
+        data = resp.to_bytes()
+        status = resp.status
+        try:
+            self.txl.send_response(tx, status, data, self._clock())
+        except Exception as exc:
+            if not 200 <= status < 300:
+                log.debug("relayed %d dropped: %s", status, exc)
+                return
+        self.transports.send(tx.dest, data)  # type: ignore[arg-type]  # the app stores Sources
+        self.stats.response(status)
+        if status >= 200:
+            self._arm_timer()
+            if reqlog.isEnabledFor(logging.INFO):
+                self._log_request(req, tx.dest, status)  # type: ignore[arg-type]
+
     def respond(self, tx: ServerTransaction, req: Request, status: int, reason: str,
                 headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> None:
         data = build_response(req, status, reason, to_tag=self.new_tag(), headers=headers,
@@ -241,8 +298,15 @@ class App:
             except ParseError:
                 self.stats.dropped += 1
                 return
+            fw = self.forwarder
+            if fw is not None and fw.on_response(msg, src):  # type: ignore[arg-type]
+                return
             if not self.uac.on_response(msg):  # type: ignore[arg-type]
                 self.stats.dropped += 1
+                if fw is not None:
+                    self._log_peer_once(src.ip, "stray-response",
+                                        "dropped response(s) from %s matching no transaction",
+                                        src.ip)
             return
         self._on_request(msg, src)
 
@@ -287,6 +351,8 @@ class App:
         if outcome is not Outcome.NEW or tx is None:
             if outcome is Outcome.RETRANSMISSION and cached is not None:
                 self.transports.send(dest, cached)
+            elif outcome is Outcome.ACK_UNMATCHED and self.proxy is not None:
+                self.proxy.on_ack(req, src)  # the ACK of a 2xx: end to end, along the route set
             return  # ACK absorbed or stray ACK: hop-by-hop, nothing to do
         if method != "ACK" and method != "CANCEL" and req.has("require"):
             bad = unsupported_requires(req, SUPPORTED)
@@ -462,6 +528,10 @@ class App:
     # -- timers ---------------------------------------------------------------------
     def _arm_timer(self) -> None:
         deadline = self.txl.next_deadline()
+        if self.forwarder is not None:
+            other = self.forwarder.next_deadline()
+            if other is not None and (deadline is None or other < deadline):
+                deadline = other
         if deadline is None or self.loop is None:
             return
         if self._timer_at is not None and self._timer_at <= deadline:
@@ -480,6 +550,8 @@ class App:
                 self.transports.send(tx.dest, data)  # type: ignore[arg-type]
             elif tx.method == "INVITE":
                 log.debug("INVITE transaction %s ended without ACK", tx.key.branch)
+        if self.forwarder is not None:
+            self.forwarder.handle_timer(self.loop.time())
         self._arm_timer()
 
 

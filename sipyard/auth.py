@@ -102,26 +102,30 @@ class Authenticator:
             self._ha1[key] = value
         return value
 
-    def challenge_for(self, line: str | None, now: float, stale: bool = False
-                      ) -> tuple[tuple[str, str], ...]:
+    def challenge_for(self, line: str | None, now: float, stale: bool = False, *,
+                      proxy: bool = False) -> tuple[tuple[str, str], ...]:
         algs = None
         cfg_line = self.config.lines.get(line) if line else None
         if cfg_line is not None and cfg_line.algorithms:
             algs = tuple(cfg_line.algorithms)
         values = self.digest.challenge(now, algorithms=algs, stale=stale)
-        return tuple(("WWW-Authenticate", v) for v in values)
+        name = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
+        return tuple((name, v) for v in values)
 
-    def check(self, req: Request, src_ip: str, now: float, *, target_line: str | None = None
-              ) -> AuthResult:
+    def check(self, req: Request, src_ip: str, now: float, *, target_line: str | None = None,
+              proxy: bool = False) -> AuthResult:
         """Authenticate ``req``; on failure the challenge to send (401).
 
         ``target_line`` selects per-line algorithm overrides for the challenge
         (REGISTER's To user); it changes nothing for lines without overrides,
         so the answer for an unknown line equals that of a default line.
         Raises ``ParseError(400, "Bad Authorization header")`` for a Digest
-        header that cannot be parsed (see the module doc).
+        header that cannot be parsed (see the module doc). ``proxy``: a proxy's
+        challenge (RFC 3261 §22.3): credentials come in Proxy-Authorization and
+        the challenge goes out as Proxy-Authenticate (407); nonces, algorithms
+        and bans are the same.
         """
-        values = req.get_lines("authorization")
+        values = req.get_lines("proxy-authorization" if proxy else "authorization")
         verdict = None
         for value in values:
             v = self.digest.verify(value, req.method, now, self._lookup)
@@ -130,7 +134,7 @@ class Authenticator:
             verdict = v
             break
         if verdict is None:
-            return AuthResult(None, self.challenge_for(target_line, now))
+            return AuthResult(None, self.challenge_for(target_line, now, proxy=proxy))
         if verdict.ok and verdict.username in self.config.lines:
             self.guard.success(src_ip)
             return AuthResult(verdict.username)
@@ -141,10 +145,10 @@ class Authenticator:
         if verdict.status in (VerdictStatus.STALE, VerdictStatus.REPLAY):
             # The password was right: a fresh nonce with stale=true lets the client
             # retry silently; a replayed header never authenticates twice.
-            return AuthResult(None, self.challenge_for(target_line, now, stale=True))
+            return AuthResult(None, self.challenge_for(target_line, now, stale=True, proxy=proxy))
         reason = {
             VerdictStatus.INVALID: "wrong-credentials",
             VerdictStatus.UNSUPPORTED: "unsupported-algorithm",
         }.get(verdict.status, verdict.status.value)
         self.guard.failure(src_ip, verdict.username, reason, now)
-        return AuthResult(None, self.challenge_for(target_line, now))
+        return AuthResult(None, self.challenge_for(target_line, now, proxy=proxy))

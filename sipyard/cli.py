@@ -109,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address")
     p = sub.add_parser("stop", help="stop the running server")
     _common(p)
+    p = sub.add_parser("calls", help="calls in flight (proxy mode)")
+    _common(p)
+    p = sub.add_parser("cdr", help="call detail records (proxy mode)")
+    _common(p)
+    p.add_argument("--since", help="only calls started since TIME (ISO 8601, epoch seconds, "
+                   "or an age such as 2h, 30m, 1d)")
+    p.add_argument("--line", help="only calls from or to this line")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many (newest)")
     add_examples(sub)
     return ap
 
@@ -455,6 +463,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"requests     {_kv(r.get('requests', {}))}",
         f"responses    {_kv(r.get('responses', {}))}",
         f"bans         {r.get('bans')}  auth failures {r.get('auth_failures')}",
+        f"mode         {r.get('mode')}  calls {r.get('calls')}  cdr written {r.get('cdr_written')}",
     ])
     return _emit(args, r, text)
 
@@ -615,12 +624,57 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return _emit(args, r, "stopped")
 
 
+def _since(text: str) -> float:
+    """``--since``: epoch seconds, an ISO 8601 time (UTC if no zone) or an age (90s, 2h, 1d)."""
+    t = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if t[-1:] in units and t[:-1].replace(".", "", 1).isdigit():
+            return time.time() - float(t[:-1]) * units[t[-1]]
+        return float(t)
+    except ValueError:
+        pass
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        raise _Failed(f"--since: cannot read {text!r} (ISO time, epoch or 2h/30m/1d)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def cmd_calls(args: argparse.Namespace) -> int:
+    r = _call(args, {"op": "calls"})
+    rows = [[c["caller_line"] or c["caller"], c["callee_line"] or c["target"], c["state"],
+             c["since"] or "", str(c["seconds"])] for c in r.get("calls", [])]
+    text = _table(rows, ["CALLER", "CALLEE", "STATE", "SINCE", "SECONDS"])
+    return _emit(args, r, text or "no calls")
+
+
+def cmd_cdr(args: argparse.Namespace) -> int:
+    req: dict[str, Any] = {"op": "cdr", "limit": args.limit}
+    if args.since:
+        req["since"] = _since(args.since)
+    if args.line:
+        req["line"] = args.line
+    r = _call(args, req)
+    rows = [[c.get("start") or "", c.get("caller_line") or c.get("caller") or "",
+             c.get("callee_line") or c.get("target") or "", c.get("disposition") or "",
+             str(c.get("status") or ""), str(c.get("duration")), str(c.get("billsec")),
+             c.get("hangup") or ""] for c in r.get("cdr", [])]
+    text = _table(rows, ["START", "CALLER", "CALLEE", "DISPOSITION", "STATUS", "DURATION",
+                         "BILLSEC", "HANGUP"])
+    return _emit(args, r, text or "no calls recorded")
+
+
 _COMMANDS = {
     "serve": cmd_serve, "check": cmd_check, "demo-init": cmd_demo_init, "passwd": cmd_passwd,
     "status": cmd_status, "registry": cmd_registry, "message": cmd_message,
     "presence": cmd_presence, "reload": cmd_reload, "level": cmd_level,
     "runstate": cmd_runstate, "unregister": cmd_unregister, "bans": cmd_bans,
-    "unban": cmd_unban, "stop": cmd_stop,
+    "unban": cmd_unban, "stop": cmd_stop, "calls": cmd_calls, "cdr": cmd_cdr,
 }
 
 if __name__ == "__main__":

@@ -90,6 +90,15 @@ EXAMPLES: dict[str, tuple[tuple[str, ...], str]] = {
         "Stops the server (bindings are kept) and returns once it is gone; under systemd use "
         "`systemctl stop sipyard`.",
     ),
+    "calls": (
+        ("sipyard calls", "sipyard calls --json"),
+        "Calls the proxy is carrying now (proxy mode): caller, callee, state and since when.",
+    ),
+    "cdr": (
+        ("sipyard cdr --since 2h", "sipyard cdr --line 10 --since 2026-12-01 --json"),
+        "Finished calls from cdr.jsonl in the data dir, newest last; one JSON object per call "
+        "with --json.",
+    ),
 }
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, sdnotify
+from .calls import read_cdr
 from .config import ConfigError, load_config
 from .control import ControlServer, Peer
 from .hooks import iso_time
@@ -27,7 +28,7 @@ from .transport import Transports
 if TYPE_CHECKING:
     from .config import Config
 
-__all__ = ["OpsContext", "Operations", "reload"]
+__all__ = ["OpsContext", "Operations", "reload", "calls_doc", "cdr_doc"]
 
 log = logging.getLogger("sipyard")
 
@@ -75,6 +76,7 @@ class Operations:
             "status": _status, "registry": _registry, "message": _message,
             "presence": _presence, "reload": _reload, "level": _level, "runstate": _runstate,
             "unregister": _unregister, "bans": _bans, "unban": _unban, "stop": _stop,
+            "calls": _calls, "cdr": _cdr,
         }
         for name, fn in ops.items():
             server.register(name, _bind(ctx, fn))
@@ -131,7 +133,37 @@ async def _status(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str,
         "auth_failures": guard.total_failures, "bans": len(guard.bans(now)),
         "hooks": ctx.parts.hooks.stats(),
         "tcp_connections": ctx.transports.connections,
+        "mode": ctx.parts.current.config.server.mode,
+        "calls": len(ctx.parts.calls), "cdr_written": ctx.parts.cdr.written,
     }
+
+
+def calls_doc(parts: Parts, now: float) -> dict[str, Any]:
+    """``{"calls": [...]}``: the calls in flight (for ``sipyard calls`` and the web page)."""
+    return parts.calls.doc(now)
+
+
+async def cdr_doc(parts: Parts, *, since: float | None = None, line: str | None = None,
+                  limit: int = 1000) -> dict[str, Any]:
+    """``{"cdr": [...]}``: the newest CDRs, oldest first (read in a thread: files may be big)."""
+    data_dir = parts.current.config.server.data_dir
+    records = await asyncio.to_thread(read_cdr, data_dir, since=since, line=line, limit=limit)
+    return {"cdr": records}
+
+
+async def _calls(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    return calls_doc(ctx.parts, ctx.now())
+
+
+async def _cdr(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    since, line, limit = req.get("since"), req.get("line"), req.get("limit", 1000)
+    if since is not None and not isinstance(since, int | float):
+        return _err("since: expected epoch seconds")
+    if line is not None and not isinstance(line, str):
+        return _err("line: expected a line number")
+    if not isinstance(limit, int) or limit < 1:
+        return _err("limit: expected a positive integer")
+    return await cdr_doc(ctx.parts, since=since, line=line, limit=min(limit, 100000))
 
 
 async def _registry(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .auth import Authenticator, load_secret
+from .calls import CallTable, CdrLog
 from .hooks import ChatService, HookRunner
 from .registrar import Registrar
 from .security import Guard
@@ -50,6 +51,9 @@ class Parts:
     registrar: Registrar
     chat: ChatService
     stats: Stats
+    #: calls the proxy routes right now, and the CDR file they end in
+    calls: CallTable
+    cdr: CdrLog
 
 
 def _guard_settings(cfg: Config) -> dict[str, object]:
@@ -75,7 +79,8 @@ def build_parts(cfg: Config) -> Parts:
                                   "SIPYARD_CONTROL": str(data_dir / "control.sock")})
     return Parts(current=Current(cfg), store=store, guard=guard,
                  auth=Authenticator(cfg, load_secret(data_dir), guard), hooks=hooks,
-                 registrar=Registrar(cfg, store), chat=ChatService(hooks), stats=Stats())
+                 registrar=Registrar(cfg, store), chat=ChatService(hooks), stats=Stats(),
+                 calls=CallTable(), cdr=CdrLog(data_dir, cfg.proxy.cdr_max_bytes))
 
 
 async def open_parts(parts: Parts) -> None:
@@ -94,5 +99,6 @@ def reconfigure(parts: Parts, cfg: Config) -> None:
     parts.guard.configure(**_guard_settings(cfg))  # type: ignore[arg-type]
     parts.auth.configure(cfg)
     parts.registrar.config = cfg
+    parts.cdr.max_bytes = cfg.proxy.cdr_max_bytes
     parts.hooks.update(cfg.server.hooks_dir, cfg.hooks.timeout, cfg.hooks.max_running,
                        cfg.hooks.queue)

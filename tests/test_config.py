@@ -579,12 +579,28 @@ def test_demo_config_loads(tmp_path: Path) -> None:
     assert cfg.aliases == {"reception": ("sip:10@sipyard.local",)}
     assert cfg.features.directed_pickup == "*78" and cfg.features.join == "*79"
     assert cfg.mapping == () and cfg.warnings == ()
+    assert s.mode == "proxy"  # a newcomer's phones work whatever their outbound-proxy setting
     text = demo_config_text(passwords)
     assert "# [[mapping]]" in text  # the example rule is there, commented out
     uncommented = "\n".join(line.removeprefix("# ") if line.startswith("# ") and "=" in line
                             or line == "# [[mapping]]" else line for line in text.splitlines())
     rule = tomllib.loads(uncommented)["mapping"][0]
     assert set(rule) <= {"name", "hosts", "users", "permissions", "contacts"}
+
+
+def test_proxy_settings(tmp_path: Path) -> None:
+    cfg = load(tmp_path, BASE)
+    assert cfg.server.mode == "redirect"  # existing configs keep their behaviour
+    p = cfg.proxy
+    assert (p.fork_group_timeout, p.timer_c, p.max_call_seconds) == (20.0, 181.0, 14400.0)
+    assert (p.nat_ping_interval, p.max_branches) == (0.0, 16)
+    cfg = load(tmp_path, BASE + 'mode = "proxy"\n[proxy]\ntimer_c = 200\nmax_branches = 4\n'
+               '[lines.10]\nsecret = "x"\nmax_calls = 1\n')
+    assert cfg.server.mode == "proxy" and cfg.proxy.timer_c == 200.0
+    assert cfg.proxy.max_branches == 4 and cfg.lines["10"].max_calls == 1
+    assert "server.mode" in str(fails(tmp_path, BASE + 'mode = "b2bua"\n'))
+    assert "proxy.timer_c" in str(fails(tmp_path, BASE + "[proxy]\ntimer_c = 60\n"))
+    assert "proxy.nope" in str(fails(tmp_path, BASE + "[proxy]\nnope = 1\n"))
 
 
 def test_demo_config_needs_every_password() -> None:

@@ -42,6 +42,8 @@ Keys (type = default)
   nonce_ttl = 300 -- seconds a digest nonce stays fresh.
   tcp_idle = 300 -- seconds a TCP connection may stay silent before it is closed.
   server_header: str = "sipyard/<version>" -- Server/User-Agent value; "" = send none.
+  mode: "redirect" | "proxy" = "redirect" -- answer requests that need a target with 302
+      (redirect), or fork them to the targets as a stateful proxy, keeping calls and CDRs.
 ``[logging]`` level: str = "info" -- debug, info, warning or error (any case).
 ``[security]``
   open_registration = false -- any user of our domains registers without authentication
@@ -57,6 +59,11 @@ Keys (type = default)
 ``[redirect]`` chain: [str] = registrations, aliases, subscribe, mapping, fallback, pickup,
   directed_pickup, join -- redirectors in order; require_auth = true (callers must
   authenticate); suspend_timeout = 30.0 (s, server-side cap on a suspended request).
+``[proxy]`` (read in proxy mode) fork_group_timeout = 20.0 (s a q-group rings alone before the
+  next lower-q group joins; 0 = only when it ended); timer_c = 181.0 (s, > 180, RFC 3261
+  §16.6); max_call_seconds = 14400.0 (a call without BYE ends "expired"); nat_ping_interval =
+  0.0 (s between OPTIONS pings to bindings behind NAT; 0 = off); max_branches = 16 (forks per
+  request, recursion included); cdr_max_bytes = 16777216 (cdr.jsonl rotates past it).
 ``[control]`` group: str = "" (socket group; "" = the server's); socket_mode = 0o660 (int, or an
   octal string "0660"); request_timeout = 5.0 (s).
 ``[lines.NN]`` (NN in server.extensions) display: str; secret: str, or one or more of ha1_md5
@@ -64,7 +71,8 @@ Keys (type = default)
   open_registration; algorithms: [str] (overrides server.algorithms; narrowed to the algorithms
   the line has a credential for, with a warning); max_contacts = 10; overflow: "replace"
   (drop the oldest binding) | "reject" = "replace"; type: str = "phone" ("phone", "door",
-  "softphone" or free text); permissions: [str] = [] (merged with ``[permissions]``).
+  "softphone" or free text); permissions: [str] = [] (merged with ``[permissions]``);
+  max_calls = 0 (simultaneous calls from or to the line in proxy mode; 0 = unlimited).
 ``[groups.NNN]`` (numeric, >= 100, not a line) display: str; members: [line] = [] (ints or
   strings; every member must be a line).
 ``[aliases]`` NAME = "target" | ["target", …] -- extra user names (not a line or group
@@ -109,6 +117,7 @@ from .records import (
     Listen,
     LoggingConfig,
     Network,
+    ProxyConfig,
     Ranges,
     RedirectConfig,
     RuleConfig,
@@ -121,7 +130,8 @@ from .specs import parse_listen, parse_ranges
 __all__ = [
     "ALGORITHMS", "CLI", "DEFAULT_CHAIN", "DEMO_LINES", "Config", "ConfigError", "ControlConfig",
     "FeaturesConfig", "GroupConfig", "HooksConfig", "LineConfig", "Listen", "LoggingConfig",
-    "Network", "Ranges", "RedirectConfig", "RuleConfig", "SecurityConfig", "ServerConfig",
+    "Network", "ProxyConfig", "Ranges", "RedirectConfig", "RuleConfig", "SecurityConfig",
+    "ServerConfig",
     "StoreConfig", "demo_config_text", "generate_password", "load_config", "parse_listen",
     "parse_ranges", "set_line_credentials",
 ]

@@ -27,7 +27,7 @@ __all__ = ["read_aliases", "read_groups", "read_lines", "read_permissions", "rea
 
 
 _LINE_KEYS = ("display", *CREDENTIAL_KEYS, "algorithms", "max_contacts", "overflow", "type",
-              "permissions")
+              "permissions", "max_calls")
 
 
 def read_lines(ctx: Context, server: ServerConfig,
@@ -79,6 +79,7 @@ def read_lines(ctx: Context, server: ServerConfig,
             overflow=t.choice("overflow", "replace", ("replace", "reject")),
             type=(t.string("type", "phone") or "phone").strip(),
             permissions=tuple(dict.fromkeys(perms)),
+            max_calls=t.integer("max_calls", 0, 0, 100000),
         )
     return out
 

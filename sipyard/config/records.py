@@ -20,7 +20,8 @@ from ._text import is_number, norm_host
 __all__ = [
     "ALGORITHMS", "CLI", "DEFAULT_CHAIN", "Config", "ConfigError", "ControlConfig",
     "FeaturesConfig", "GroupConfig", "HooksConfig", "LineConfig", "Listen", "LoggingConfig",
-    "Network", "Ranges", "RedirectConfig", "RuleConfig", "SecurityConfig", "ServerConfig",
+    "Network", "ProxyConfig", "Ranges", "RedirectConfig", "RuleConfig", "SecurityConfig",
+    "ServerConfig",
     "StoreConfig",
 ]
 
@@ -103,6 +104,8 @@ class ServerConfig:
     nonce_ttl: int
     tcp_idle: float
     server_header: str
+    #: "redirect" (answer 302) or "proxy" (fork to the targets, keep calls and CDRs)
+    mode: str
     #: realm + domains, normalised (lower case, no brackets, no trailing dot): for is_our_domain.
     our_domains: frozenset[str] = field(repr=False)
 
@@ -144,6 +147,24 @@ class RedirectConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """``[proxy]``: only read in ``[server] mode = "proxy"``."""
+
+    #: seconds a q-group rings before the next (lower q) group starts too; 0 = only when done
+    fork_group_timeout: float = 20.0
+    #: RFC 3261 timer C per INVITE branch (> 3 min, §16.6 step 11)
+    timer_c: float = 181.0
+    #: a call whose BYE never comes ends as "expired" after this long (4 h)
+    max_call_seconds: float = 14400.0
+    #: OPTIONS pings to bindings behind NAT every N seconds; 0 = off
+    nat_ping_interval: float = 0.0
+    #: branches one request may fork to, 3xx recursion included
+    max_branches: int = 16
+    #: bytes cdr.jsonl may reach before it is rotated to cdr.jsonl.1
+    cdr_max_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class ControlConfig:
     group: str | None = None
     socket_mode: int = 0o660
@@ -173,6 +194,8 @@ class LineConfig:
     type: str
     #: ``[lines.NN] permissions`` then ``[permissions] NN``, without duplicates.
     permissions: tuple[str, ...]
+    #: simultaneous calls from or to the line in proxy mode; 0 = unlimited
+    max_calls: int = 0
 
     @property
     def has_credentials(self) -> bool:
@@ -216,6 +239,7 @@ class Config:
     store: StoreConfig
     hooks: HooksConfig
     redirect: RedirectConfig
+    proxy: ProxyConfig
     control: ControlConfig
     features: FeaturesConfig
     lines: Mapping[str, LineConfig]

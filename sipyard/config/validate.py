@@ -28,6 +28,7 @@ from .records import (
     Listen,
     LoggingConfig,
     Network,
+    ProxyConfig,
     RedirectConfig,
     SecurityConfig,
     ServerConfig,
@@ -38,7 +39,7 @@ from .tables import Context, Table, fields_of, read_algorithms
 
 __all__ = ["build"]
 
-_TOP = ("server", "logging", "security", "store", "hooks", "redirect", "control", "lines",
+_TOP = ("server", "logging", "security", "store", "hooks", "redirect", "proxy", "control", "lines",
         "groups", "aliases", "mapping", "fallback", "permissions", "features")
 
 
@@ -59,7 +60,7 @@ def build(ctx: Context, layers: list[Path], state: str | None, data_dir: str | P
     return Config(
         path=layers[0], server=server, logging=_logging(ctx),
         security=security, store=_store(ctx), hooks=_hooks(ctx), redirect=_redirect(ctx),
-        control=_control(ctx), features=_features(ctx), lines=lines, groups=groups,
+        proxy=_proxy(ctx), control=_control(ctx), features=_features(ctx), lines=lines, groups=groups,
         aliases=read_aliases(ctx, lines, groups),
         mapping=read_rules(ctx, "mapping", server.timezone),
         fallback=read_rules(ctx, "fallback", server.timezone),
@@ -112,6 +113,7 @@ def _server(ctx: Context, data_dir: str | Path | None,
         nonce_ttl=t.integer("nonce_ttl", 300, 1, 86400),
         tcp_idle=t.number("tcp_idle", 300.0, 0.1, 86400.0),
         server_header="" if header is None else header.strip(),
+        mode=t.choice("mode", "redirect", ("redirect", "proxy")),
         our_domains=ours,
     )
 
@@ -193,6 +195,19 @@ def _redirect(ctx: Context) -> RedirectConfig:
     return RedirectConfig(chain=chain, require_auth=t.boolean("require_auth", d.require_auth),
                           suspend_timeout=t.number("suspend_timeout", d.suspend_timeout,
                                                    0.001, 3600))
+
+
+def _proxy(ctx: Context) -> ProxyConfig:
+    t, d = ctx.table("proxy", fields_of(ProxyConfig)), ProxyConfig()
+    return ProxyConfig(
+        fork_group_timeout=t.number("fork_group_timeout", d.fork_group_timeout, 0.0, 3600),
+        # §16.6 step 11: timer C MUST be greater than 3 minutes
+        timer_c=t.number("timer_c", d.timer_c, 180.001, 86400),
+        max_call_seconds=t.number("max_call_seconds", d.max_call_seconds, 1.0, 30 * 86400),
+        nat_ping_interval=t.number("nat_ping_interval", d.nat_ping_interval, 0.0, 86400),
+        max_branches=t.integer("max_branches", d.max_branches, 1, 256),
+        cdr_max_bytes=t.integer("cdr_max_bytes", d.cdr_max_bytes, 4096),
+    )
 
 
 def _control(ctx: Context) -> ControlConfig:

@@ -56,6 +56,9 @@ class Contact:
     params: Params = ()
     display: str | None = None
     source: str = ""
+    #: the registered binding this target came from (``registrations``), else None: a proxy
+    #: reaches a binding behind NAT at its flow, not at this URI; never compared or sent
+    binding: object = field(default=None, compare=False, repr=False)
     #: header_value() once computed (contacts made from cached bindings are reused).
     _header: str | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -85,7 +88,7 @@ class Contact:
         return cls(na.uri, q, tuple(params), na.display, source)
 
     def with_q(self, q: float | None) -> Contact:
-        return Contact(self.uri, q, self.params, self.display, self.source)
+        return Contact(self.uri, q, self.params, self.display, self.source, self.binding)
 
     @property
     def sort_q(self) -> float:

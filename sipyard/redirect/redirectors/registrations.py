@@ -56,7 +56,7 @@ class Registrations(Redirector):
             uri = b.contact
             if b.path:
                 uri = with_uri_header(uri, "Route", ",".join(b.path))
-            contact = Contact(uri, b.q, source="registrations")
+            contact = Contact(uri, b.q, source="registrations", binding=b)
             if len(cache) >= _CACHE_MAX:
                 cache.clear()
             cache[id(b)] = (b, contact)

@@ -1,0 +1,198 @@
+"""Calls the proxy routes, and the CDR written when each ends.
+
+Why here and not in the proxy handler: the control operations (``sipyard
+calls``, ``sipyard cdr``, ``status``) read the same records, and the per-line
+call limit (``[lines.NN] max_calls``) is a count over them, so the table is
+one of the server's parts. No asyncio and no sockets: the writer's blocking
+work (write + fsync) is done by whoever calls :meth:`CdrLog.write_batch`
+(the app runs it in a worker thread, see :class:`CdrWriter`).
+
+A call starts when an INVITE passed authentication (an INVITE answered by our
+own 407 is not a call), is answered by the first 2xx that goes upstream,
+and ends with a BYE from either side, the caller's CANCEL, a final failure,
+or ``[proxy] max_call_seconds`` without a BYE (``expired``: a phone lost
+power). Its record then goes, as one JSON line, to ``cdr.jsonl`` in the data
+dir — written and fsync'd *before* the ``cdr`` hook runs, so a hook never
+reports a call the file does not have. The file is rotated to
+``cdr.jsonl.1`` when it would pass ``[proxy] cdr_max_bytes``. One ``write()``
+of whole lines on an ``O_APPEND`` file: a ``kill -9`` can lose the lines not
+yet written, never damage one that was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Call", "CallTable", "CdrLog", "disposition_for", "read_cdr", "CDR_FILE"]
+
+CDR_FILE = "cdr.jsonl"
+
+#: final status → disposition (anything else ≥ 300 is "failed")
+_DISPOSITION = {486: "busy", 600: "busy", 603: "busy", 408: "no-answer", 480: "no-answer",
+                487: "no-answer"}
+
+
+def disposition_for(status: int, *, cancelled: bool = False) -> str:
+    """The CDR disposition of a call that ended with ``status`` before an answer."""
+    if 200 <= status < 300:
+        return "answered"
+    if cancelled:
+        return "cancelled"
+    return _DISPOSITION.get(status, "failed")
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One call routed by the proxy (in flight, then its CDR)."""
+
+    call_id: str
+    from_tag: str
+    caller: str  # From URI
+    target: str  # the Request-URI dialled
+    caller_line: str | None
+    start: float
+    callee_line: str | None = None
+    to_tag: str | None = None
+    answered_by: str | None = None  # the Contact of the 2xx
+    answer: float | None = None
+    end: float | None = None
+    state: str = "ringing"  # ringing | answered | ended
+    disposition: str | None = None
+    status: int | None = None
+    reason: str | None = None
+    hangup: str | None = None  # caller | callee | proxy
+    id: str = field(default_factory=lambda: secrets.token_hex(8))
+
+    def cdr(self) -> dict[str, Any]:
+        """The CDR record: JSON line and ``cdr`` hook record alike (None values are kept
+        in JSON as null, and left out of the hook record by the hook runner)."""
+        end = self.end if self.end is not None else self.start
+        billsec = round(end - self.answer, 3) if self.answer is not None else 0.0
+        return {
+            "id": self.id, "call_id": self.call_id, "from_tag": self.from_tag,
+            "to_tag": self.to_tag, "caller": self.caller, "caller_line": self.caller_line,
+            "target": self.target, "callee_line": self.callee_line,
+            "answered_by": self.answered_by, "start": _iso(self.start),
+            "answer": _iso(self.answer), "end": _iso(end), "start_epoch": round(self.start, 3),
+            "duration": round(end - self.start, 3), "billsec": billsec,
+            "disposition": self.disposition, "status": self.status, "reason": self.reason,
+            "hangup": self.hangup,
+        }
+
+    def summary(self, now: float) -> dict[str, Any]:
+        """One row of ``sipyard calls``."""
+        return {"id": self.id, "call_id": self.call_id, "caller": self.caller,
+                "caller_line": self.caller_line, "target": self.target,
+                "callee_line": self.callee_line, "state": self.state,
+                "since": _iso(self.answer if self.answer is not None else self.start),
+                "seconds": round(now - self.start, 1)}
+
+
+class CallTable:
+    """Calls in flight, by (Call-ID, From tag); counts per line for ``max_calls``."""
+
+    def __init__(self) -> None:
+        self._calls: dict[tuple[str, str], Call] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def __iter__(self) -> Iterator[Call]:
+        return iter(list(self._calls.values()))
+
+    def add(self, call: Call) -> None:
+        self._calls[(call.call_id, call.from_tag)] = call
+
+    def get(self, call_id: str, tag: str | None) -> Call | None:
+        return self._calls.get((call_id, tag or ""))
+
+    def find(self, call_id: str, tags: tuple[str | None, ...]) -> Call | None:
+        """The call of an in-dialog request: its From tag is ours or the callee's."""
+        for tag in tags:
+            call = self._calls.get((call_id, tag or ""))
+            if call is not None:
+                return call
+        return None
+
+    def remove(self, call: Call) -> None:
+        if self._calls.get((call.call_id, call.from_tag)) is call:
+            del self._calls[(call.call_id, call.from_tag)]
+
+    def count(self, line: str) -> int:
+        """Calls from or to ``line`` right now (one call between two of its phones is one)."""
+        return sum(1 for c in self._calls.values() if line in (c.caller_line, c.callee_line))
+
+    def expired(self, now: float, max_seconds: float) -> list[Call]:
+        return [c for c in self._calls.values() if now - c.start >= max_seconds]
+
+    def doc(self, now: float) -> dict[str, Any]:
+        return {"calls": [c.summary(now) for c in sorted(self._calls.values(),
+                                                         key=lambda c: c.start)]}
+
+
+class CdrLog:
+    """``cdr.jsonl`` in the data dir: append whole lines, fsync, rotate by size."""
+
+    def __init__(self, data_dir: Path, max_bytes: int = 16 * 1024 * 1024) -> None:
+        self.path = data_dir / CDR_FILE
+        self.max_bytes = max_bytes
+        self.written = 0
+
+    def write_batch(self, records: list[dict[str, Any]]) -> None:
+        """Append ``records`` durably (blocking: write + fsync). Raises OSError."""
+        data = "".join(json.dumps(r, separators=(",", ":"), ensure_ascii=False) + "\n"
+                       for r in records).encode("utf-8", "surrogateescape")
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size and size + len(data) > self.max_bytes:
+            os.replace(self.path, self.path.with_name(CDR_FILE + ".1"))
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.written += len(records)
+
+
+def read_cdr(data_dir: Path, *, since: float | None = None, line: str | None = None,
+             limit: int = 1000) -> list[dict[str, Any]]:
+    """The newest ``limit`` CDRs (rotated file first), filtered; a torn last line is skipped."""
+    out: list[dict[str, Any]] = []
+    for path in (data_dir / (CDR_FILE + ".1"), data_dir / CDR_FILE):
+        try:
+            text = path.read_text("utf-8", "surrogateescape")
+        except FileNotFoundError:
+            continue
+        for raw in text.splitlines():
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(rec, dict):
+                continue
+            if since is not None and float(rec.get("start_epoch") or 0) < since:
+                continue
+            if line is not None and line not in (rec.get("caller_line"), rec.get("callee_line")):
+                continue
+            out.append(rec)
+    return out[-limit:]

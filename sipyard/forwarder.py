@@ -1,0 +1,373 @@
+"""The proxy's engine: runs client transactions and response contexts for the app.
+
+Why apart from the proxy handler: the handler decides *where* a request goes
+(auth, the redirect chain, bindings, NAT) and may wait for that; this part
+only carries the decision out, synchronously, the way
+``tests/test_proxy_core.py::test_driver_loop_end_to_end`` drives the sans-IO
+core — :class:`~sipyard.sip.client_transaction.ClientTransactionLayer` for
+each forwarded copy, one :class:`~sipyard.proxy.context.ResponseContext` per
+proxied request — with the I/O done through the small :class:`Wire` the app
+hands in (send bytes, answer or relay on a server transaction, arm the timer).
+It knows neither the app nor asyncio: its clock is the app's loop time and
+its timer is folded into the app's (``next_deadline`` / ``handle_timer``).
+
+Choices: a response that matches no client transaction is dropped and
+counted (a proxy could relay it by its Via, §16.7 says "statelessly", but a
+stray response is far more often a scanner or a late retransmission than a
+forking proxy downstream); a target whose transport address is unknown
+(a 3xx contact with a host name) counts as a transport error (→ 503 → 500),
+since this engine never blocks on DNS. The Contact of a 1xx/2xx from a phone
+behind NAT gets its ``alias`` here (:mod:`sipyard.nat`), before the context
+sees it, so the caller's in-dialog requests find the callee's flow.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import itertools
+import logging
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from .nat import Flow, alias_contact_value, split_alias
+from .proxy.actions import (
+    AbandonBranch,
+    CancelBranch,
+    ForwardResponse,
+    GiveUp,
+    ProxyAction,
+    SendFinal,
+    StartBranch,
+    Target,
+)
+from .proxy.addresses import Interface, LocalAddresses
+from .proxy.checks import next_max_forwards
+from .proxy.context import ResponseContext
+from .proxy.loop import LoopDetector
+from .proxy.routing import forward_request, record_route_values, route_uri
+from .sip.client_transaction import (
+    Action,
+    ClientTransaction,
+    ClientTransactionLayer,
+    PassResponse,
+    Send,
+    Timeout,
+    TransportFailure,
+    Unmatched,
+    build_cancel,
+)
+from .sip.errors import ParseError
+from .sip.message import Message, Request, Response, canonical_name
+from .sip.source import Listen, Source
+from .sip.transaction import ServerTransaction
+from .sip.uri import SipUri, parse_uri
+
+__all__ = ["Wire", "Hop", "Fork", "Forwarder", "Observer", "uri_dest"]
+
+log = logging.getLogger("sipyard.proxy")
+
+#: called with (fork, status, reason, response or None for our own answer) for each answer
+#: that goes upstream
+Observer = Callable[["Fork", int, str, Response | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """What the engine asks of the app (plain callables: it never sees the app)."""
+
+    send: Callable[[Source, bytes], bool]
+    relay: Callable[[ServerTransaction, Request, Response], None]
+    respond: Callable[[ServerTransaction, Request, int, str, Sequence[tuple[str, str]]], None]
+    drop: Callable[[ServerTransaction], None]
+    clock: Callable[[], float]
+    arm: Callable[[], None]
+    udp_local: Callable[[str], tuple[str, int]]
+
+
+class Hop(NamedTuple):
+    """A target's ``data``: where its copy goes, and a route set in front (a binding's Path)."""
+
+    dest: Source | None
+    route_set: tuple[str, ...] = ()
+
+
+class Fork:
+    """One proxied request: the server transaction, its context and its branches."""
+
+    __slots__ = ("req", "received", "src", "tx", "ctx", "hash", "branches", "observer",
+                 "record_route", "armed")
+
+    def __init__(self, req: Request, received: Request, src: Source, tx: ServerTransaction,
+                 ctx: ResponseContext, request_hash: str, observer: Observer | None,
+                 record_route: bool) -> None:
+        self.req = req  # as received: our answers are built from it
+        self.received = received  # after §16.4: the copies are made from it
+        self.src = src
+        self.tx = tx
+        self.ctx = ctx
+        self.hash = request_hash
+        self.branches: dict[int, ClientTransaction] = {}
+        self.observer = observer
+        self.record_route = record_route
+        self.armed: float | None = None
+
+
+def uri_dest(uri: str, udp_local: Callable[[str], tuple[str, int]]) -> Source | None:
+    """Where a request to ``uri`` goes when its host is an IP literal (else None).
+
+    An ``alias`` parameter (ours, :mod:`sipyard.nat`) wins over host and port.
+    """
+    stripped, flow = split_alias(uri)
+    if flow is not None:
+        return flow_dest(flow, udp_local)
+    try:
+        parsed = parse_uri(uri)
+    except ParseError:
+        return None
+    if not isinstance(parsed, SipUri):
+        return None
+    host = parsed.host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    transport = (parsed.param("transport") or "udp").lower()
+    if parsed.scheme.lower() == "sips" or transport not in ("udp", "tcp"):
+        return None  # no TLS transport in sipyard
+    port = parsed.port or 5060
+    if transport == "udp":
+        return Source("udp", host, port, None, udp_local(host))
+    return Source("tcp", host, port, None, ("", 0))
+
+
+def flow_dest(flow: Flow, udp_local: Callable[[str], tuple[str, int]]) -> Source:
+    if flow.transport == "udp":
+        return Source("udp", flow.ip, flow.port, None, udp_local(flow.ip))
+    return Source("tcp", flow.ip, flow.port, None, ("", 0))
+
+
+def _with_contact(msg: Response, value: str) -> Response:
+    headers: list[tuple[str, str]] = []
+    done = False
+    for n, v in msg.headers:
+        if canonical_name(n) == "contact":
+            if not done:
+                headers.append((n, value))
+                done = True
+            continue
+        headers.append((n, v))
+    return Response(msg.status, msg.reason, msg.version, headers,
+                    [canonical_name(n) for n, _ in headers], msg.body)
+
+
+def contact_aliased(msg: Message, flow: Flow) -> str | None:
+    """The message's single Contact value with an alias added, or None when not needed."""
+    lines = msg.get_lines("contact")
+    if len(lines) != 1:
+        return None
+    return alias_contact_value(lines[0], flow)
+
+
+class Forwarder:
+    """All proxied requests of one server, and their timers."""
+
+    def __init__(self, wire: Wire, *, timer_c: float = 181.0, group_timeout: float | None = 20.0,
+                 max_branches: int = 16) -> None:
+        self.wire = wire
+        self.ctl = ClientTransactionLayer()
+        self.local = LocalAddresses(())
+        self.loops = LoopDetector(self.local, secrets.token_bytes(16))
+        self.timer_c = timer_c
+        self.group_timeout = group_timeout
+        self.max_branches = max_branches
+        self._interfaces: dict[str, Interface] = {}
+        self._forks: dict[object, Fork] = {}
+        self._heap: list[tuple[float, int, Fork]] = []
+        self._seq = itertools.count()
+        self.unmatched = 0
+
+    # -- set-up ------------------------------------------------------------------
+    def configure(self, timer_c: float, group_timeout: float | None, max_branches: int) -> None:
+        self.timer_c, self.group_timeout, self.max_branches = timer_c, group_timeout, max_branches
+
+    def set_addresses(self, bound: Iterable[Listen], aliases: Iterable[str]) -> None:
+        """Our listening sockets (after binding) and the names that mean us."""
+        interfaces = []
+        for b in bound:
+            host = f"[{b.host}]" if ":" in b.host else b.host
+            iface = Interface(host, b.port, b.transport)
+            interfaces.append(iface)
+            self._interfaces.setdefault(b.transport, iface)
+        self.local = LocalAddresses(interfaces, aliases)
+        self.loops = LoopDetector(self.local, self.loops._key)
+
+    def interface(self, transport: str, near: Source | None = None) -> Interface:
+        """Our address for ``transport``; a wildcard bind uses the address ``near`` came to."""
+        iface = self._interfaces.get(transport) or Interface("127.0.0.1", 5060, transport)
+        if iface.host in ("0.0.0.0", "[::]") and near is not None and near.local[0]:
+            local = near.local[0]
+            iface = Interface(f"[{local}]" if ":" in local else local, iface.port, transport)
+        return iface
+
+    @property
+    def active(self) -> int:
+        return len(self._forks)
+
+    # -- starting ------------------------------------------------------------------
+    def fork(self, req: Request, received: Request, src: Source, tx: ServerTransaction,
+             targets: Sequence[Target], *, observer: Observer | None = None,
+             record_route: bool = True) -> Fork:
+        """Proxy ``received`` to ``targets`` and answer on ``tx`` (§16.5-16.10)."""
+        invite = req.method == "INVITE"
+        ctx = ResponseContext(targets, invite=invite, timer_c=self.timer_c,
+                              group_timeout=self.group_timeout or None,
+                              max_branches=self.max_branches)
+        fork = Fork(req, received, src, tx, ctx, self.loops.request_hash(received), observer,
+                    record_route)
+        self._forks[tx.key] = fork
+        now = self.wire.clock()
+        self._run(fork, ctx.start(now), now)
+        return fork
+
+    def cancel(self, tx: ServerTransaction, reason: str | None = None) -> bool:
+        """The caller CANCELed the INVITE of ``tx``; False when it is not being proxied."""
+        fork = self._forks.get(tx.key)
+        if fork is None:
+            return False
+        now = self.wire.clock()
+        self._run(fork, fork.ctx.on_cancel(now, reason), now)
+        return True
+
+    def send_stateless(self, fwd: Request, dest: Source) -> bool:
+        """Send an already-forwarded copy (an ACK for a 2xx: end to end, no transaction)."""
+        return self.wire.send(dest, fwd.to_bytes())
+
+    # -- responses and timers ----------------------------------------------------------
+    def on_response(self, resp: Response, src: Source) -> bool:
+        """A response from downstream; False when no client transaction of ours matches."""
+        if 100 < resp.status < 300:
+            try:
+                method = resp.cseq[1]
+            except ParseError:
+                method = ""
+            if method in ("INVITE", "SUBSCRIBE", "REFER"):
+                value = contact_aliased(resp, Flow(src.transport, src.ip, src.port))
+                if value is not None:
+                    resp = _with_contact(resp, value)
+        now = self.wire.clock()
+        actions = self.ctl.receive_response(resp, now)
+        if len(actions) == 1 and isinstance(actions[0], Unmatched):
+            self.unmatched += 1
+            return False
+        self._tx_actions(actions, now)
+        return True
+
+    def next_deadline(self) -> float | None:
+        best = self.ctl.next_deadline()
+        heap = self._heap
+        while heap and heap[0][2].armed != heap[0][0]:
+            heapq.heappop(heap)  # stale: the fork re-armed or ended
+        if heap and (best is None or heap[0][0] < best):
+            best = heap[0][0]
+        return best
+
+    def handle_timer(self, now: float) -> None:
+        self._tx_actions(self.ctl.handle_timer(now), now)
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, _seq, fork = heapq.heappop(heap)
+            if fork.armed != deadline:
+                continue
+            fork.armed = None
+            self._run(fork, fork.ctx.handle_timer(now), now)
+
+    # -- the driver loop ------------------------------------------------------------------
+    def _tx_actions(self, actions: list[Action], now: float) -> None:
+        for t in actions:
+            if isinstance(t, Send):
+                if not self.wire.send(t.dest, t.data):  # type: ignore[arg-type]
+                    self._tx_actions(self.ctl.transport_error(t.tx, now), now)
+                continue
+            user = t.tx.user if isinstance(t, PassResponse | Timeout | TransportFailure) else None
+            if not isinstance(user, tuple):
+                continue  # a CANCEL's transaction: its 200 means nothing to us
+            fork, bid = user
+            ctx = fork.ctx
+            if isinstance(t, PassResponse):
+                self._run(fork, ctx.on_response(bid, t.response, now), now)
+            elif isinstance(t, Timeout):
+                self._run(fork, ctx.on_timeout(bid, now), now)
+            elif isinstance(t, TransportFailure):
+                self._run(fork, ctx.on_transport_error(bid, now), now)
+
+    def _run(self, fork: Fork, actions: list[ProxyAction], now: float) -> None:
+        wire = self.wire
+        for a in actions:
+            if isinstance(a, StartBranch):
+                self._start_branch(fork, a, now)
+            elif isinstance(a, CancelBranch):
+                branch = fork.branches.get(a.branch_id)
+                if branch is not None:
+                    cancel = build_cancel(branch.request, a.reason)
+                    try:
+                        _tx, sends = self.ctl.start(cancel, branch.dest, branch.reliable, now)
+                    except ValueError:
+                        continue  # a CANCEL for this branch is already under way
+                    self._tx_actions(sends, now)
+            elif isinstance(a, AbandonBranch):
+                branch = fork.branches.get(a.branch_id)
+                if branch is not None:
+                    self.ctl.terminate(branch)
+            elif isinstance(a, ForwardResponse):
+                wire.relay(fork.tx, fork.req, a.response)
+                if fork.observer is not None:
+                    fork.observer(fork, a.response.status, a.response.reason, a.response)
+            elif isinstance(a, SendFinal):
+                wire.respond(fork.tx, fork.req, a.status, a.reason, a.headers)
+                if fork.observer is not None:
+                    fork.observer(fork, a.status, a.reason, None)
+            elif isinstance(a, GiveUp):
+                wire.drop(fork.tx)
+        if fork.ctx.done:
+            if self._forks.get(fork.tx.key) is fork:
+                del self._forks[fork.tx.key]
+            fork.armed = None
+        else:
+            deadline = fork.ctx.next_deadline()
+            if deadline is not None and (fork.armed is None or deadline < fork.armed):
+                fork.armed = deadline
+                heapq.heappush(self._heap, (deadline, next(self._seq), fork))
+        wire.arm()
+
+    def _start_branch(self, fork: Fork, a: StartBranch, now: float) -> None:
+        target = a.target
+        hop = target.data if isinstance(target.data, Hop) else Hop(None)
+        uri, flow = split_alias(target.uri)
+        dest = hop.dest
+        received = fork.received
+        if dest is None:
+            routes = list(hop.route_set) or received.get_all("route")
+            if routes:
+                dest = uri_dest(route_uri(routes[0]), self.wire.udp_local)
+            elif flow is not None:
+                dest = flow_dest(flow, self.wire.udp_local)
+            else:
+                dest = uri_dest(uri, self.wire.udp_local)
+        if dest is None:
+            log.info("proxy: no address for %s; branch %d fails", target.uri, a.branch_id)
+            self._run(fork, fork.ctx.on_transport_error(a.branch_id, now), now)
+            return
+        out = self.interface(dest.transport, fork.src)
+        inbound = self.interface(fork.src.transport, fork.src)
+        rr = record_route_values(inbound, out) if fork.record_route else ()
+        fwd = forward_request(received, target=uri,
+                              via=out.via(LoopDetector.branch(fork.hash, a.branch_id)),
+                              max_forwards=next_max_forwards(received), record_route=rr,
+                              route_set=hop.route_set)
+        tx, sends = self.ctl.start(fwd.request, dest, dest.transport != "udp", now)
+        tx.user = (fork, a.branch_id)
+        fork.branches[a.branch_id] = tx
+        self._tx_actions(sends, now)
