@@ -29,7 +29,7 @@ from .handlers.chat import ChatHandler
 from .handlers.redirect import CancelHandler, NotifyHandler, RedirectHandler
 from .handlers.register import RegisterHandler
 from .messaging import Sender
-from .ops import OpsContext, Operations, reload
+from .ops import Operations, OpsContext, reload
 from .parts import Parts, build_parts, close_parts, open_parts
 from .redirect.loader import build_chain
 from .redirect.pipeline import RedirectServer
@@ -44,6 +44,7 @@ from .stats import KNOWN_METHODS
 from .sweeper import sweep_bindings
 from .transport import Transports
 from .uac import Uac
+from .web.server import Web, start_web
 
 if TYPE_CHECKING:
     from .config import Config
@@ -99,6 +100,8 @@ class App:
         self._stopped = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        #: the status page and /metrics listeners ([web] listen, [server] metrics)
+        self.web: Web | None = None
         self.handlers: dict[str, Handle] = self._dispatch_table()
 
     def _dispatch_table(self) -> dict[str, Handle]:
@@ -134,6 +137,7 @@ class App:
         parts.current.redirect = RedirectServer(self.config, self.services)
         self._sweeper = asyncio.ensure_future(sweep_bindings(parts, self.now))
         await self.ops.start()
+        self.web = await start_web(self.ops.ctx)
         specs = list(listens) if listens is not None else list(self.config.server.listen)
         bound = await self.transports.start(specs)  # type: ignore[arg-type]
         for b in bound:
@@ -147,6 +151,8 @@ class App:
         await self.transports.close()
         for task in list(self._tasks):
             task.cancel()
+        if self.web is not None:
+            await self.web.close()
         await self.ops.close()
         server, self.parts.current.redirect = self.parts.current.redirect, None
         if server is not None:

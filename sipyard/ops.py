@@ -2,6 +2,10 @@
 
 Each op is a small coroutine over the app's parts; replies are plain JSON
 objects whose keys are documented in the README ("JSON output") and kept stable.
+The documents and actions the status page shows and offers too (``status_doc``,
+``registry_doc``, ``bans_doc``, ``runstate_doc``, ``call_docs``, ``unban``,
+``unregister``, ``set_runstate``) are public functions here, so the control
+socket and the web answer with the very same JSON.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from .transport import Transports
 if TYPE_CHECKING:
     from .config import Config
 
-__all__ = ["OpsContext", "Operations", "reload"]
+__all__ = ["OpsContext", "Operations", "reload", "status_doc", "registry_doc", "bans_doc",
+           "runstate_doc", "call_docs", "unban", "unregister", "set_runstate", "CDR_KEEP"]
 
 log = logging.getLogger("sipyard")
 
@@ -63,7 +68,6 @@ class Operations:
 
     def __init__(self, ctx: OpsContext) -> None:
         self.ctx = ctx
-        self.metrics: Any = None
 
     async def start(self) -> None:
         ctx = self.ctx
@@ -86,18 +90,11 @@ class Operations:
             result = await reload(ctx, state=state)
             if not result.get("ok"):
                 log.error("run state %s not applied: %s", state, result.get("error"))
-        if cfg.server.metrics:
-            from .metrics import start_metrics
-
-            self.metrics = await start_metrics(ctx, cfg.server.metrics)
 
     async def close(self) -> None:
         server, self.ctx.control = self.ctx.control, None
         if server is not None:
             await server.close()
-        metrics, self.metrics = self.metrics, None
-        if metrics is not None:
-            metrics.close()
 
 
 def _bind(ctx: OpsContext, fn: Any) -> Any:
@@ -111,6 +108,11 @@ def _err(msg: str) -> dict[str, Any]:
 
 
 async def _status(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    return await status_doc(ctx)
+
+
+async def status_doc(ctx: OpsContext) -> dict[str, Any]:
+    """``sipyard status --json``."""
     now = ctx.now()
     store = ctx.parts.store
     bindings = await store.all(now)
@@ -135,10 +137,14 @@ async def _status(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str,
 
 
 async def _registry(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    return await registry_doc(ctx, req.get("line"))
+
+
+async def registry_doc(ctx: OpsContext, want: Any = None) -> dict[str, Any]:
+    """``sipyard registry [LINE] --json``: every line (or one) with its bindings."""
     cfg = ctx.parts.current.config
     now = ctx.now()
     store = ctx.parts.store
-    want = req.get("line")
     if want is not None:
         want = str(want)
         if want not in cfg.lines:
@@ -290,7 +296,8 @@ def _unapplied(old: Any, new: Any) -> list[str]:
              ("server.data_dir", old.server.data_dir, new.server.data_dir),
              ("server.metrics", old.server.metrics, new.server.metrics),
              ("store", old.store, new.store),
-             ("control", old.control, new.control)]
+             ("control", old.control, new.control),
+             ("web.listen", old.web.listen, new.web.listen)]
     for key, a, b in pairs:
         if a != b:
             out.append(f"{key} changed: takes effect at the next start")
@@ -320,11 +327,21 @@ async def _level(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, 
 
 
 async def _runstate(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
-    store = ctx.parts.store
     if "state" not in req:
-        return {"state": await store.get_state("runstate"), "running": True,
-                "active": ctx.parts.current.config.state}
-    new = _state_name(req.get("state"))
+        return await runstate_doc(ctx)
+    return await set_runstate(ctx, req.get("state"))
+
+
+async def runstate_doc(ctx: OpsContext) -> dict[str, Any]:
+    """``sipyard runstate --json`` while the server runs."""
+    return {"state": await ctx.parts.store.get_state("runstate"), "running": True,
+            "active": ctx.parts.current.config.state}
+
+
+async def set_runstate(ctx: OpsContext, raw: Any) -> dict[str, Any]:
+    """Select a run state (``None``/``"none"``: no overlay); refused when it does not load."""
+    store = ctx.parts.store
+    new = _state_name(raw)
     # Apply first, record after: a state whose overlay does not load is refused and the
     # store keeps the old one, so the next start does not come up in a broken state.
     # Both under the reload lock, so a concurrent reload cannot read the old state between.
@@ -338,7 +355,11 @@ async def _runstate(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[st
 
 
 async def _unregister(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
-    line = str(req.get("line", ""))
+    return await unregister(ctx, str(req.get("line", "")))
+
+
+async def unregister(ctx: OpsContext, line: str) -> dict[str, Any]:
+    """Drop every binding of a line (fires ``release`` when there were any)."""
     cfg = ctx.parts.current.config
     if line not in cfg.lines and not cfg.security.open_registration:
         return _err(f"no line {line}")
@@ -352,14 +373,23 @@ async def _unregister(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[
 
 
 async def _bans(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    return bans_doc(ctx)
+
+
+def bans_doc(ctx: OpsContext) -> dict[str, Any]:
+    """``sipyard bans --json``."""
     guard = ctx.parts.guard
     return {"bans": [{"address": b.address, "until": b.until, "failures": b.failures}
                      for b in guard.bans(ctx.now())]}
 
 
 async def _unban(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    return unban(ctx, str(req.get("address", "")))
+
+
+def unban(ctx: OpsContext, addr: str) -> dict[str, Any]:
+    """Lift one ban, or every ban with ``"all"`` (then ``removed`` is a count)."""
     guard = ctx.parts.guard
-    addr = str(req.get("address", ""))
     if addr == "all":
         return {"address": addr, "removed": guard.unban_all()}
     return {"address": addr, "removed": guard.unban(addr)}
@@ -371,3 +401,30 @@ async def _stop(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, A
         return _err("permission denied")
     asyncio.get_running_loop().call_later(0.05, ctx.request_stop)
     return {"stopping": True, "at": time.time()}
+
+
+#: at most this many finished calls are kept for ``call_docs``'s ``cdr`` list
+CDR_KEEP = 50
+
+
+async def call_docs(ctx: OpsContext) -> dict[str, list[dict[str, Any]]]:
+    """Active calls, the last CDRs and the trunks: the status page's "Calls", "Recent
+    calls" and "Trunks" sections and the ``sipyard_calls`` metric read them here only.
+
+    NOT YET FED: sipyard is a redirect server today and sees no calls; the proxy mode and
+    the CDR records are being built elsewhere. When they land, fill the three lists from
+    them here (newest CDR first, at most ``CDR_KEEP``) and every reader follows. Shapes
+    (times are epoch seconds, durations seconds, ``None`` when not reached)::
+
+        {"calls":  [{"id", "from", "to", "from_line", "to_line", "state"
+                     ("trying" | "ringing" | "answered" | "held"), "started",
+                     "answered", "duration"}],
+         "cdr":    [{"id", "from", "to", "from_line", "to_line", "started", "answered",
+                     "ended", "duration", "status" (final SIP code, int), "reason"
+                     ("answered" | "busy" | "no answer" | "cancelled" | "failed")}],
+         "trunks": [{"name", "registrar", "state" ("registered" | "failed" |
+                     "disabled"), "expires_in", "last_error"}]}
+
+    Every string in them may come from the network: readers escape them.
+    """
+    return {"calls": [], "cdr": [], "trunks": []}

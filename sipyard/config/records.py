@@ -21,7 +21,7 @@ __all__ = [
     "ALGORITHMS", "CLI", "DEFAULT_CHAIN", "Config", "ConfigError", "ControlConfig",
     "FeaturesConfig", "GroupConfig", "HooksConfig", "LineConfig", "Listen", "LoggingConfig",
     "Network", "Ranges", "RedirectConfig", "RuleConfig", "SecurityConfig", "ServerConfig",
-    "StoreConfig",
+    "StoreConfig", "WebConfig",
 ]
 
 #: Digest algorithm name -> (line key holding its HA1, hex length).
@@ -151,6 +151,16 @@ class ControlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The status page. Off unless ``listen`` is set; without a ``token`` only loopback
+    clients may read it, and ``actions`` (unban, unregister, run state) need the token."""
+
+    listen: tuple[str, int] | None = None
+    token: str | None = field(default=None, repr=False)
+    actions: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class FeaturesConfig:
     directed_pickup: str | None = "*78"
     join: str | None = "*79"
@@ -218,6 +228,7 @@ class Config:
     redirect: RedirectConfig
     control: ControlConfig
     features: FeaturesConfig
+    web: WebConfig
     lines: Mapping[str, LineConfig]
     groups: Mapping[str, GroupConfig]
     aliases: Mapping[str, tuple[str, ...]]
