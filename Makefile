@@ -40,7 +40,7 @@ serve: $(VENV)/.runtime $(VENV)/.core
 	$(VENV)/bin/sipyard serve -c $(DEMO)/sipyard.toml
 
 deps-test:
-	@scripts/apt-install.sh sip-tester sipsak redis-server baresip-core sipvicious procps
+	@scripts/apt-install.sh sip-tester sipsak redis-server baresip-core sipvicious procps chromium
 
 ## make test: install what the tests need (pip + Debian packages) and run the whole suite
 test: $(VENV)/.test $(VENV)/.core deps-test

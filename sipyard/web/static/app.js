@@ -132,7 +132,7 @@
         el("td", "num line", line.line),
         el("td", null, line.display || "", line.type && line.type !== "phone"
           ? el("span", "sub", line.type) : null),
-        el("td", null, badge(line.presence, line.presence)),
+        el("td", null, idle ? badge(line.presence, "idle") : badge(line.presence, line.presence)),
       ];
       for (const td of head) td.rowSpan = span;
       const act = el("td", "act");
@@ -293,6 +293,13 @@
       r += `${i ? "L" : "M"}${x(t).toFixed(1)},${(yBot + panelH * (1 - h.registers[i] / yR)).toFixed(1)}`;
     });
     root.appendChild(svg("path", { d: r, class: "registers" }));
+    // the latest values, at the right edge of each panel
+    const n = h.t.length - 1, xe = x(t1);
+    const yb = yTop + panelH * (1 - h.bindings[n] / yB);
+    root.appendChild(svg("circle", { cx: xe, cy: yb, r: 3.5, class: "dot" }));
+    root.appendChild(svg("text", { x: xe + 8, y: yb + 4, class: "last" }, String(h.bindings[n])));
+    const yr = yBot + panelH * (1 - h.requests[n] / yR);
+    root.appendChild(svg("text", { x: xe + 8, y: yr + 4, class: "last" }, String(h.requests[n])));
     // time axis: a label every 1, 3 or 6 hours (or every 15 min for the first hour)
     const every = span <= 3600 ? 900 : span <= 6 * 3600 ? 3600 : span <= 12 * 3600 ? 3 * 3600 : 6 * 3600;
     for (let t = Math.ceil(t0 / every) * every; t <= t1; t += every) {
