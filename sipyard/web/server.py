@@ -35,7 +35,7 @@ from ..ops import (
     unban,
     unregister,
 )
-from .access import COOKIE, Decision, cookie_value, decide, parse_cookies
+from .access import COOKIE, Decision, cookie_value, decide, is_loopback, parse_cookies
 from .history import History, run_sampler
 from .http import HttpServer, Request, Response, json_response
 
@@ -141,6 +141,9 @@ class Web:
         if metrics is not None:
             metrics.LAG.acquire()
         host, port = self.address
+        if cfg.web.token is None and not is_loopback(host):
+            log.warning("web: [web] listen %s has no token: only loopback clients are served",
+                        host)
         log.info("status page on http://%s:%d/%s", f"[{host}]" if ":" in host else host, port,
                  "" if cfg.web.token is None else " (token required)")
 

@@ -178,7 +178,8 @@ def test_page_shows_lines_bindings_and_markup_as_text(
             evil.close()
 
 
-def test_write_actions_from_the_page(token_web: tuple[Server, int], browser: Any) -> None:
+def test_write_actions_from_the_page(token_web: tuple[Server, int], browser: Any,
+                                    tmp_path: Path) -> None:
     """?token= gives the cookie (read); typing the token unlocks Unregister, which POSTs it
     in a header."""
     srv, port = token_web
@@ -193,6 +194,8 @@ def test_write_actions_from_the_page(token_web: tuple[Server, int], browser: Any
         assert page.locator('#lines tr[data-line="11"] button').count() == 0
         page.fill("#token", TOKEN)
         page.click("#token-form button")
+        page.wait_for_selector('#lines tr[data-line="11"] button')
+        page.screenshot(path=str(tmp_path / "status-page-actions.png"), full_page=True)
         page.click('#lines tr[data-line="11"] button')
         page.wait_for_selector('#lines tr.idle[data-line="11"]', timeout=10000)
         assert "unregister: done" in page.locator("#action-note").inner_text()
