@@ -40,7 +40,7 @@ serve: $(VENV)/.runtime $(VENV)/.core
 	$(VENV)/bin/sipyard serve -c $(DEMO)/sipyard.toml
 
 deps-test:
-	@scripts/apt-install.sh sip-tester sipsak redis-server baresip-core sipvicious procps systemd logrotate python3-venv python3-dev gcc
+	@scripts/apt-install.sh sip-tester sipsak redis-server baresip-core sipvicious procps systemd logrotate python3-venv python3-dev gcc chromium iptables
 
 ## make test: install what the tests need (pip + Debian packages) and run the whole suite
 test: $(VENV)/.test $(VENV)/.core deps-test
@@ -61,10 +61,5 @@ bench: $(VENV)/.runtime $(VENV)/.core deps-bench
 	bench/run.sh
 
 clean:
-<<<<<<< HEAD
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build
-	rm -f sipyard/*.so sipyard/sip/*.so sipyard/store/*.so sipyard/handlers/*.so
-=======
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist sipyard.egg-info
-	rm -f sipyard/sip/*.so
->>>>>>> ops
+	rm -f sipyard/*.so sipyard/sip/*.so sipyard/store/*.so sipyard/handlers/*.so

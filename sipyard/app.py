@@ -47,6 +47,7 @@ from .stats import KNOWN_METHODS
 from .sweeper import sweep_bindings
 from .transport import Transports
 from .uac import Uac
+from .web.server import Web, start_web
 
 if TYPE_CHECKING:
     from .config import Config
@@ -106,6 +107,8 @@ class App:
         self.forwarder: Forwarder | None = None
         self.proxy: ProxyHandler | None = None
         self.keeper: CallKeeper | None = None
+        #: the status page and /metrics listeners ([web] listen, [server] metrics)
+        self.web: Web | None = None
         self.handlers: dict[str, Handle] = self._dispatch_table()
 
     def _dispatch_table(self) -> dict[str, Handle]:
@@ -162,6 +165,7 @@ class App:
         parts.current.redirect = RedirectServer(self.config, self.services)
         self._sweeper = asyncio.ensure_future(sweep_bindings(parts, self.now))
         await self.ops.start()
+        self.web = await start_web(self.ops.ctx)
         specs = list(listens) if listens is not None else list(self.config.server.listen)
         bound = await self.transports.start(specs)  # type: ignore[arg-type]
         if self.forwarder is not None:
@@ -180,6 +184,8 @@ class App:
         await self.transports.close()
         for task in list(self._tasks):
             task.cancel()
+        if self.web is not None:
+            await self.web.close()
         await self.ops.close()
         server, self.parts.current.redirect = self.parts.current.redirect, None
         if server is not None:

@@ -1,114 +1,220 @@
-"""Prometheus text exposition on ``[server] metrics = "HOST:PORT"``.
+"""Prometheus metrics through ``prometheus-client``: one custom collector over the counters
+the server keeps anyway.
 
-A tiny asyncio HTTP handler instead of prometheus-client: the figures already
-live in the app's counters, so rendering them on scrape costs nothing per
-request and adds no dependency or thread.
+Why a collector and not ``Counter``/``Gauge`` objects: the figures already live in
+:class:`~sipyard.stats.Stats`, the guard, the store and the hook runner; reading them at
+scrape time costs nothing per SIP request, and nothing can drift between ``sipyard status``
+and ``/metrics``. Async sources (the store's binding count, the call documents) are read
+into a :class:`Snapshot` first, because a collector's ``collect`` is synchronous.
+
+Label values never come unchecked from the network: ``method`` is one of
+:data:`~sipyard.stats.KNOWN_METHODS` or ``other``, ``class`` one of ``1xx`` … ``6xx``,
+``code`` a status code 100–699 that we sent, hook counters a fixed set of names. Anything
+else is folded into ``other`` or dropped, so a peer inventing method names cannot add series.
+
+Served under ``/metrics`` on ``[web] listen`` (with the page's access rules) and, as
+before, alone on ``[server] metrics = "HOST:PORT"``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
-if TYPE_CHECKING:
-    from .ops import OpsContext
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
 
-__all__ = ["start_metrics", "render"]
+from . import __version__
+from .ops import OpsContext, call_docs
+from .stats import KNOWN_METHODS, OTHER
+from .web.http import HttpServer, Request, Response
 
+__all__ = ["CONTENT_TYPE", "LagProbe", "MetricsServer", "Snapshot", "SipyardCollector",
+           "render", "snapshot", "start_metrics", "LAG"]
 
-#: the event loop's lag at the last probe (one server per process)
-_lag: list[float] = [0.0]
+log = logging.getLogger("sipyard")
 
-
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-async def render(ctx: OpsContext) -> str:
-    now = ctx.now()
-    out: list[str] = []
-
-    def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
-        out.append(f"# HELP {name} {help_}")
-        out.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            out.append(f"{name}{labels} {value}")
-
-    from . import __version__
-
-    metric("sipyard_info", "gauge", "Version of the running server",
-           [(f'{{version="{_esc(__version__)}"}}', 1)])
-    metric("sipyard_uptime_seconds", "gauge", "Seconds since the server started",
-           [("", round(now - ctx.parts.stats.started, 3))])
-    metric("sipyard_requests_total", "counter", "SIP requests received, by method",
-           [(f'{{method="{_esc(m)}"}}', n) for m, n in sorted(ctx.parts.stats.requests.items())])
-    metric("sipyard_responses_total", "counter", "SIP responses sent, by class",
-           [(f'{{class="{c}"}}', n) for c, n in sorted(ctx.parts.stats.responses.items())])
-    # Per status code when the app counts them (Stats.codes: status -> count).
-    codes = getattr(ctx.parts.stats, "codes", None)
-    if codes is not None:
-        metric("sipyard_responses_by_code_total", "counter", "SIP responses sent, by status code",
-               [(f'{{code="{c}"}}', n) for c, n in sorted(codes.items())])
-    bindings = await ctx.parts.store.count(now)
-    metric("sipyard_bindings", "gauge", "Registered bindings", [("", bindings)])
-    guard = ctx.parts.guard
-    metric("sipyard_auth_failures_total", "counter", "Failed authentications",
-           [("", guard.total_failures)])
-    metric("sipyard_bans", "gauge", "Banned source addresses", [("", len(guard.bans(now)))])
-    metric("sipyard_bans_total", "counter", "Bans issued", [("", guard.total_bans)])
-    redirect = ctx.parts.current.redirect
-    metric("sipyard_suspended_requests", "gauge", "Requests waiting on a redirector",
-           [("", redirect.suspended if redirect is not None else 0)])
-    metric("sipyard_transactions", "gauge", "Live server transactions", [("", len(ctx.txl))])
-    metric("sipyard_tcp_connections", "gauge", "Open SIP TCP connections",
-           [("", ctx.transports.connections)])
-    metric("sipyard_loop_lag_seconds", "gauge", "Event loop lag at the last probe",
-           [("", _lag[0])])
-    for k, v in sorted(ctx.parts.hooks.stats().items()):
-        metric(f"sipyard_hooks_{k}", "gauge", f"Hook runner: {k}", [("", v)])
-    return "\n".join(out) + "\n"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_METHODS = KNOWN_METHODS | {OTHER}
+_CLASSES = frozenset(("1xx", "2xx", "3xx", "4xx", "5xx", "6xx"))
+_NAME = re.compile(r"[a-z_][a-z0-9_]{0,40}\Z")
 
 
-class _Metrics:
-    def __init__(self, server: asyncio.AbstractServer, lag: asyncio.Task[None]) -> None:
-        self.server = server
-        self.lag = lag
+class LagProbe:
+    """How late the event loop wakes a 1 s sleep: the lag every SIP request also sees.
 
-    def close(self) -> None:
-        self.lag.cancel()
-        self.server.close()
+    One per process (``LAG``); the web page and the metrics listener share it, each
+    holding a reference while it runs.
+    """
 
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.lag = 0.0
+        self._users = 0
+        self._task: asyncio.Task[None] | None = None
 
-async def start_metrics(ctx: OpsContext, addr: tuple[str, int]) -> _Metrics:
-    host, port = addr
+    def acquire(self) -> None:
+        self._users += 1
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(5):  # the whole request head, however it trickles in
-                line = await reader.readline()
-                for _ in range(100):
-                    if not (await reader.readline()).strip():
-                        break
-            parts = line.decode("latin-1").split()
-            if len(parts) >= 2 and parts[0] == "GET" and parts[1] in ("/metrics", "/"):
-                body = (await render(ctx)).encode()
-                head = "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-            else:
-                body = b"not found\n"
-                head = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
-            writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            await asyncio.wait_for(writer.drain(), 5)
-        except (TimeoutError, ConnectionError, ValueError):
-            pass  # slow, gone, or a request line over the reader's limit
-        finally:
-            writer.close()
+    def release(self) -> None:
+        self._users = max(0, self._users - 1)
+        if self._users == 0 and self._task is not None:
+            self._task.cancel()
+            self._task = None
 
-    async def probe_lag() -> None:
+    async def _run(self) -> None:
         while True:
             t0 = time.monotonic()
-            await asyncio.sleep(1.0)
-            _lag[0] = max(0.0, time.monotonic() - t0 - 1.0)
+            await asyncio.sleep(self.interval)
+            self.lag = max(0.0, time.monotonic() - t0 - self.interval)
 
-    server = await asyncio.start_server(handle, host, port)
-    return _Metrics(server, asyncio.ensure_future(probe_lag()))
+
+LAG = LagProbe()
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Every figure of one scrape, read at one moment."""
+
+    uptime: float
+    requests: Mapping[str, int]
+    responses: Mapping[str, int]
+    codes: Mapping[int, int]
+    bindings: int
+    auth_failures: int
+    bans: int
+    bans_total: int
+    suspended: int
+    transactions: int
+    tcp_connections: int
+    loop_lag: float
+    hooks: Mapping[str, int]
+    calls: int
+    trunks: Mapping[str, int] = field(default_factory=dict)
+
+
+async def snapshot(ctx: OpsContext) -> Snapshot:
+    parts = ctx.parts
+    now = ctx.now()
+    guard = parts.guard
+    redirect = parts.current.redirect
+    docs = await call_docs(ctx)
+    trunks: dict[str, int] = {}
+    for trunk in docs["trunks"]:
+        state = str(trunk.get("state", ""))
+        if state in ("registered", "failed", "disabled"):
+            trunks[state] = trunks.get(state, 0) + 1
+    return Snapshot(
+        uptime=now - parts.stats.started, requests=dict(parts.stats.requests),
+        responses=dict(parts.stats.responses), codes=dict(parts.stats.codes),
+        bindings=await parts.store.count(now), auth_failures=guard.total_failures,
+        bans=len(guard.bans(now)), bans_total=guard.total_bans,
+        suspended=redirect.suspended if redirect is not None else 0,
+        transactions=len(ctx.txl), tcp_connections=ctx.transports.connections,
+        loop_lag=LAG.lag, hooks=parts.hooks.stats(), calls=len(docs["calls"]), trunks=trunks)
+
+
+class SipyardCollector(Collector):
+    """Yields the metric families of one :class:`Snapshot` (checked label values only)."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.snap
+        yield InfoMetricFamily("sipyard", "Version of the running server",
+                               value={"version": __version__})
+        yield GaugeMetricFamily("sipyard_uptime_seconds", "Seconds since the server started",
+                                value=round(s.uptime, 3))
+        requests = CounterMetricFamily("sipyard_requests", "SIP requests received, by method",
+                                       labels=["method"])
+        folded: dict[str, int] = {}
+        for method, n in s.requests.items():
+            key = method if method in _METHODS else OTHER
+            folded[key] = folded.get(key, 0) + n
+        for method in sorted(folded):
+            requests.add_metric([method], folded[method])
+        yield requests
+        responses = CounterMetricFamily("sipyard_responses", "SIP responses sent, by class",
+                                        labels=["class"])
+        for cls in sorted(c for c in s.responses if c in _CLASSES):
+            responses.add_metric([cls], s.responses[cls])
+        yield responses
+        codes = CounterMetricFamily("sipyard_responses_by_code",
+                                    "SIP responses sent, by status code", labels=["code"])
+        for code in sorted(c for c in s.codes if isinstance(c, int) and 100 <= c <= 699):
+            codes.add_metric([str(code)], s.codes[code])
+        yield codes
+        yield GaugeMetricFamily("sipyard_bindings", "Registered bindings", value=s.bindings)
+        yield CounterMetricFamily("sipyard_auth_failures", "Failed authentications",
+                                  value=s.auth_failures)
+        yield GaugeMetricFamily("sipyard_bans", "Banned source addresses", value=s.bans)
+        yield CounterMetricFamily("sipyard_bans", "Bans issued", value=s.bans_total)
+        yield GaugeMetricFamily("sipyard_suspended_requests", "Requests waiting on a redirector",
+                                value=s.suspended)
+        yield GaugeMetricFamily("sipyard_transactions", "Live server transactions",
+                                value=s.transactions)
+        yield GaugeMetricFamily("sipyard_tcp_connections", "Open SIP TCP connections",
+                                value=s.tcp_connections)
+        yield GaugeMetricFamily("sipyard_loop_lag_seconds", "Event loop lag at the last probe",
+                                value=s.loop_lag)
+        yield GaugeMetricFamily("sipyard_calls", "Calls in progress (proxy mode)",
+                                value=s.calls)
+        trunks = GaugeMetricFamily("sipyard_trunks", "Trunks, by registration state",
+                                   labels=["state"])
+        for state in sorted(s.trunks):
+            trunks.add_metric([state], s.trunks[state])
+        yield trunks
+        for key in sorted(k for k in s.hooks if _NAME.match(k)):
+            yield GaugeMetricFamily(f"sipyard_hooks_{key}", f"Hook runner: {key}",
+                                    value=s.hooks[key])
+
+
+def render(snap: Snapshot) -> bytes:
+    """The text exposition of one snapshot (a registry per scrape: nothing global)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SipyardCollector(snap))
+    return generate_latest(registry)
+
+
+async def metrics_response(ctx: OpsContext) -> Response:
+    return Response(200, render(await snapshot(ctx)), CONTENT_TYPE)
+
+
+class MetricsServer:
+    """``[server] metrics``: ``/metrics`` alone, no page, no access rules (as before)."""
+
+    def __init__(self, ctx: OpsContext) -> None:
+        self.ctx = ctx
+        self.http = HttpServer(self._handle)
+
+    async def _handle(self, req: Request) -> Response:
+        if req.method not in ("GET", "HEAD"):
+            return Response(405, b"method not allowed\n", headers=[("Allow", "GET, HEAD")])
+        if req.path != "/metrics":
+            return Response(404, b"not found\n")
+        return await metrics_response(self.ctx)
+
+    async def close(self) -> None:
+        await self.http.close()
+        LAG.release()
+
+
+async def start_metrics(ctx: OpsContext, addr: tuple[str, int]) -> MetricsServer:
+    server = MetricsServer(ctx)
+    await server.http.start(*addr)
+    LAG.acquire()
+    log.info("metrics on http://%s:%d/metrics", *addr)
+    return server

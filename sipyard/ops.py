@@ -2,6 +2,10 @@
 
 Each op is a small coroutine over the app's parts; replies are plain JSON
 objects whose keys are documented in the README ("JSON output") and kept stable.
+The documents and actions the status page shows and offers too (``status_doc``,
+``registry_doc``, ``bans_doc``, ``runstate_doc``, ``call_docs``, ``unban``,
+``unregister``, ``set_runstate``) are public functions here, so the control
+socket and the web answer with the very same JSON.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from .transport import Transports
 if TYPE_CHECKING:
     from .config import Config
 
-__all__ = ["OpsContext", "Operations", "reload", "calls_doc", "cdr_doc"]
+__all__ = ["OpsContext", "Operations", "reload", "calls_doc", "cdr_doc", "status_doc",
+           "registry_doc", "bans_doc", "runstate_doc", "call_docs", "unban", "unregister",
+           "set_runstate", "CDR_KEEP"]
 
 log = logging.getLogger("sipyard")
 
@@ -64,7 +70,6 @@ class Operations:
 
     def __init__(self, ctx: OpsContext) -> None:
         self.ctx = ctx
-        self.metrics: Any = None
 
     async def start(self) -> None:
         ctx = self.ctx
@@ -88,18 +93,11 @@ class Operations:
             result = await reload(ctx, state=state)
             if not result.get("ok"):
                 log.error("run state %s not applied: %s", state, result.get("error"))
-        if cfg.server.metrics:
-            from .metrics import start_metrics
-
-            self.metrics = await start_metrics(ctx, cfg.server.metrics)
 
     async def close(self) -> None:
         server, self.ctx.control = self.ctx.control, None
         if server is not None:
             await server.close()
-        metrics, self.metrics = self.metrics, None
-        if metrics is not None:
-            metrics.close()
 
 
 def _bind(ctx: OpsContext, fn: Any) -> Any:
@@ -113,6 +111,11 @@ def _err(msg: str) -> dict[str, Any]:
 
 
 async def _status(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    return await status_doc(ctx)
+
+
+async def status_doc(ctx: OpsContext) -> dict[str, Any]:
+    """``sipyard status --json``."""
     now = ctx.now()
     store = ctx.parts.store
     bindings = await store.all(now)
@@ -167,10 +170,14 @@ async def _cdr(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, An
 
 
 async def _registry(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    return await registry_doc(ctx, req.get("line"))
+
+
+async def registry_doc(ctx: OpsContext, want: Any = None) -> dict[str, Any]:
+    """``sipyard registry [LINE] --json``: every line (or one) with its bindings."""
     cfg = ctx.parts.current.config
     now = ctx.now()
     store = ctx.parts.store
-    want = req.get("line")
     if want is not None:
         want = str(want)
         if want not in cfg.lines:
@@ -323,7 +330,8 @@ def _unapplied(old: Any, new: Any) -> list[str]:
              ("server.data_dir", old.server.data_dir, new.server.data_dir),
              ("server.metrics", old.server.metrics, new.server.metrics),
              ("store", old.store, new.store),
-             ("control", old.control, new.control)]
+             ("control", old.control, new.control),
+             ("web.listen", old.web.listen, new.web.listen)]
     for key, a, b in pairs:
         if a != b:
             out.append(f"{key} changed: takes effect at the next start")
@@ -353,11 +361,21 @@ async def _level(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, 
 
 
 async def _runstate(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
-    store = ctx.parts.store
     if "state" not in req:
-        return {"state": await store.get_state("runstate"), "running": True,
-                "active": ctx.parts.current.config.state}
-    new = _state_name(req.get("state"))
+        return await runstate_doc(ctx)
+    return await set_runstate(ctx, req.get("state"))
+
+
+async def runstate_doc(ctx: OpsContext) -> dict[str, Any]:
+    """``sipyard runstate --json`` while the server runs."""
+    return {"state": await ctx.parts.store.get_state("runstate"), "running": True,
+            "active": ctx.parts.current.config.state}
+
+
+async def set_runstate(ctx: OpsContext, raw: Any) -> dict[str, Any]:
+    """Select a run state (``None``/``"none"``: no overlay); refused when it does not load."""
+    store = ctx.parts.store
+    new = _state_name(raw)
     # Apply first, record after: a state whose overlay does not load is refused and the
     # store keeps the old one, so the next start does not come up in a broken state.
     # Both under the reload lock, so a concurrent reload cannot read the old state between.
@@ -371,7 +389,11 @@ async def _runstate(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[st
 
 
 async def _unregister(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
-    line = str(req.get("line", ""))
+    return await unregister(ctx, str(req.get("line", "")))
+
+
+async def unregister(ctx: OpsContext, line: str) -> dict[str, Any]:
+    """Drop every binding of a line (fires ``release`` when there were any)."""
     cfg = ctx.parts.current.config
     if line not in cfg.lines and not cfg.security.open_registration:
         return _err(f"no line {line}")
@@ -385,14 +407,23 @@ async def _unregister(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[
 
 
 async def _bans(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    return bans_doc(ctx)
+
+
+def bans_doc(ctx: OpsContext) -> dict[str, Any]:
+    """``sipyard bans --json``."""
     guard = ctx.parts.guard
     return {"bans": [{"address": b.address, "until": b.until, "failures": b.failures}
                      for b in guard.bans(ctx.now())]}
 
 
 async def _unban(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    return unban(ctx, str(req.get("address", "")))
+
+
+def unban(ctx: OpsContext, addr: str) -> dict[str, Any]:
+    """Lift one ban, or every ban with ``"all"`` (then ``removed`` is a count)."""
     guard = ctx.parts.guard
-    addr = str(req.get("address", ""))
     if addr == "all":
         return {"address": addr, "removed": guard.unban_all()}
     return {"address": addr, "removed": guard.unban(addr)}
@@ -404,3 +435,46 @@ async def _stop(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, A
         return _err("permission denied")
     asyncio.get_running_loop().call_later(0.05, ctx.request_stop)
     return {"stopping": True, "at": time.time()}
+
+
+#: at most this many finished calls are kept for ``call_docs``'s ``cdr`` list
+CDR_KEEP = 50
+
+
+async def call_docs(ctx: OpsContext) -> dict[str, list[dict[str, Any]]]:
+    """Active calls, the last CDRs and the trunks, shaped for the status page's "Calls",
+    "Recent calls" and "Trunks" sections and the ``sipyard_calls`` metric.
+
+    Shapes (times are epoch seconds, durations seconds, ``None`` when not reached)::
+
+        {"calls":  [{"id", "from", "to", "from_line", "to_line", "state"
+                     ("ringing" | "answered"), "started", "answered", "duration"}],
+         "cdr":    [{"id", "from", "to", "from_line", "to_line", "started", "answered",
+                     "ended", "duration", "status" (final SIP code, int), "reason"
+                     (the CDR's disposition: "answered" | "busy" | "no-answer" |
+                     "cancelled" | "failed" | "expired")}],
+         "trunks": [{"name", "registrar", "state", "expires_in", "last_error"}]}
+
+    The calls come from the proxy's call table, the CDRs from ``cdr.jsonl`` (newest
+    first, at most ``CDR_KEEP``); trunks are empty until provider trunks exist. Every
+    string in them may come from the network: readers escape them.
+    """
+    now = ctx.now()
+    calls = [{"id": c.id, "from": c.caller, "to": c.target, "from_line": c.caller_line,
+              "to_line": c.callee_line, "state": c.state, "started": c.start,
+              "answered": c.answer, "duration": round(now - c.start, 1)}
+             for c in sorted(ctx.parts.calls, key=lambda c: c.start)]
+    records = (await cdr_doc(ctx.parts, limit=CDR_KEEP))["cdr"]
+    cdr = []
+    for r in reversed(records):
+        started = r.get("start_epoch")
+        duration = r.get("duration")
+        billsec = r.get("billsec") or 0
+        ended = started + duration if started is not None and duration is not None else None
+        answered = ended - billsec if ended is not None and r.get("answer") else None
+        cdr.append({"id": r.get("id"), "from": r.get("caller"), "to": r.get("target"),
+                    "from_line": r.get("caller_line"), "to_line": r.get("callee_line"),
+                    "started": started, "answered": answered, "ended": ended,
+                    "duration": duration, "status": r.get("status"),
+                    "reason": r.get("disposition")})
+    return {"calls": calls, "cdr": cdr, "trunks": []}

@@ -66,6 +66,12 @@ Keys (type = default)
   request, recursion included); cdr_max_bytes = 16777216 (cdr.jsonl rotates past it).
 ``[control]`` group: str = "" (socket group; "" = the server's); socket_mode = 0o660 (int, or an
   octal string "0660"); request_timeout = 5.0 (s).
+``[web]`` listen: str = "" -- "HOST:PORT" of the status page (and ``/metrics``); "" = off.
+  token: str = "" -- when set, every client (loopback too) must send it: ``Authorization:
+  Bearer TOKEN``, ``?token=`` (sets a cookie) or that cookie; at least 16 visible ASCII
+  characters without ``; , " \\``. "" = loopback clients only, no token.
+  actions = false -- allow the page's write actions (unban, unregister, run state); needs
+  ``token``, and each action must carry it in a header (not the cookie: CSRF).
 ``[lines.NN]`` (NN in server.extensions) display: str; secret: str, or one or more of ha1_md5
   (32 hex), ha1_sha256 (64 hex), ha1_sha512_256 (64 hex) -- not both forms; at least one unless
   open_registration; algorithms: [str] (overrides server.algorithms; narrowed to the algorithms
@@ -124,6 +130,7 @@ from .records import (
     SecurityConfig,
     ServerConfig,
     StoreConfig,
+    WebConfig,
 )
 from .specs import parse_listen, parse_ranges
 
@@ -131,7 +138,7 @@ __all__ = [
     "ALGORITHMS", "CLI", "DEFAULT_CHAIN", "DEMO_LINES", "Config", "ConfigError", "ControlConfig",
     "FeaturesConfig", "GroupConfig", "HooksConfig", "LineConfig", "Listen", "LoggingConfig",
     "Network", "ProxyConfig", "Ranges", "RedirectConfig", "RuleConfig", "SecurityConfig",
-    "ServerConfig",
-    "StoreConfig", "demo_config_text", "generate_password", "load_config", "parse_listen",
+    "ServerConfig", "StoreConfig", "WebConfig", "demo_config_text", "generate_password",
+    "load_config", "parse_listen",
     "parse_ranges", "set_line_credentials",
 ]

@@ -21,8 +21,7 @@ __all__ = [
     "ALGORITHMS", "CLI", "DEFAULT_CHAIN", "Config", "ConfigError", "ControlConfig",
     "FeaturesConfig", "GroupConfig", "HooksConfig", "LineConfig", "Listen", "LoggingConfig",
     "Network", "ProxyConfig", "Ranges", "RedirectConfig", "RuleConfig", "SecurityConfig",
-    "ServerConfig",
-    "StoreConfig",
+    "ServerConfig", "StoreConfig", "WebConfig",
 ]
 
 #: Digest algorithm name -> (line key holding its HA1, hex length).
@@ -172,6 +171,16 @@ class ControlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The status page. Off unless ``listen`` is set; without a ``token`` only loopback
+    clients may read it, and ``actions`` (unban, unregister, run state) need the token."""
+
+    listen: tuple[str, int] | None = None
+    token: str | None = field(default=None, repr=False)
+    actions: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class FeaturesConfig:
     directed_pickup: str | None = "*78"
     join: str | None = "*79"
@@ -242,6 +251,7 @@ class Config:
     proxy: ProxyConfig
     control: ControlConfig
     features: FeaturesConfig
+    web: WebConfig
     lines: Mapping[str, LineConfig]
     groups: Mapping[str, GroupConfig]
     aliases: Mapping[str, tuple[str, ...]]

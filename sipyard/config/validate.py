@@ -33,6 +33,7 @@ from .records import (
     SecurityConfig,
     ServerConfig,
     StoreConfig,
+    WebConfig,
 )
 from .specs import parse_listen, parse_ranges
 from .tables import Context, Table, fields_of, read_algorithms
@@ -40,7 +41,7 @@ from .tables import Context, Table, fields_of, read_algorithms
 __all__ = ["build"]
 
 _TOP = ("server", "logging", "security", "store", "hooks", "redirect", "proxy", "control", "lines",
-        "groups", "aliases", "mapping", "fallback", "permissions", "features")
+        "groups", "aliases", "mapping", "fallback", "permissions", "features", "web")
 
 
 def build(ctx: Context, layers: list[Path], state: str | None, data_dir: str | Path | None,
@@ -60,7 +61,8 @@ def build(ctx: Context, layers: list[Path], state: str | None, data_dir: str | P
     return Config(
         path=layers[0], server=server, logging=_logging(ctx),
         security=security, store=_store(ctx), hooks=_hooks(ctx), redirect=_redirect(ctx),
-        proxy=_proxy(ctx), control=_control(ctx), features=_features(ctx), lines=lines, groups=groups,
+        proxy=_proxy(ctx), control=_control(ctx), features=_features(ctx), web=_web(ctx),
+        lines=lines, groups=groups,
         aliases=read_aliases(ctx, lines, groups),
         mapping=read_rules(ctx, "mapping", server.timezone),
         fallback=read_rules(ctx, "fallback", server.timezone),
@@ -208,6 +210,29 @@ def _proxy(ctx: Context) -> ProxyConfig:
         max_branches=t.integer("max_branches", d.max_branches, 1, 256),
         cdr_max_bytes=t.integer("cdr_max_bytes", d.cdr_max_bytes, 4096),
     )
+
+
+def _web(ctx: Context) -> WebConfig:
+    """A token is a shared secret sent in headers and cookies: it must be long enough not to
+    be guessed and plain enough (visible ASCII, no ``;`` or ``,``) to travel in either."""
+    t, d = ctx.table("web", fields_of(WebConfig)), WebConfig()
+    listen_s = t.string("listen", None, empty_is_none=True)
+    listen = None
+    if listen_s is not None:
+        try:
+            listen = host_port(listen_s.strip())
+        except ValueError as exc:
+            raise t.error("listen", f"expected HOST:PORT: {exc}") from None
+    token = t.string("token", d.token, empty_is_none=True)
+    if token is not None:
+        if len(token) < 16:
+            raise t.error("token", "must be at least 16 characters")
+        if not all("!" <= c <= "~" and c not in ';,"\\' for c in token):
+            raise t.error("token", 'visible ASCII only, without ; , " or \\')
+    actions = t.boolean("actions", d.actions)
+    if actions and token is None:
+        raise t.error("actions", "write actions need [web] token")
+    return WebConfig(listen=listen, token=token, actions=actions)
 
 
 def _control(ctx: Context) -> ControlConfig:
