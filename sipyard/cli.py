@@ -323,6 +323,9 @@ class _OfflineServices:
     def now(self) -> float:
         return time.time()
 
+    def lookup_now(self, aor: str) -> list[Any] | None:
+        return []
+
     async def lookup(self, aor: str) -> list[Any]:
         return []
 

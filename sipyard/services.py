@@ -70,6 +70,9 @@ class RedirectServices:
         found: Sequence[Binding] = await self.parts.store.lookup(aor, self._now())
         return found
 
+    def lookup_now(self, aor: str) -> Sequence[Binding] | None:
+        return self.parts.store.lookup_now(aor, self._now())
+
     def line_for_uri(self, uri: SipUri) -> str | None:
         cfg = self.parts.current.config
         if not cfg.is_our_domain(uri.host_lower):

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -58,6 +59,78 @@ class _Udp(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error on %s: %s", self.local, exc)
+
+
+class _UdpReader:
+    """One UDP socket read in batches: every queued datagram per readiness event.
+
+    uvloop's datagram transport wakes the protocol once per datagram; under
+    load that is a callback (and often a loop iteration) per packet. Reading
+    with ``recvfrom_into`` until the socket is empty (at most ``BATCH`` per
+    wake-up, so a flood cannot starve timers and TCP) and answering with a
+    plain ``sendto`` keeps the per-datagram cost at the two system calls.
+    A send that would block is dropped, as the network would drop it; the
+    transaction layer's retransmissions cover it like any lost datagram.
+    """
+
+    BATCH = 64
+
+    def __init__(self, owner: Transports, sock: socket.socket, local: tuple[str, int]) -> None:
+        self.owner = owner
+        self.sock = sock
+        self.local = local
+        self.transport = self  # what Transports.send and close use
+        # room for the largest datagram UDP carries, so an oversize one is seen whole
+        self._buf = bytearray(max(65536, owner.max_udp + 1))
+        self._view = memoryview(self._buf)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        recv_into = self.sock.recvfrom_into
+        buf = self._buf
+        view = self._view
+        owner = self.owner
+        handler = owner.handler
+        max_udp = owner.max_udp
+        local = self.local
+        for _ in range(self.BATCH):
+            try:
+                n, addr = recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP errors surface here on some kernels
+                log.debug("udp error on %s: %s", local, exc)
+                continue
+            src = Source("udp", addr[0], addr[1], None, local)
+            if n > max_udp:
+                owner.oversize(src, bytes(view[:n]))
+                continue
+            handler(bytes(view[:n]), src)
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self.owner.udp_send_dropped += 1
+        except OSError as exc:
+            log.debug("udp send to %s:%d failed: %s", addr[0], addr[1], exc)
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
 class _Tcp(asyncio.Protocol):
@@ -169,8 +242,12 @@ class Transports:
         self._on_framing_error = on_framing_error
         self._on_oversize = on_oversize
         self._ids = itertools.count(1)
-        self._udp: dict[tuple[str, int], _Udp] = {}
-        self._udp_by_family: dict[int, _Udp] = {}
+        self._udp: dict[tuple[str, int], _Udp | _UdpReader] = {}
+        self._udp_by_family: dict[int, _Udp | _UdpReader] = {}
+        #: UDP answers the kernel refused (send buffer full): dropped like lost packets
+        self.udp_send_dropped = 0
+        #: read UDP in batches (_UdpReader) rather than through the loop's datagram transport
+        self.udp_batch = os.environ.get("SIPYARD_UDP_READER", "batch") != "protocol"
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: dict[int, _Tcp] = {}
         self._by_peer: dict[tuple[str, int], int] = {}
@@ -183,11 +260,17 @@ class Transports:
         for spec in listens:
             family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
             if spec.transport == "udp":
-                tr, proto = await loop.create_datagram_endpoint(
-                    lambda s=spec: _Udp(self, (s.host, s.port)),  # type: ignore[misc]
-                    sock=_udp_socket(family, spec.host, spec.port))
-                addr = tr.get_extra_info("sockname")
-                proto.local = (addr[0], addr[1])
+                sock = _udp_socket(family, spec.host, spec.port)
+                addr = sock.getsockname()
+                proto: _Udp | _UdpReader
+                if self.udp_batch:
+                    proto = _UdpReader(self, sock, (addr[0], addr[1]))
+                    proto.start(loop)
+                else:
+                    _, proto = await loop.create_datagram_endpoint(
+                        lambda s=spec: _Udp(self, (s.host, s.port)),  # type: ignore[misc]
+                        sock=sock)
+                    proto.local = (addr[0], addr[1])
                 self._udp[proto.local] = proto
                 self._udp_by_family.setdefault(family, proto)
                 self.bound.append(Listen("udp", addr[0], addr[1]))

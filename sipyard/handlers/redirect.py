@@ -8,9 +8,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..eager import resume_started
+from ..redirect.pipeline import RedirectOutcome
 from ..sip.errors import ParseError
 from ..sip.message import Request
 from ..sip.source import Source
@@ -45,7 +45,7 @@ def trusted(cfg: Config, ip: str) -> bool:
 class RedirectHandler:
     """Runs the redirector chain and answers 3xx/4xx/5xx (or the server's own OPTIONS)."""
 
-    __slots__ = ("current", "guard", "auth", "stats", "out", "chat", "needs_task")
+    __slots__ = ("current", "guard", "auth", "stats", "out", "chat")
 
     def __init__(self, parts: Parts, out: Responder, chat: ChatHandler) -> None:
         self.current = parts.current
@@ -54,8 +54,6 @@ class RedirectHandler:
         self.stats = parts.stats
         self.out = out
         self.chat = chat
-        #: the store's coroutines must run inside a Task (redis): no eager start
-        self.needs_task = parts.store.needs_task
 
     def handle(self, req: Request, src: Source, tx: ServerTransaction) -> Awaitable[None] | None:
         uri = req.ruri
@@ -80,36 +78,34 @@ class RedirectHandler:
         if server is None:
             out.respond(tx, req, 503, "Service Unavailable", (("Retry-After", "5"),))
             return None
-        # Run the chain at once: most requests are answered from memory without
-        # waiting, and those need neither a Task nor a 100 Trying timer.
-        run = server.redirect(req, caller, key=tx)
-        if self.needs_task:
-            return self._wait(req, src, tx, run, None)
-        try:
-            pending = run.send(None)
-        except StopIteration as stop:
-            self._answer(req, src, tx, stop.value)
+        # Run the chain at once: most requests are answered from memory in one pass,
+        # with neither a coroutine nor a 100 Trying timer. Only a chain that waits (a
+        # suspended redirector, bindings behind I/O) returns a coroutine to await.
+        started = server.start(req, caller, key=tx)
+        if isinstance(started, RedirectOutcome):
+            self._answer(req, src, tx, started)
             return None
-        return self._wait(req, src, tx, run, pending)
+        return self._wait(req, src, tx, started)
 
-    async def _wait(self, req: Request, src: Source, tx: ServerTransaction, run: Any,
-                    pending: object) -> None:
-        """Finish a chain that waits (``pending`` is what it yielded; None: not started)."""
+    async def _wait(self, req: Request, src: Source, tx: ServerTransaction,
+                    run: Awaitable[RedirectOutcome]) -> None:
+        """Finish a chain that waits, with 100 Trying if it takes more than 200 ms."""
         trying = None
         out = self.out
         if req.method == "INVITE":
             # Stop the caller's retransmissions while the chain waits (RFC 3261 §8.2.6.1).
             trying = out.call_later(0.2, lambda: _trying(out, tx, req))
         try:
-            outcome = await (run if pending is None else resume_started(run, pending))
+            outcome = await run
         finally:
             if trying is not None:
                 trying.cancel()
         self._answer(req, src, tx, outcome)
 
-    def _answer(self, req: Request, src: Source, tx: ServerTransaction, outcome: object) -> None:
+    def _answer(self, req: Request, src: Source, tx: ServerTransaction,
+                outcome: RedirectOutcome) -> None:
         out = self.out
-        if outcome.needs_auth:  # type: ignore[attr-defined]
+        if outcome.needs_auth:
             try:
                 result = self.auth.check(req, src.ip, out.now())
             except ParseError as exc:
@@ -117,8 +113,7 @@ class RedirectHandler:
                 return
             out.respond(tx, req, 401, "Unauthorized", result.challenge)
             return
-        out.respond(tx, req, outcome.status, outcome.reason,  # type: ignore[attr-defined]
-                    outcome.headers)  # type: ignore[attr-defined]
+        out.respond(tx, req, outcome.status, outcome.reason, outcome.headers)
 
 
 def _trying(out: Responder, tx: ServerTransaction, req: Request) -> None:

@@ -45,7 +45,7 @@ import asyncio
 import enum
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
@@ -123,7 +123,8 @@ class BindingLike(Protocol):
 class Services(Protocol):
     """What the redirect server and its redirectors need from the app (the app implements it).
 
-    * ``lookup(aor)``: unexpired bindings of an AOR (``sip:NN@realm``, see ``line_aor``).
+    * ``lookup(aor)``: unexpired bindings of an AOR (``sip:NN@realm``, see ``line_aor``);
+      ``lookup_now(aor)`` the same without a coroutine, or None when that needs I/O.
     * ``line_for_uri(uri)``: the configured line whose AOR this URI is (local domain and a
       line's number as user), else None.
     * ``send_request(method, request_uri, dest=(ip, port, transport), headers, body)``: send an
@@ -142,6 +143,7 @@ class Services(Protocol):
 
     def now(self) -> float: ...
     async def lookup(self, aor: str) -> Sequence[BindingLike]: ...
+    def lookup_now(self, aor: str) -> Sequence[BindingLike] | None: ...
     def line_for_uri(self, uri: SipUri) -> str | None: ...
     async def send_request(self, method: str, request_uri: str, *,
                            dest: tuple[str, int, str] | None,
@@ -392,6 +394,22 @@ class RedirectServer:
 
         Cancelling the awaiting task works too: the request's state is cancelled and freed.
         """
+        started = self.start(request, caller, key=key)
+        if isinstance(started, RedirectOutcome):
+            return started
+        return await started
+
+    def start(self, request: Request, caller: str | None = None, *,
+              key: Hashable | None = None
+              ) -> RedirectOutcome | Coroutine[Any, Any, RedirectOutcome]:
+        """:meth:`redirect` without a coroutine when it can: the outcome at once, or a
+        coroutine to await when the bindings need I/O or a redirector suspended.
+
+        Most requests are answered from memory in one pass of the chain; running that
+        pass here saves the coroutines, frames and wake-ups of the async path. Once a
+        coroutine is returned it owns the request: the caller must run it (or close it,
+        which releases the request like a cancelled task).
+        """
         if self._closed:
             reason = "Service Unavailable"
             return RedirectOutcome(503, reason, (("Retry-After", "1"),))
@@ -400,10 +418,37 @@ class RedirectServer:
         self._in_flight[seq] = rec
         if key is not None:
             self._by_key[key] = rec
+        done = False
         try:
-            return await self._drive(rec)
+            target = self._target(rec)
+            if isinstance(target, RedirectOutcome):
+                done = True
+                return target
+            services = self.services
+            try:
+                line = rec.line = services.line_for_uri(target)
+                if line is not None:
+                    # services written before lookup_now existed always take the async path
+                    lookup_now = getattr(services, "lookup_now", None)
+                    found = None if lookup_now is None else lookup_now(
+                        line_aor(self.config, line))
+                    if found is None:  # the bindings need I/O: all of it async
+                        return self._drive(rec, target, lookup=True)
+                    rec.bindings = found
+            except Exception:
+                done = True
+                return self._lookup_failed(rec)
+            outcome = self._pass(rec, target)
+            if outcome is not None:
+                done = True
+                return outcome
+            return self._drive(rec, target, lookup=False)
+        except BaseException:
+            done = True
+            raise
         finally:
-            self._release(rec)
+            if done:
+                self._release(rec)
 
     def _alloc_seq(self) -> int:
         seq = self._next_seq
@@ -416,25 +461,27 @@ class RedirectServer:
         self._next_seq = (seq + 1) & SEQ_MASK
         return seq
 
-    async def _drive(self, rec: _Request) -> RedirectOutcome:
-        request = rec.request
+    def _target(self, rec: _Request) -> SipUri | RedirectOutcome:
         try:
-            target = request.ruri
+            target = rec.request.ruri
         except ParseError as exc:
             return RedirectOutcome(exc.status, exc.reason, seq=rec.seq)
         if not isinstance(target, SipUri):
             return RedirectOutcome(416, "Unsupported URI Scheme", seq=rec.seq)
         rec.target = target
-        services = self.services
-        try:
-            line = rec.line = services.line_for_uri(target)
-            if line is not None:
-                rec.bindings = await services.lookup(line_aor(self.config, line))
-        except Exception:
-            self.log.exception("redirect: binding lookup for %s failed", request.uri)
-            self._cancel_states(rec)
-            return RedirectOutcome(500, "Server Internal Error", (("Retry-After", "5"),),
-                                   seq=rec.seq)
+        return target
+
+    def _lookup_failed(self, rec: _Request) -> RedirectOutcome:
+        self.log.exception("redirect: binding lookup for %s failed", rec.request.uri)
+        self._cancel_states(rec)
+        return RedirectOutcome(500, "Server Internal Error", (("Retry-After", "5"),),
+                               seq=rec.seq)
+
+    def _pass(self, rec: _Request, target: SipUri) -> RedirectOutcome | None:
+        """One pass of the chain: the outcome, or None when somebody is still suspended.
+
+        A pass whose suspenders all resumed during it runs again at once.
+        """
         while True:
             if rec.ended is not None:
                 return rec.ended
@@ -443,23 +490,44 @@ class RedirectServer:
                 return rec.ended
             if outcome is not None:
                 return outcome
-            if not rec.pending:
-                continue  # every suspender resumed during the pass: run again at once
-            loop = asyncio.get_running_loop()
-            if rec.timer is None:  # one timer for the whole request, from its first suspension
-                rec.timer = loop.call_later(self.suspend_timeout, self._timeout, rec)
-            waiter = rec.waiter = loop.create_future()
-            self._suspended += 1
-            try:
-                await waiter
-            finally:
-                rec.waiter = None
-                self._suspended -= 1
-            if rec.timed_out and rec.ended is None:
-                self.log.warning("redirect: %s seq %d still suspended after %.1f s (waiting "
-                                 "for %s): 408", request.method, rec.seq, self.suspend_timeout,
-                                 ", ".join(self._name(i) for i in sorted(rec.pending)))
-                return self._end(rec, "timeout")
+            if rec.pending:
+                return None
+
+    async def _drive(self, rec: _Request, target: SipUri, *, lookup: bool) -> RedirectOutcome:
+        """The async rest of a request: its binding lookup (redis) and its suspensions."""
+        request = rec.request
+        try:
+            if lookup:
+                try:
+                    assert rec.line is not None
+                    rec.bindings = await self.services.lookup(line_aor(self.config, rec.line))
+                except Exception:
+                    return self._lookup_failed(rec)
+                outcome = self._pass(rec, target)
+                if outcome is not None:
+                    return outcome
+            while True:
+                loop = asyncio.get_running_loop()
+                if rec.timer is None:  # one timer for the whole request, from its first suspension
+                    rec.timer = loop.call_later(self.suspend_timeout, self._timeout, rec)
+                waiter = rec.waiter = loop.create_future()
+                self._suspended += 1
+                try:
+                    await waiter
+                finally:
+                    rec.waiter = None
+                    self._suspended -= 1
+                if rec.timed_out and rec.ended is None:
+                    self.log.warning("redirect: %s seq %d still suspended after %.1f s (waiting "
+                                     "for %s): 408", request.method, rec.seq,
+                                     self.suspend_timeout,
+                                     ", ".join(self._name(i) for i in sorted(rec.pending)))
+                    return self._end(rec, "timeout")
+                outcome = self._pass(rec, target)
+                if outcome is not None:
+                    return outcome
+        finally:
+            self._release(rec)
 
     def _timeout(self, rec: _Request) -> None:
         rec.timer = None
