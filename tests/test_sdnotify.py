@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -159,6 +160,21 @@ def test_every_command_has_an_example() -> None:
         assert "\nexample:\n  " in text, name
         for line in clihelp.EXAMPLES[name][0]:
             assert line in text
+
+
+def test_every_example_parses() -> None:
+    """An example a reader copies must at least be a valid command line (options renamed
+    or removed since the example was written fail here)."""
+    parser = build_parser()
+    for name, (lines, _) in clihelp.EXAMPLES.items():
+        for line in lines:
+            words = shlex.split(line.split("|")[-1])
+            if words[0] != "sipyard":  # e.g. "systemctl reload sipyard"
+                continue
+            try:
+                parser.parse_args(words[1:])
+            except SystemExit as exc:
+                raise AssertionError(f"{name}: example does not parse: {line}") from exc
 
 
 def test_version_names_the_core() -> None:

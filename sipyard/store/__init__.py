@@ -13,6 +13,11 @@ named ``redis`` beside code that does ``import redis.asyncio`` invites shadowing
 whenever the package directory lands on ``sys.path`` (scripts, some tools), and
 it is imported only when a redis URL is used, so the ``redis`` package stays an
 optional dependency.
+
+Both backends are imported inside :func:`open_store`, not at the top: the
+registrar and the redirect layer import ``sipyard.store.base`` and so run this
+file, and they must stay free of ``sqlite3``, ``asyncio`` and ``threading``
+(``tests/test_imports.py``); only the server that opens a store loads one.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from .base import Binding, LocationStore, StoreError, UpdateFn
-from .sqlite import DB_NAME, SqliteStore
 
 __all__ = ["Binding", "LocationStore", "StoreError", "UpdateFn", "open_store"]
 
@@ -32,6 +36,8 @@ def open_store(url: str | None, data_dir: Path) -> LocationStore:
     The caller awaits ``store.open()``: building does no I/O, so a config
     check can validate the URL without touching the backend.
     """
+    from .sqlite import DB_NAME, SqliteStore
+
     data_dir = Path(data_dir)
     if not url or url == "sqlite":
         return SqliteStore(data_dir / DB_NAME)

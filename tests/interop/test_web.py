@@ -1,18 +1,29 @@
 """The status page in a real browser (Debian's headless Chromium driven by Playwright) over
 a real server with real phones (baresip), plus the page's HTTP rules and ``/metrics``.
 
-Everything listens on 127.0.0.1. The page's screenshot is saved in the test's tmp dir and
-its path printed. A REGISTER carrying markup in its User-Agent and Contact display name
-must show up as text, with no dialog fired; 1 000 requests with invented method names
-must not add a single metric series.
+Everything listens on 127.0.0.1. The page's screenshots are saved in the test's tmp dir,
+copied to ``/tmp/sipyard-web-shots/`` and their paths printed. A REGISTER carrying markup
+in its User-Agent and Contact display name, and an INVITE carrying it in its From display
+name, must show up as text (or not at all), with no dialog fired; 1 000 requests with
+invented method names must not add a single metric series.
+
+Where a display name could reach the page, and what is checked: the registrar keeps a
+Contact's URI, not its display name (the Lines table shows the URI); a call's "from" is
+its From URI and a CDR's caller the same (``sipyard.calls.Call.caller``), so the From
+display name of an INVITE reaches neither the Calls nor the Recent calls table. The test
+sends one anyway, and the User-Agent (which the page does show) carries markup too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import re
+import shutil
 import string
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -23,6 +34,7 @@ from typing import Any
 import pytest
 from baresip import Baresip, account, require_tool
 from conftest import ServerFactory
+from fakephone import FakePhone
 from support import (
     PASSWORDS,
     Server,
@@ -39,6 +51,10 @@ REALM = "sipyard.test"
 TOKEN = "web-test-token-0123456789"
 XSS_UA = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 XSS_NAME = '"<script>alert(3)</script>"'
+#: a CDR's disposition → the badge class the page gives it (sipyard/web/static/app.js)
+DISPOSITION_BADGE = {"answered": "answered", "busy": "busy", "no-answer": "noanswer",
+                     "cancelled": "cancelled", "failed": "failed", "expired": "expired"}
+SHOTS = Path("/tmp/sipyard-web-shots")
 
 
 def _need_playwright() -> Any:
@@ -99,11 +115,13 @@ def http(port: int, path: str, *, method: str = "GET", headers: dict[str, str] |
 
 
 def raw_register(client: UdpClient, line: str, *, user_agent: str, display: str = "",
-                 expires: int = 300) -> bytes | None:
-    """REGISTER with digest auth and the given User-Agent / Contact display name."""
+                 expires: int = 300, contact_port: int | None = None) -> bytes | None:
+    """REGISTER with digest auth and the given User-Agent / Contact display name (the
+    Contact is the client's own port unless ``contact_port`` names another)."""
     ruri = "sip:127.0.0.1"
     to = f"<sip:{line}@{REALM}>"
-    contact = f"{display} <sip:{line}@127.0.0.1:{client.port}>".strip()
+    port = contact_port or client.port
+    contact = f"{display} <sip:{line}@127.0.0.1:{port}>".strip()
     hdrs = [("Contact", contact), ("Expires", str(expires)), ("User-Agent", user_agent)]
     call_id = uuid.uuid4().hex
     r = client.request(sip_request("REGISTER", ruri, to=to, frm=to, headers=hdrs,
@@ -168,14 +186,156 @@ def test_page_shows_lines_bindings_and_markup_as_text(
             assert "No call in progress." in page.locator("#calls").inner_text()
             assert "No call recorded yet." in page.locator("#cdr").inner_text()
             assert "No trunk configured." in page.locator("#trunks").inner_text()
-            shot = tmp_path / "status-page.png"
-            page.screenshot(path=str(shot), full_page=True)
-            with capsys.disabled():
-                print(f"\nstatus page screenshot: {shot}")
+            save_shot(page, tmp_path / "status-page.png", capsys, "status page")
             assert problems == [], problems  # no CSP violation, no script error
         finally:
             page.close()
             evil.close()
+
+
+def save_shot(page: Any, path: Path, capsys: pytest.CaptureFixture[str], what: str) -> None:
+    """A full-page screenshot: the test's artifact, a copy in ``SHOTS``, both paths printed."""
+    page.screenshot(path=str(path), full_page=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    copy = SHOTS / path.name
+    shutil.copyfile(path, copy)
+    with capsys.disabled():
+        print(f"\n{what} screenshot: {path} (copy: {copy})")
+
+
+def _sip(method: str, ruri: str, client: UdpClient, *, frm: str, to: str, call_id: str,
+         branch: str, cseq: int = 1, extra: list[tuple[str, str]] | None = None) -> bytes:
+    """A request with the From (display name and tag included) exactly as given."""
+    lines = [f"{method} {ruri} SIP/2.0",
+             f"Via: SIP/2.0/UDP 127.0.0.1:{client.port};branch={branch};rport",
+             "Max-Forwards: 70", f"From: {frm}", f"To: {to}", f"Call-ID: {call_id}",
+             f"CSeq: {cseq} {method}",
+             f"Contact: <sip:13@127.0.0.1:{client.port}>",
+             *(f"{k}: {v}" for k, v in extra or []), "Content-Length: 0"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _wait(pred: Any, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_page_during_and_after_a_real_proxied_call(
+        start_server: ServerFactory, browser: Any, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Proxy mode, two baresip phones in a call (as in ``test_proxy_baresip``) and a second
+    call, ringing, whose INVITE has markup as its From display name: the page shows both
+    lines and both calls; after the hang-up and the CANCEL, the two CDRs with their own
+    badges (answered, cancelled). Screenshots during and after."""
+    require_tool("baresip")
+    from test_baresip_call import _phone_apart_from
+
+    port = free_port()
+    srv = start_server("web-proxy", lines=range(10, 14), server={"mode": "proxy"},
+                       security={"trusted": ["127.0.0.0/8"]},
+                       extra=f'[web]\nlisten = "127.0.0.1:{port}"\n')
+    ringer = FakePhone(final=None)  # line 12: rings until CANCELled
+    evil = UdpClient(srv.addr, timeout=2.0)
+    a = b = None
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    dialogs: list[str] = []
+    problems: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    try:
+        a = Baresip(tmp_path / "phone10", lifetime=90).start()
+        b = _phone_apart_from(tmp_path / "phone11", a)
+        b.lifetime = 90
+        b.start()
+        proxy = f'"sip:127.0.0.1:{srv.port};transport=udp"'
+        a.add_account(account("10", srv.port, PASSWORDS["10"], outbound=proxy))
+        b.add_account(account("11", srv.port, PASSWORDS["11"], outbound=proxy))
+        registered(a)
+        registered(b)
+        r = raw_register(evil, "12", user_agent=XSS_UA, display=XSS_NAME,
+                         contact_port=ringer.port)
+        assert status_of(r) == 200, r
+        # the real call: 10 → 11, answered by baresip
+        a.dial(f"sip:11@127.0.0.1:{srv.port}")
+        for phone in (a, b):
+            ev = phone.wait_event({"CALL_ESTABLISHED", "CALL_CLOSED"}, timeout=15)
+            assert ev["type"] == "CALL_ESTABLISHED", (ev, srv.log()[-3000:])
+        # the second call: markup in the From display name, ringing at line 12
+        call_id, tag, branch = uuid.uuid4().hex, uuid.uuid4().hex[:8], "z9hG4bK" + uuid.uuid4().hex[:12]
+        frm = f'"<script>alert(1)</script>" <sip:13@{REALM}>;tag={tag}'
+        to = f"<sip:12@{REALM}>"
+        evil.send(_sip("INVITE", f"sip:12@{REALM}", evil, frm=frm, to=to, call_id=call_id,
+                       branch=branch))
+        _wait(lambda: ringer.first("INVITE") is not None, 5, "the INVITE at line 12")
+        assert "<script>alert(1)</script>" in (ringer.first("INVITE") or "")  # passed on as is
+
+        page.goto(f"http://127.0.0.1:{port}/")
+        for line in ("10", "11", "12"):
+            page.wait_for_selector(f'#lines tr[data-line="{line}"] td.binding', timeout=10000)
+        page.wait_for_selector("#calls tbody tr:nth-child(2) td.num", timeout=15000)
+        binding = {ln: page.locator(f'#lines tr[data-line="{ln}"] td.binding').inner_text()
+                   for ln in ("10", "11")}
+        # baresip's Contact user is "NN-0x…"
+        assert binding["10"].startswith("sip:10") and f"@127.0.0.1:{a.sip_port}" in binding["10"]
+        assert binding["11"].startswith("sip:11") and f"@127.0.0.1:{b.sip_port}" in binding["11"]
+        assert page.locator('#lines tr[data-line="12"] td.ua').inner_text() == XSS_UA
+        rows = page.locator("#calls tbody tr").all_inner_texts()
+        answered = [t for t in rows if "answered" in t]
+        ringing = [t for t in rows if "ringing" in t]
+        assert len(answered) == 1 and len(ringing) == 1, rows
+        assert re.search(r"^10\b", answered[0]) and "\t11" in answered[0], answered
+        assert "sip:13@sipyard.test" in ringing[0] and f"sip:12@{REALM}" in ringing[0], ringing
+        assert page.locator("#calls span.badge.answered").count() == 1
+        assert page.locator("#calls span.badge.ringing").count() == 1
+        assert "2" in page.locator("#cards").inner_text()
+        assert page.locator("main script, main img").count() == 0
+        save_shot(page, tmp_path / "status-page-call.png", capsys, "during the call")
+
+        # end both: the caller CANCELs the ringing one, the callee hangs up the real one
+        r = evil.request(_sip("CANCEL", f"sip:12@{REALM}", evil, frm=frm, to=to,
+                              call_id=call_id, branch=branch))
+        assert status_of(r) == 200, r
+        final = evil.recv(5)
+        assert status_of(final) == 487, final
+        to_tag = re.search(rb"\r\nTo:[^\r]*;tag=([^;\r]+)", final or b"")
+        assert to_tag is not None
+        evil.send(_sip("ACK", f"sip:12@{REALM}", evil, frm=frm,
+                       to=f"{to};tag={to_tag.group(1).decode()}", call_id=call_id,
+                       branch=branch))
+        b.hangup()
+        for phone in (a, b):
+            assert phone.wait_event({"CALL_CLOSED"}, timeout=15)["type"] == "CALL_CLOSED"
+        page.wait_for_selector("#cdr tbody tr:nth-child(2) td.num", timeout=15000)
+        page.wait_for_selector("#calls td.empty", timeout=15000)
+        cdr = json.loads(http(port, "/api/cdr")[2])["cdr"]
+        assert sorted(c["reason"] for c in cdr) == ["answered", "cancelled"], cdr
+        (cancelled,) = [c for c in cdr if c["reason"] == "cancelled"]
+        assert cancelled["from"] == f"sip:13@{REALM}"  # the From URI: no display name kept
+        assert "script" not in json.dumps(cdr)
+        rows = page.locator("#cdr tbody tr").all_inner_texts()
+        assert any("answered" in t and re.search(r"^\S+\t10\b", t) for t in rows), rows
+        assert any("cancelled" in t and "sip:13@sipyard.test" in t for t in rows), rows
+        for reason, cls in (("answered", "answered"), ("cancelled", "cancelled")):
+            badge = page.locator(f"#cdr span.badge.{cls}")
+            assert badge.count() == 1 and badge.inner_text() == reason
+        assert "No call in progress." in page.locator("#calls").inner_text()
+        assert page.locator("main script, main img").count() == 0
+        save_shot(page, tmp_path / "status-page-after-call.png", capsys, "after the call")
+        page.wait_for_timeout(300)
+        assert dialogs == []
+        assert problems == [], problems
+    finally:
+        page.close()
+        for phone in (b, a):
+            if phone is not None:
+                with contextlib.suppress(Exception):
+                    phone.stop()
+        ringer.close()
+        evil.close()
 
 
 def test_write_actions_from_the_page(token_web: tuple[Server, int], browser: Any,

@@ -167,8 +167,19 @@
     $("lines-count").textContent = `${reg} of ${st.registry.lines.length} registered`;
   }
 
+  // A URI that may break after "@" and before ";" (sip:11@127.0.0.1:5060;transport=udp),
+  // so the Calls and Recent calls tables fit their panel: text nodes and <wbr> only.
+  function uri(text, cls) {
+    const e = el("span", cls);
+    String(text).split(/(?<=@)|(?=;)/).forEach((piece, i) => {
+      if (i) e.appendChild(document.createElement("wbr"));
+      e.appendChild(document.createTextNode(piece));
+    });
+    return e;
+  }
+
   function party(name, line) {
-    return line ? el("span", null, String(line), el("span", "sub", name || "")) : (name || "–");
+    return line ? el("span", null, String(line), uri(name || "", "sub")) : uri(name || "–");
   }
 
   function renderCalls(st) {
@@ -183,8 +194,7 @@
     $("cdr").tBodies[0].replaceChildren(...(cdr.length ? cdr.map((c) => el("tr", null,
       el("td", "num", clock(c.ended)), el("td", null, party(c.from, c.from_line)),
       el("td", null, party(c.to, c.to_line)),
-      el("td", null, badge(c.reason || String(c.status), c.reason === "answered" ? "answered"
-        : "failed")),
+      el("td", null, badge(c.reason || String(c.status), c.reason || "failed")),
       el("td", "num", duration(c.duration)),
     )) : [emptyRow(5, "No call recorded yet.")]));
     const trunks = st.trunks.trunks;
@@ -298,6 +308,9 @@
     const yb = yTop + panelH * (1 - h.bindings[n] / yB);
     root.appendChild(svg("circle", { cx: xe, cy: yb, r: 3.5, class: "dot" }));
     root.appendChild(svg("text", { x: xe + 8, y: yb + 4, class: "last" }, String(h.bindings[n])));
+    // one sample draws no line: a dot keeps the REGISTER rate visible from the first minute
+    root.appendChild(svg("circle", { cx: xe, cy: yBot + panelH * (1 - h.registers[n] / yR),
+      r: 3, class: "dot-reg" }));
     const yr = yBot + panelH * (1 - h.requests[n] / yR);
     root.appendChild(svg("text", { x: xe + 8, y: yr + 4, class: "last" }, String(h.requests[n])));
     // time axis: a label every 1, 3 or 6 hours (or every 15 min for the first hour)
