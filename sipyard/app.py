@@ -162,7 +162,8 @@ class App:
         self.loop = asyncio.get_running_loop()
         parts = self.parts
         await open_parts(parts)
-        parts.current.redirect = RedirectServer(self.config, self.services)
+        parts.current.redirect = RedirectServer(
+            self.config, self.services, chain=build_chain(self.config, self.services))
         self._sweeper = asyncio.ensure_future(sweep_bindings(parts, self.now))
         await self.ops.start()
         self.web = await start_web(self.ops.ctx)

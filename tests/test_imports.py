@@ -27,9 +27,7 @@ PKG = ROOT / "sipyard"
 #: (pipeline.py, inside the function) when no chain is given, and loader.py imports
 #: ``Redirector``/``Services`` from pipeline. Fix: the callers (app.py, two tests) pass
 #: ``chain=build_chain(...)`` and the default goes.
-KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"sipyard.redirect.pipeline", "sipyard.redirect.loader"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 #: modules that must not import I/O or an event loop, not even through a package __init__
 SANS_IO = ["sipyard.sip", "sipyard.proxy", "sipyard.registrar", "sipyard.store.base"]

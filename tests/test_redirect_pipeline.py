@@ -652,7 +652,7 @@ def test_suspended_once_reruns_the_chain_exactly_once(config: Any) -> None:
 
 def test_loader_builds_default_chain_and_rejects_unknown(config: Any) -> None:
     services = FakeServices(config)
-    server = RedirectServer(config, services)
+    server = RedirectServer(config, services, chain=loader_mod.build_chain(config, services))
     assert [r.name for r in server.chain] == list(config.redirect.chain)
     with pytest.raises(ConfigError) as err:
         loader_mod.build_chain(config, services, ["registrations", "nosuch"])

@@ -535,7 +535,7 @@ def test_pickup_cancel_unregisters(tmp_path: Path) -> None:
     s = Services(config)
     s.bindings["sip:12@example.com"] = [FakeBinding("sip:12@example.com", "sip:12@10.0.0.6")]
     s.answers["sip:12@10.0.0.6"] = (200, [])
-    server = RedirectServer(config, s)
+    server = RedirectServer(config, s, chain=build_chain(config, s))
 
     async def main() -> RedirectOutcome:
         task = asyncio.create_task(server.redirect(make_request("sip:*7812@example.com"),

@@ -349,15 +349,11 @@ _WHY: Final[dict[str, tuple[int, str, tuple[tuple[str, str], ...]]]] = {
 class RedirectServer:
     """Runs the chain for each request; owns sequence numbers, storage and suspensions."""
 
-    def __init__(self, config: Config, services: Services, *, seq_start: int = 0,
-                 chain: Sequence[Redirector] | None = None) -> None:
+    def __init__(self, config: Config, services: Services, *, chain: Sequence[Redirector],
+                 seq_start: int = 0) -> None:
         self.config = config
         self.services = services
         self.log = services.logger
-        if chain is None:
-            from .loader import build_chain
-
-            chain = build_chain(config, services)
         self.chain: tuple[Redirector, ...] = tuple(chain)
         self._index_of = {r.name or type(r).__name__: i for i, r in enumerate(self.chain)}
         self.suspend_timeout = float(config.redirect.suspend_timeout)
