@@ -23,7 +23,8 @@ PKG = ROOT / "sipyard"
 #: compiled, in dependency order: the sans-IO core, then the REGISTER fast lane above it
 #: (digest.py and framing.py gain little; asyncio-heavy modules stay Python)
 MODULES = [
-    "sip/_abnf", "sip/errors", "sip/uri", "sip/headers", "sip/message", "sip/validate",
+    "sip/_abnf", "sip/errors", "sip/uri", "sip/headers", "sip/model", "sip/reader",
+    "sip/writer", "sip/message", "sip/validate",
     "sip/transaction", "sip/source", "stats", "store/binding", "store/cache", "registrar",
 ]
 # Not app.py and the handlers: compiled they measured within noise of pure Python, and they
