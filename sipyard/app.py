@@ -23,8 +23,10 @@ from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .adminops import ADMIN_COMMANDS, run_admin
 from .eager import resume_started
 from .forwarder import Forwarder, Wire
+from .handlers.admin import AdminChatHandler
 from .handlers.base import Cancel, Handle
 from .handlers.calls import CallKeeper
 from .handlers.chat import ChatHandler
@@ -125,7 +127,9 @@ class App:
     def _dispatch_table(self) -> dict[str, Handle]:
         """Method → handler; ``*`` takes any other method whose Request-URI names a user."""
         parts = self.parts
-        chat = ChatHandler(parts, self.sender, self)
+        chat: ChatHandler = AdminChatHandler(
+            parts, self.sender, self, lambda word, args: run_admin(self.ops.ctx, word, args),
+            ADMIN_COMMANDS)
         redirect = RedirectHandler(parts, self, chat).handle
         table: dict[str, Handle] = {m: redirect for m in REDIRECTED}
         table["*"] = redirect
