@@ -58,12 +58,12 @@ def _provider(tmp: Path, port: int, uas_port: int) -> Server:
 "5551000" = "20"
 
 [[mapping]]
-users = ["555XXXX"]
+users = ["55501XX"]
 permissions = ["pstn"]
 contacts = ["<sip:{{user}}@127.0.0.1:{uas_port}>"]
 """
     cfg = write_config(tmp / "provider", realm="provider.test", lines=["20", "21", "22"],
-                       server={"mode": "proxy", "min_expires": 5, "max_expires": 12,
+                       server={"mode": "proxy", "min_expires": 5, "max_expires": 12, "default_expires": 12,
                                "extensions": "10-89"},
                        redirect={"require_auth": False}, extra=extra,
                        line_extra={"20": {"permissions": ["pstn"]}})
