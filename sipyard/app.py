@@ -23,8 +23,10 @@ from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .adminops import ADMIN_COMMANDS, run_admin
 from .eager import resume_started
 from .forwarder import Forwarder, Wire
+from .handlers.admin import AdminChatHandler
 from .handlers.base import Cancel, Handle
 from .handlers.calls import CallKeeper
 from .handlers.chat import ChatHandler
@@ -46,6 +48,8 @@ from .sip.validate import unsupported_requires, validate_request, validate_respo
 from .stats import KNOWN_METHODS
 from .sweeper import sweep_bindings
 from .transport import Transports
+from .trunks.manager import AsyncIO, TrunkManager
+from .trunks.routing import TrunkRouter
 from .uac import Uac
 from .web.server import Web, start_web
 
@@ -109,12 +113,23 @@ class App:
         self.keeper: CallKeeper | None = None
         #: the status page and /metrics listeners ([web] listen, [server] metrics)
         self.web: Web | None = None
+        #: provider trunks (issue #13): the registration loops run only where this is true
+        #: (one registration per trunk per site: a scale-out sets it in one worker only)
+        self.run_trunks = True
+        self.trunk_manager = TrunkManager(
+            self.parts.trunks, AsyncIO(self.transports, self.uac, self.now,
+                                       lambda ip: udp_local(self.transports, ip)),
+            site=str(config.server.data_dir))
+        self.ops.ctx.reload_listeners.append(
+            lambda cfg: self.spawn(self.trunk_manager.update(cfg.trunks)))
         self.handlers: dict[str, Handle] = self._dispatch_table()
 
     def _dispatch_table(self) -> dict[str, Handle]:
         """Method → handler; ``*`` takes any other method whose Request-URI names a user."""
         parts = self.parts
-        chat = ChatHandler(parts, self.sender, self)
+        chat: ChatHandler = AdminChatHandler(
+            parts, self.sender, self, lambda word, args: run_admin(self.ops.ctx, word, args),
+            ADMIN_COMMANDS)
         redirect = RedirectHandler(parts, self, chat).handle
         table: dict[str, Handle] = {m: redirect for m in REDIRECTED}
         table["*"] = redirect
@@ -142,6 +157,9 @@ class App:
         for m in (*REDIRECTED, "*", "BYE", "ACK", "NOTIFY", "INFO", "UPDATE", "PRACK"):
             out[m] = proxy.handle
         out["CANCEL"] = ProxyCancelHandler(parts, self.txl, self, fw, proxy).handle
+        proxy.trunks = TrunkRouter(parts, self.transports.connect_tcp,
+                                   self.transports.has_connection,
+                                   lambda ip: udp_local(self.transports, ip))
         return out
 
     @property
@@ -171,6 +189,10 @@ class App:
         bound = await self.transports.start(specs)  # type: ignore[arg-type]
         if self.forwarder is not None:
             self.forwarder.set_addresses(bound, self.config.server.our_domains)
+        if self.run_trunks:
+            await self.trunk_manager.start(self.config.trunks)
+        else:
+            await self.trunk_manager.resolve_all(self.config.trunks)
         for b in bound:
             log.info("listening on %s %s:%d", b.transport, b.host, b.port)
         _tune_gc()
@@ -182,6 +204,7 @@ class App:
         if self.keeper is not None:
             self.keeper.close()
             await self.keeper.flush()
+        await self.trunk_manager.stop()  # un-register while the transports still run
         await self.transports.close()
         for task in list(self._tasks):
             task.cancel()

@@ -75,6 +75,7 @@ class Call:
     status: int | None = None
     reason: str | None = None
     hangup: str | None = None  # caller | callee | proxy
+    trunk: str | None = None  # the provider trunk the call came in or went out through
     id: str = field(default_factory=lambda: secrets.token_hex(8))
 
     def cdr(self) -> dict[str, Any]:
@@ -90,14 +91,14 @@ class Call:
             "answer": _iso(self.answer), "end": _iso(end), "start_epoch": round(self.start, 3),
             "duration": round(end - self.start, 3), "billsec": billsec,
             "disposition": self.disposition, "status": self.status, "reason": self.reason,
-            "hangup": self.hangup,
+            "hangup": self.hangup, "trunk": self.trunk,
         }
 
     def summary(self, now: float) -> dict[str, Any]:
         """One row of ``sipyard calls``."""
         return {"id": self.id, "call_id": self.call_id, "caller": self.caller,
                 "caller_line": self.caller_line, "target": self.target,
-                "callee_line": self.callee_line, "state": self.state,
+                "callee_line": self.callee_line, "state": self.state, "trunk": self.trunk,
                 "since": _iso(self.answer if self.answer is not None else self.start),
                 "seconds": round(now - self.start, 1)}
 

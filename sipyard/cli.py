@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, sdnotify
+from . import __version__, clitext, sdnotify
 from .clihelp import VersionAction, add_examples
 
 if TYPE_CHECKING:
@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stop", help="stop the running server")
     _common(p)
     p = sub.add_parser("calls", help="calls in flight (proxy mode)")
+    _common(p)
+    p = sub.add_parser("trunks", help="provider trunks and their registration")
     _common(p)
     p = sub.add_parser("cdr", help="call detail records (proxy mode)")
     _common(p)
@@ -454,21 +456,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     r = _call(args, {"op": "status"})
-    up = int(r.get("uptime", 0))
-    text = "\n".join([
-        f"sipyard {r.get('version')}  pid {r.get('pid')}  up {up // 3600}h{up % 3600 // 60:02d}m{up % 60:02d}s",
-        f"realm        {r.get('realm')}",
-        f"listen       {', '.join(r.get('listen', []))}",
-        f"run state    {r.get('state') or 'none'}",
-        f"log level    {r.get('log_level')}",
-        f"bindings     {r.get('bindings')}  (lines registered: {r.get('lines_registered')})",
-        f"transactions {r.get('transactions')}  suspended requests {r.get('suspended')}",
-        f"requests     {_kv(r.get('requests', {}))}",
-        f"responses    {_kv(r.get('responses', {}))}",
-        f"bans         {r.get('bans')}  auth failures {r.get('auth_failures')}",
-        f"mode         {r.get('mode')}  calls {r.get('calls')}  cdr written {r.get('cdr_written')}",
-    ])
-    return _emit(args, r, text)
+    return _emit(args, r, clitext.status_text(r))
 
 
 def _kv(d: dict[str, Any]) -> str:
@@ -480,18 +468,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
     if args.line:
         req["line"] = args.line
     r = _call(args, req)
-    rows = []
-    for ln in r.get("lines", []):
-        if not ln["bindings"]:
-            rows.append([ln["line"], ln.get("display") or "", ln.get("presence") or "", "-",
-                         "", "", "", ""])
-        for b in ln["bindings"]:
-            rows.append([ln["line"], ln.get("display") or "", ln.get("presence") or "",
-                         b["contact"], b["source"], str(b["expires_in"]),
-                         "" if b["q"] is None else str(b["q"]), b.get("user_agent", "")])
-    text = _table(rows, ["LINE", "DISPLAY", "PRESENCE", "CONTACT", "SOURCE", "EXPIRES", "Q",
-                         "USER-AGENT"])
-    return _emit(args, r, text or "no lines")
+    return _emit(args, r, clitext.registry_text(r))
 
 
 MAX_TEXT = 160
@@ -528,10 +505,7 @@ def cmd_presence(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     r = _call(args, {"op": "reload"})
-    text = f"reloaded: {', '.join(r.get('files', []))} (run state {r.get('state') or 'none'})"
-    if r.get("removed_lines"):
-        text += f"\nremoved lines (bindings dropped): {', '.join(r['removed_lines'])}"
-    return _emit(args, r, text)
+    return _emit(args, r, clitext.reload_text(r))
 
 
 def cmd_level(args: argparse.Namespace) -> int:
@@ -558,14 +532,7 @@ def cmd_runstate(args: argparse.Namespace) -> int:
         reply = {"ok": True, "state": state, "running": False}
     if not reply.get("ok"):
         raise _Failed(str(reply.get("error")), 1, reply)
-    st = reply.get("state") or "none"
-    note = "" if reply.get("running", True) else " (server not running; recorded for its start)"
-    if args.state is None and not reply.get("running", True):
-        note = " (server not running)"
-    active = reply.get("active", reply.get("state"))
-    if reply.get("running", True) and (active or None) != (reply.get("state") or None):
-        note += f" (but the server runs with {active or 'none'}: it could not be applied)"
-    return _emit(args, reply, f"run state: {st}{note}")
+    return _emit(args, reply, clitext.runstate_text(reply, args.state))
 
 
 async def _offline_state(args: argparse.Namespace, new: str | None) -> str | None:
@@ -650,10 +617,12 @@ def _since(text: str) -> float:
 
 def cmd_calls(args: argparse.Namespace) -> int:
     r = _call(args, {"op": "calls"})
-    rows = [[c["caller_line"] or c["caller"], c["callee_line"] or c["target"], c["state"],
-             c["since"] or "", str(c["seconds"])] for c in r.get("calls", [])]
-    text = _table(rows, ["CALLER", "CALLEE", "STATE", "SINCE", "SECONDS"])
-    return _emit(args, r, text or "no calls")
+    return _emit(args, r, clitext.calls_text(r))
+
+
+def cmd_trunks(args: argparse.Namespace) -> int:
+    r = _call(args, {"op": "trunks"})
+    return _emit(args, r, clitext.trunks_text(r))
 
 
 def cmd_cdr(args: argparse.Namespace) -> int:
@@ -666,9 +635,9 @@ def cmd_cdr(args: argparse.Namespace) -> int:
     rows = [[c.get("start") or "", c.get("caller_line") or c.get("caller") or "",
              c.get("callee_line") or c.get("target") or "", c.get("disposition") or "",
              str(c.get("status") or ""), str(c.get("duration")), str(c.get("billsec")),
-             c.get("hangup") or ""] for c in r.get("cdr", [])]
+             c.get("hangup") or "", c.get("trunk") or ""] for c in r.get("cdr", [])]
     text = _table(rows, ["START", "CALLER", "CALLEE", "DISPOSITION", "STATUS", "DURATION",
-                         "BILLSEC", "HANGUP"])
+                         "BILLSEC", "HANGUP", "TRUNK"])
     return _emit(args, r, text or "no calls recorded")
 
 
@@ -678,6 +647,7 @@ _COMMANDS = {
     "presence": cmd_presence, "reload": cmd_reload, "level": cmd_level,
     "runstate": cmd_runstate, "unregister": cmd_unregister, "bans": cmd_bans,
     "unban": cmd_unban, "stop": cmd_stop, "calls": cmd_calls, "cdr": cmd_cdr,
+    "trunks": cmd_trunks,
 }
 
 if __name__ == "__main__":

@@ -94,6 +94,11 @@ EXAMPLES: dict[str, tuple[tuple[str, ...], str]] = {
         ("sipyard calls", "sipyard calls --json"),
         "Calls the proxy is carrying now (proxy mode): caller, callee, state and since when.",
     ),
+    "trunks": (
+        ("sipyard trunks", "sipyard trunks --json"),
+        "Provider trunks ([trunks.NAME]): registrar, state (registered, failed + the last "
+        "status, disabled), transport, expiry, when the next try is due. Never credentials.",
+    ),
     "cdr": (
         ("sipyard cdr --since 2h", "sipyard cdr --line 10 --since 2026-12-01 --json"),
         "Finished calls from cdr.jsonl in the data dir, newest last; one JSON object per call "

@@ -88,17 +88,24 @@ class Wire:
 
 
 class Hop(NamedTuple):
-    """A target's ``data``: where its copy goes, and a route set in front (a binding's Path)."""
+    """A target's ``data``: where its copy goes, and a route set in front (a binding's Path).
+
+    ``edit`` rewrites the copy for this target (a trunk's From identity); ``auth`` answers
+    a 401/407 from the target once (a trunk's credentials): it returns the request to
+    send again (new CSeq, the given branch) or None to let the challenge go upstream.
+    """
 
     dest: Source | None
     route_set: tuple[str, ...] = ()
+    edit: Callable[[Request], Request] | None = None
+    auth: Callable[[Request, Response, str], Request | None] | None = None
 
 
 class Fork:
     """One proxied request: the server transaction, its context and its branches."""
 
     __slots__ = ("req", "received", "src", "tx", "ctx", "hash", "branches", "observer",
-                 "record_route", "armed")
+                 "record_route", "armed", "auth")
 
     def __init__(self, req: Request, received: Request, src: Source, tx: ServerTransaction,
                  ctx: ResponseContext, request_hash: str, observer: Observer | None,
@@ -113,6 +120,8 @@ class Fork:
         self.observer = observer
         self.record_route = record_route
         self.armed: float | None = None
+        #: branches whose target answers its own challenges (Hop.auth)
+        self.auth: dict[int, Callable[[Request, Response, str], Request | None]] = {}
 
 
 def uri_dest(uri: str, udp_local: Callable[[str], tuple[str, int]]) -> Source | None:
@@ -297,6 +306,9 @@ class Forwarder:
             fork, bid = user
             ctx = fork.ctx
             if isinstance(t, PassResponse):
+                if t.response.status in (401, 407) and bid in fork.auth and self._reauth(
+                        fork, bid, t.tx, t.response, now):
+                    continue
                 self._run(fork, ctx.on_response(bid, t.response, now), now)
             elif isinstance(t, Timeout):
                 self._run(fork, ctx.on_timeout(bid, now), now)
@@ -342,12 +354,25 @@ class Forwarder:
                 heapq.heappush(self._heap, (deadline, next(self._seq), fork))
         wire.arm()
 
+    def _reauth(self, fork: Fork, bid: int, tx: ClientTransaction, resp: Response,
+                now: float) -> bool:
+        """Send the branch again with credentials (RFC 3261 §22.2); False: pass it up."""
+        answer = fork.auth.pop(bid)
+        again = answer(tx.request, resp, f"{tx.branch}a")
+        if again is None:
+            return False
+        new, sends = self.ctl.start(again, tx.dest, tx.reliable, now)
+        new.user = (fork, bid)
+        fork.branches[bid] = new
+        self._tx_actions(sends, now)
+        return True
+
     def _start_branch(self, fork: Fork, a: StartBranch, now: float) -> None:
         target = a.target
         hop = target.data if isinstance(target.data, Hop) else Hop(None)
         uri, flow = split_alias(target.uri)
         dest = hop.dest
-        received = fork.received
+        received = fork.received if hop.edit is None else hop.edit(fork.received)
         if dest is None:
             routes = list(hop.route_set) or received.get_all("route")
             if routes:
@@ -370,4 +395,6 @@ class Forwarder:
         tx, sends = self.ctl.start(fwd.request, dest, dest.transport != "udp", now)
         tx.user = (fork, a.branch_id)
         fork.branches[a.branch_id] = tx
+        if hop.auth is not None:
+            fork.auth[a.branch_id] = hop.auth
         self._tx_actions(sends, now)

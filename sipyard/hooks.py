@@ -580,6 +580,10 @@ class ChatService:
         status = f"exit {result.returncode}" if result.returncode is not None else "could not run"
         return [f"/{word} failed ({status})"]
 
+    def unknown(self, word: str) -> list[str]:
+        """The reply to a command nobody installed (also for words reserved to admins)."""
+        return self._unknown(word)
+
     def _unknown(self, word: str) -> list[str]:
         what = f"unknown command /{word[:32]}" if word.isprintable() else "unknown command"
         names = self.commands()

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OpsContext", "Operations", "reload", "calls_doc", "cdr_doc", "status_doc",
            "registry_doc", "bans_doc", "runstate_doc", "call_docs", "unban", "unregister",
-           "set_runstate", "CDR_KEEP"]
+           "set_runstate", "CDR_KEEP", "trunks_doc"]
 
 log = logging.getLogger("sipyard")
 
@@ -63,6 +63,8 @@ class OpsContext:
     load_args: dict[str, Any] = field(default_factory=dict)
     control: ControlServer | None = None
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: told about each config a reload installed (the trunk manager)
+    reload_listeners: list[Callable[[Config], object]] = field(default_factory=list)
 
 
 class Operations:
@@ -81,7 +83,7 @@ class Operations:
             "status": _status, "registry": _registry, "message": _message,
             "presence": _presence, "reload": _reload, "level": _level, "runstate": _runstate,
             "unregister": _unregister, "bans": _bans, "unban": _unban, "stop": _stop,
-            "calls": _calls, "cdr": _cdr,
+            "calls": _calls, "cdr": _cdr, "trunks": _trunks,
         }
         for name, fn in ops.items():
             server.register(name, _bind(ctx, fn))
@@ -138,7 +140,17 @@ async def status_doc(ctx: OpsContext) -> dict[str, Any]:
         "tcp_connections": ctx.transports.connections,
         "mode": ctx.parts.current.config.server.mode,
         "calls": len(ctx.parts.calls), "cdr_written": ctx.parts.cdr.written,
+        "trunks": ctx.parts.trunks.docs(now),
     }
+
+
+async def _trunks(ctx: OpsContext, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    return trunks_doc(ctx)
+
+
+def trunks_doc(ctx: OpsContext) -> dict[str, Any]:
+    """``sipyard trunks --json``: each trunk's registration (never its credentials)."""
+    return {"trunks": ctx.parts.trunks.docs(ctx.now())}
 
 
 def calls_doc(parts: Parts, now: float) -> dict[str, Any]:
@@ -306,6 +318,8 @@ async def _reload_locked(ctx: OpsContext, state: str | None) -> dict[str, Any]:
     notes = _unapplied(old, cfg)
     reconfigure(ctx.parts, cfg)
     ctx.swap_chain(cfg, chain)
+    for listener in ctx.reload_listeners:
+        listener(cfg)
     removed = await _drop_removed_lines(ctx, old, cfg)
     level = cfg.logging.level.upper()
     logging.getLogger().setLevel(level)
@@ -456,7 +470,7 @@ async def call_docs(ctx: OpsContext) -> dict[str, list[dict[str, Any]]]:
          "trunks": [{"name", "registrar", "state", "expires_in", "last_error"}]}
 
     The calls come from the proxy's call table, the CDRs from ``cdr.jsonl`` (newest
-    first, at most ``CDR_KEEP``); trunks are empty until provider trunks exist. Every
+    first, at most ``CDR_KEEP``); trunks from the trunk board (``trunks_doc``). Every
     string in them may come from the network: readers escape them.
     """
     now = ctx.now()
@@ -477,4 +491,4 @@ async def call_docs(ctx: OpsContext) -> dict[str, list[dict[str, Any]]]:
                     "started": started, "answered": answered, "ended": ended,
                     "duration": duration, "status": r.get("status"),
                     "reason": r.get("disposition")})
-    return {"calls": calls, "cdr": cdr, "trunks": []}
+    return {"calls": calls, "cdr": cdr, "trunks": trunks_doc(ctx)["trunks"]}

@@ -21,6 +21,7 @@ from .registrar import Registrar
 from .security import Guard
 from .stats import Stats
 from .store import LocationStore, open_store
+from .trunks.board import TrunkBoard
 
 if TYPE_CHECKING:
     from .config import Config
@@ -54,6 +55,8 @@ class Parts:
     #: calls the proxy routes right now, and the CDR file they end in
     calls: CallTable
     cdr: CdrLog
+    #: provider trunks as their registration loops last saw them (no secrets)
+    trunks: TrunkBoard
 
 
 def _guard_settings(cfg: Config) -> dict[str, object]:
@@ -80,7 +83,8 @@ def build_parts(cfg: Config) -> Parts:
     return Parts(current=Current(cfg), store=store, guard=guard,
                  auth=Authenticator(cfg, load_secret(data_dir), guard), hooks=hooks,
                  registrar=Registrar(cfg, store), chat=ChatService(hooks), stats=Stats(),
-                 calls=CallTable(), cdr=CdrLog(data_dir, cfg.proxy.cdr_max_bytes))
+                 calls=CallTable(), cdr=CdrLog(data_dir, cfg.proxy.cdr_max_bytes),
+                 trunks=TrunkBoard())
 
 
 async def open_parts(parts: Parts) -> None:

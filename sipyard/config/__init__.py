@@ -92,6 +92,19 @@ Keys (type = default)
   directed_pickup = "*78", join = "*79", global_pickup = ""; pickup_agent: str = "" (identity
   the pickup SUBSCRIBE is sent as; "" = system); pickup_wait = 2.0 (s, 0.001-100).
 
+``[trunks.NAME]`` (a provider; NAME: letters, digits, ``-``, ``_``) registrar: str, required
+  (``sip:HOST[:PORT][;transport=tcp|udp]``; no transport = TCP first, then UDP); username: str,
+  required; secret: str, or ha1: str (MD5 HA1, 32 hex; needs realm); realm: str = "" (answer
+  only challenges of this realm; "" = any); expires = 600 (s asked for; refreshed at half the
+  granted time); contact_user: str = username; from_user: str = username; from_domain: str =
+  the registrar host; outbound_proxy: str = "" (a SIP URI requests go to instead);
+  dids = {} (number -> line, group or user: calls from the provider to that number go
+  there); pai: str = "" (P-Asserted-Identity on outgoing calls); register = true (false: an
+  IP-authenticated trunk); keepalive = 0 (s between CRLF keep-alives on TCP; 0 = 95-120 s
+  as RFC 5626 §4.4.1); retry_min = 30, retry_max = 600 (s of back-off after a failure,
+  doubling). A ``[[mapping]]`` contact ``"trunk:NAME"`` sends {vdigits} through the trunk,
+  ``"trunk:NAME:TEMPLATE"`` a template (``"trunk:provider:+1{vdigits}"``).
+
 Modules (imports go down this list only)
   ``layering`` -- ``load_config``: which files, merged how, with provenance;
   ``validate`` -- the server-wide sections, and the order every section is read in;
@@ -130,15 +143,18 @@ from .records import (
     SecurityConfig,
     ServerConfig,
     StoreConfig,
+    TrunkConfig,
     WebConfig,
 )
 from .specs import parse_listen, parse_ranges
+from .trunks import TRUNK_PREFIX, check_trunk_rules, read_trunks
 
 __all__ = [
+    "TRUNK_PREFIX", "check_trunk_rules", "read_trunks",
     "ALGORITHMS", "CLI", "DEFAULT_CHAIN", "DEMO_LINES", "Config", "ConfigError", "ControlConfig",
     "FeaturesConfig", "GroupConfig", "HooksConfig", "LineConfig", "Listen", "LoggingConfig",
     "Network", "ProxyConfig", "Ranges", "RedirectConfig", "RuleConfig", "SecurityConfig",
-    "ServerConfig", "StoreConfig", "WebConfig", "demo_config_text", "generate_password",
+    "ServerConfig", "StoreConfig", "TrunkConfig", "WebConfig", "demo_config_text", "generate_password",
     "load_config", "parse_listen",
     "parse_ranges", "set_line_credentials",
 ]

@@ -21,7 +21,7 @@ __all__ = [
     "ALGORITHMS", "CLI", "DEFAULT_CHAIN", "Config", "ConfigError", "ControlConfig",
     "FeaturesConfig", "GroupConfig", "HooksConfig", "LineConfig", "Listen", "LoggingConfig",
     "Network", "ProxyConfig", "Ranges", "RedirectConfig", "RuleConfig", "SecurityConfig",
-    "ServerConfig", "StoreConfig", "WebConfig",
+    "ServerConfig", "StoreConfig", "TrunkConfig", "WebConfig",
 ]
 
 #: Digest algorithm name -> (line key holding its HA1, hex length).
@@ -240,6 +240,41 @@ class RuleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TrunkConfig:
+    """``[trunks.NAME]``: a provider we register with and route calls through.
+
+    ``transport`` is None when the registrar URI names none: TCP is tried first, then UDP
+    (the seed's "sip over tcp" preference). Secrets are kept out of ``repr`` so a logged
+    record never shows them.
+    """
+
+    name: str
+    registrar: str  # the SIP URI as configured
+    host: str  # registrar host (no brackets)
+    port: int | None
+    transport: str | None  # "tcp" | "udp" | None (TCP first)
+    username: str
+    secret: str | None = field(repr=False)
+    ha1: str | None = field(repr=False)  # MD5 HA1 (needs realm)
+    realm: str | None
+    expires: int
+    contact_user: str
+    from_user: str
+    from_domain: str
+    outbound_proxy: str | None  # a SIP URI; requests go there instead of the registrar
+    proxy_host: str | None
+    proxy_port: int | None
+    proxy_transport: str | None
+    #: dialled number the provider sends -> a line, group or any user the chain resolves
+    dids: Mapping[str, str]
+    pai: str | None  # P-Asserted-Identity value on outgoing calls
+    register: bool = True
+    keepalive: float = 0.0  # s between CRLF keep-alives over TCP; 0 = 95-120 s (RFC 5626)
+    retry_min: float = 30.0  # first back-off after a failure (doubles)
+    retry_max: float = 600.0  # back-off ceiling
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     server: ServerConfig
@@ -262,6 +297,7 @@ class Config:
     source_files: tuple[Path, ...]  # every file read, in layer order
     state: str | None  # run state whose overlay was applied
     warnings: tuple[str, ...]  # "FILE: KEY: note" for things ignored
+    trunks: Mapping[str, TrunkConfig] = field(default_factory=dict)
 
     def is_our_domain(self, host: str) -> bool:
         """Whether a Request-URI / To host is served here (realm or one of ``domains``)."""

@@ -37,11 +37,12 @@ from .records import (
 )
 from .specs import parse_listen, parse_ranges
 from .tables import Context, Table, fields_of, read_algorithms
+from .trunks import check_trunk_rules, read_trunks
 
 __all__ = ["build"]
 
 _TOP = ("server", "logging", "security", "store", "hooks", "redirect", "proxy", "control", "lines",
-        "groups", "aliases", "mapping", "fallback", "permissions", "features", "web")
+        "groups", "aliases", "mapping", "fallback", "permissions", "features", "web", "trunks")
 
 
 def build(ctx: Context, layers: list[Path], state: str | None, data_dir: str | Path | None,
@@ -58,17 +59,20 @@ def build(ctx: Context, layers: list[Path], state: str | None, data_dir: str | P
     security = _security(ctx)
     lines = read_lines(ctx, server, security)
     groups = read_groups(ctx, lines)
+    trunks = read_trunks(ctx, lines, groups)
+    mapping = read_rules(ctx, "mapping", server.timezone)
+    fallback = read_rules(ctx, "fallback", server.timezone)
+    check_trunk_rules(ctx, (*mapping, *fallback), trunks)
     return Config(
         path=layers[0], server=server, logging=_logging(ctx),
         security=security, store=_store(ctx), hooks=_hooks(ctx), redirect=_redirect(ctx),
         proxy=_proxy(ctx), control=_control(ctx), features=_features(ctx), web=_web(ctx),
         lines=lines, groups=groups,
         aliases=read_aliases(ctx, lines, groups),
-        mapping=read_rules(ctx, "mapping", server.timezone),
-        fallback=read_rules(ctx, "fallback", server.timezone),
+        mapping=mapping, fallback=fallback,
         permissions=read_permissions(ctx, lines),
         line_numbers=tuple(sorted(lines, key=int)), source_files=tuple(layers), state=state,
-        warnings=tuple(ctx.warnings),
+        warnings=tuple(ctx.warnings), trunks=trunks,
     )
 
 

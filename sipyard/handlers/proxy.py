@@ -44,11 +44,13 @@ from ..proxy.actions import Target
 from ..proxy.checks import MaxForwardsVerdict, check_max_forwards
 from ..proxy.routing import forward_request, preprocess_routes, route_uri
 from ..redirect.pipeline import line_aor
+from ..redirect.redirectors._rules import trunk_of
 from ..sip.errors import ParseError
 from ..sip.message import Request, Response, canonical_name
 from ..sip.source import Source
 from ..sip.transaction import ServerTransaction, TransactionLayer
 from ..sip.uri import SipUri, parse_uri
+from ..trunks.routing import TrunkRouter, TrunkTarget
 from .calls import CallKeeper
 from .chat import ChatHandler
 from .redirect import NotifyHandler, trusted
@@ -91,6 +93,10 @@ class ProxyHandler:
         self.cancelled: set[object] = set()
         #: the line of a trusted, unauthenticated caller (its From), for calls and limits
         self.identity: dict[object, str | None] = {}
+        #: provider trunks (issue #13; set by the app): inbound recognition, outbound hops
+        self.trunks: TrunkRouter | None = None
+        #: the trunk an INVITE came in through (by server tx key), for its call record
+        self.trunk_of: dict[object, str] = {}
 
     # -- entry ----------------------------------------------------------------------
     def handle(self, req: Request, src: Source, tx: ServerTransaction) -> Awaitable[None] | None:
@@ -191,6 +197,12 @@ class ProxyHandler:
                 and uri.user_unescaped == cfg.server.system and cfg.is_our_domain(uri.host_lower)):
             return self.chat.handle(req, src, tx)
         is_trusted = trusted(cfg, src.ip)
+        inbound = self.trunks.inbound(req, src) if self.trunks is not None else None
+        if inbound is not None:  # the provider: from its address, to one of its DIDs
+            req, received = inbound.rewrite(req), inbound.rewrite(received)
+            uri = req.ruri
+            is_trusted = True
+            self.trunk_of[tx.key] = inbound.trunk
         required = cfg.redirect.require_auth and not is_trusted
         answered, caller = self._authenticate(req, src, tx, required)
         if answered:
@@ -268,6 +280,7 @@ class ProxyHandler:
         uri = req.ruri
         callee = self.services.line_for_uri(uri) if isinstance(uri, SipUri) else None
         caller = caller or self.identity.pop(tx.key, None)
+        trunk = self.trunk_of.pop(tx.key, None)
         if outcome.status != 302:
             out.respond(tx, req, outcome.status, outcome.reason, outcome.headers)
             if req.method == "INVITE":
@@ -282,11 +295,19 @@ class ProxyHandler:
             if c.binding is not None:
                 targets.append(Target(c.binding.contact, c.sort_q, data=c.binding))
                 continue
+            name = trunk_of(c) if self.trunks is not None else None
+            if name is not None and self.trunks is not None:
+                t = self.trunks.target(name, c)
+                if t is not None:
+                    targets.append(t)
+                continue
             line = _line_of(self.services, c.uri)
             if line is not None:
                 lines.append(line)
             else:
                 targets.append(Target(c.uri, c.sort_q))
+        if trunk is not None:
+            self.trunk_of[tx.key] = trunk
         return self._resolve_and_fork(req, received, src, tx, targets, caller, callee, lines)
 
     async def _resolve_and_fork(self, req: Request, received: Request, src: Source,
@@ -308,6 +329,7 @@ class ProxyHandler:
                 continue
             ready.append(Target(t.uri, t.q, t.depth, hop))
         key = tx.key
+        trunk = self.trunk_of.pop(key, None)
         if key in self.cancelled:
             self.cancelled.discard(key)
             self.out.respond(tx, req, 487, "Request Terminated")
@@ -326,6 +348,8 @@ class ProxyHandler:
         if req.method == "INVITE":
             call = self.keeper.start(req, caller)
             call.callee_line = callee
+            call.trunk = trunk or next(
+                (t.data.name for t in targets if isinstance(t.data, TrunkTarget)), None)
             keeper = self.keeper
 
             def observer(fork: Fork, status: int, reason: str, resp: Response | None) -> None:
@@ -336,6 +360,8 @@ class ProxyHandler:
 
     async def _hop(self, t: Target) -> Hop | None:
         """A target's :class:`~sipyard.forwarder.Hop`, or None when it cannot be reached."""
+        if isinstance(t.data, TrunkTarget):
+            return await self.trunks.hop(t.data) if self.trunks is not None else None
         b: Binding | None = t.data  # type: ignore[assignment]
         udp_local = self.sender_udp_local
         tr = self.sender.transports

@@ -395,6 +395,37 @@ def compile_template(text: str) -> Template:
     return Template(text, tuple(parts))
 
 
+# ------------------------------------------------------------------------------------- trunks
+
+#: the Contact parameter that marks a target as "through this trunk" (proxy mode)
+TRUNK_PARAM: Final = "sipyard-trunk"
+TRUNK_HOST: Final = "trunk.invalid"
+
+
+def trunk_template(text: str) -> str:
+    """``trunk:NAME`` / ``trunk:NAME:TEMPLATE`` as an ordinary contact template.
+
+    Why a contact and not a new kind of target: the contact set, its q order and the
+    redirectors after ``mapping`` stay as they are; the proxy recognises the parameter
+    (:func:`trunk_of`) and sends the call to the provider. The host is ``.invalid``
+    (RFC 6761), so such a contact leaking anywhere reaches nobody.
+    """
+    if not text.startswith("trunk:"):
+        return text
+    name, _, template = text[6:].partition(":")
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise ValueError(f"{text!r}: expected trunk:NAME or trunk:NAME:TEMPLATE")
+    return f"<sip:{template or '{vdigits}'}@{TRUNK_HOST}>;{TRUNK_PARAM}={name}"
+
+
+def trunk_of(contact: Contact) -> str | None:
+    """The trunk a rendered contact goes through, or None for an ordinary one."""
+    for name, value in contact.params:
+        if name.lower() == TRUNK_PARAM and value:
+            return value
+    return None
+
+
 # ------------------------------------------------------------------------------------- rules
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +438,8 @@ class Rule:
     permissions: frozenset[str]
     when: TimeWindows | None
     contacts: tuple[Template, ...]
+    #: some contact goes through a trunk (a line without the permissions gets 403)
+    trunk: bool = False
 
     @property
     def label(self) -> str:
@@ -472,10 +505,11 @@ def compile_rule(raw: Any, kind: str, index: int, default_zone: str) -> Rule:
         raise RuleError("contacts", "needs at least one contact template")
     for i, text in enumerate(contact_texts):
         try:
-            t = compile_template(text)
+            t = compile_template(trunk_template(text))
             Contact.parse(t.render(_SAMPLE))
         except ValueError as exc:
             raise RuleError(f"contacts[{i}]", str(exc)) from None
         templates.append(t)
     return Rule(kind, index, str(get("name", "") or ""), hosts, tuple(users),
-                frozenset(strings("permissions")), when, tuple(templates))
+                frozenset(strings("permissions")), when, tuple(templates),
+                any(text.startswith("trunk:") for text in contact_texts))

@@ -59,11 +59,13 @@ from typing import Any, ClassVar
 from sipyard.config import Config, ConfigError, RuleConfig
 
 from ..pipeline import NEEDS_AUTH, ErrorDescriptor, RedirectContext, Redirector, Result, Services
-from ._rules import Rule, RuleError, compile_rule
+from ._rules import Rule, RuleError, compile_rule, trunk_of
 
 __all__ = ["Mapping"]
 
 _NONE: frozenset[str] = frozenset()
+#: a line without the permission of a rule that leaves through a trunk
+_FORBIDDEN = ErrorDescriptor(403, "Forbidden")
 
 
 class Mapping(Redirector):
@@ -131,11 +133,16 @@ class Mapping(Redirector):
                 if ctx.caller is None:
                     return NEEDS_AUTH
                 if not rule.permissions <= self._perms.get(ctx.caller, _NONE):
+                    if rule.trunk:  # a paid way out: say no, do not fall through
+                        return _FORBIDDEN
                     continue
             values = {"user": user, "digits": user, "vdigits": vdigits, "host": target.host}
             for item in rule.render(values, self.name):
                 if isinstance(item, str):
                     self.log.error("%s: %s: %s; skipped", self.name, rule.label, item)
+                elif trunk_of(item) is not None and self.config.server.mode != "proxy":
+                    self.log.warning("%s: %s: trunk contacts need proxy mode; skipped",
+                                     self.name, rule.label)
                 else:
                     contacts.add(item)
             return Result.SUCCESS

@@ -1,0 +1,222 @@
+"""Calls through trunks, for the proxy: recognise the provider's requests, send ours to it.
+
+Inbound (:meth:`TrunkRouter.inbound`): a request is the provider's only when it comes
+from one of the trunk's resolved addresses (registrar, outbound proxy) — the claim in
+its headers is never enough, so anybody else who names our contact user or a DID is an
+ordinary unauthenticated caller. Among those, the DID is the Request-URI user when it
+is configured, else (the Request-URI names our contact user, as a provider calling a
+registered contact does) the To user. The Request-URI is rewritten to
+``sip:TARGET@realm`` and the request runs through the redirect chain like any other;
+it is not challenged (the provider does not have our credentials).
+
+Outbound (:meth:`TrunkRouter.target` / :meth:`hop`): a contact from a ``trunk:NAME``
+rule becomes ``sip:NUMBER@registrar``, sent over the registration's own TCP flow when
+there is one (else a new connection, or UDP), with the trunk's From identity (the
+caller's tag kept), ``P-Asserted-Identity`` when configured, the caller's credentials
+for us removed, and the provider's 401/407 answered once with the trunk's credentials
+(:meth:`TrunkAuth.retry`: new CSeq, same Call-ID, RFC 3261 §22.2).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..forwarder import Hop
+from ..proxy.actions import Target
+from ..sip.digest_client import DigestClient
+from ..sip.errors import ParseError
+from ..sip.message import Request, Response, canonical_name
+from ..sip.source import Source
+from ..sip.uri import SipUri, parse_uri
+
+if TYPE_CHECKING:
+    from ..config import TrunkConfig
+    from ..parts import Parts
+    from ..redirect.contacts import Contact
+
+__all__ = ["TrunkRouter", "TrunkTarget", "Inbound", "TrunkAuth", "with_header_values"]
+
+log = logging.getLogger("sipyard.trunks")
+
+_DROP_OUT = frozenset({"proxy-authorization", "authorization", "p-asserted-identity",
+                       "p-preferred-identity"})
+
+
+@dataclass(frozen=True, slots=True)
+class TrunkTarget:
+    """A target's data while the proxy resolves it: which trunk, which number."""
+
+    name: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    trunk: str
+    did: str
+    target: str  # line, group or user
+    uri: str  # the new Request-URI
+
+    def rewrite(self, req: Request) -> Request:
+        return Request(req.method, self.uri, req.version, list(req.headers),
+                       [canonical_name(n) for n, _ in req.headers], req.body)
+
+
+def with_header_values(req: Request, drop: frozenset[str],
+                       add: list[tuple[str, str]], replace: dict[str, str]) -> Request:
+    """A copy of ``req`` without the ``drop`` headers, ``replace`` values set, ``add`` added."""
+    headers: list[tuple[str, str]] = []
+    for n, v in req.headers:
+        key = canonical_name(n)
+        if key in drop:
+            continue
+        headers.append((n, replace.get(key, v)))
+    headers.extend(add)
+    return Request(req.method, req.uri, req.version, headers,
+                   [canonical_name(n) for n, _ in headers], req.body)
+
+
+def _user_of(value: str) -> str | None:
+    try:
+        uri = parse_uri(value)
+    except ParseError:
+        return None
+    return uri.user_unescaped if isinstance(uri, SipUri) else None
+
+
+class TrunkAuth:
+    """The provider's challenge to one forwarded INVITE, answered once."""
+
+    __slots__ = ("client", "used")
+
+    def __init__(self, client: DigestClient) -> None:
+        self.client = client
+        self.used = False
+
+    def retry(self, sent: Request, resp: Response, branch: str) -> Request | None:
+        if self.used:
+            return None
+        self.used = True
+        name = "www-authenticate" if resp.status == 401 else "proxy-authenticate"
+        ch = self.client.pick(resp.get_all(name))
+        if ch is None:
+            return None
+        try:
+            seq, method = sent.cseq
+            via = sent.get_all("via")[0]
+        except (ParseError, IndexError):
+            return None
+        value = self.client.answer(ch, method, sent.uri)
+        header = "Authorization" if resp.status == 401 else "Proxy-Authorization"
+        head, sep, rest = via.partition("branch=")
+        tail = rest.partition(";")[2]
+        new_via = f"{head}{sep}{branch}" + (f";{tail}" if tail else "")
+        headers: list[tuple[str, str]] = []
+        via_done = False
+        for n, v in sent.headers:
+            key = canonical_name(n)
+            if key == "via" and not via_done:
+                headers.append((n, new_via))
+                via_done = True
+            elif key == "cseq":
+                headers.append((n, f"{seq + 1} {method}"))
+            else:
+                headers.append((n, v))
+        headers.append((header, value))
+        return Request(sent.method, sent.uri, sent.version, headers,
+                       [canonical_name(n) for n, _ in headers], sent.body)
+
+
+class TrunkRouter:
+    """The proxy's side of the trunks (reads the board and the config; never registers)."""
+
+    def __init__(self, parts: Parts, connect: Callable[[str, int], Awaitable[Source]],
+                 has_connection: Callable[[int | None], bool],
+                 udp_local: Callable[[str], tuple[str, int]]) -> None:
+        self.parts = parts
+        self.current = parts.current
+        self.board = parts.trunks
+        self.connect = connect
+        self.has_connection = has_connection
+        self.udp_local = udp_local
+
+    # -- inbound ----------------------------------------------------------------------------
+    def inbound(self, req: Request, src: Source) -> Inbound | None:
+        states = self.board.from_address(src.ip)
+        if not states:
+            return None
+        cfg = self.current.config
+        try:
+            ruser = _user_of(req.uri)
+            tuser = _user_of(req.to.uri)
+        except ParseError:
+            return None
+        for st in states:
+            tc = cfg.trunks.get(st.name)
+            if tc is None:
+                continue
+            did = None
+            if ruser is not None and ruser in tc.dids:
+                did = ruser
+            elif tuser is not None and tuser in tc.dids:
+                did = tuser  # the provider called our contact (user = contact_user)
+            if did is None:
+                continue
+            target = tc.dids[did]
+            return Inbound(tc.name, did, target, f"sip:{target}@{cfg.server.realm}")
+        return None
+
+    # -- outbound ---------------------------------------------------------------------------
+    def target(self, name: str, contact: Contact) -> Target | None:
+        tc = self.current.config.trunks.get(name)
+        user = _user_of(contact.uri)
+        if tc is None or not user:
+            return None
+        hp = f"[{tc.host}]" if ":" in tc.host else tc.host
+        uri = f"sip:{contact.uri[4:].split('@', 1)[0]}@{hp}" + (f":{tc.port}" if tc.port else "")
+        return Target(uri, contact.sort_q, data=TrunkTarget(name, user))
+
+    async def hop(self, t: TrunkTarget) -> Hop | None:
+        tc = self.current.config.trunks.get(t.name)
+        st = self.board.get(t.name)
+        if tc is None:
+            return None
+        dest = await self._dest(tc, st.flow if st is not None else None,
+                                st.transport if st is not None else None)
+        if dest is None:
+            log.warning("trunk %s: provider unreachable for an outgoing call", t.name)
+            return None
+        routes = (f"<{tc.outbound_proxy};lr>",) if tc.outbound_proxy else ()
+        client = DigestClient(tc.username, tc.secret, tc.ha1, tc.realm)
+        return Hop(dest, routes, edit=self._identity(tc), auth=TrunkAuth(client).retry)
+
+    async def _dest(self, tc: TrunkConfig, flow: Source | None,
+                    registered: str | None) -> Source | None:
+        if flow is not None and self.has_connection(flow.conn_id):
+            return flow
+        host = tc.proxy_host or tc.host
+        port = (tc.proxy_port if tc.outbound_proxy else tc.port) or 5060
+        transport = (tc.proxy_transport if tc.outbound_proxy else tc.transport) or registered
+        st = self.board.get(tc.name)
+        ips = sorted(st.addresses) if st is not None and st.addresses else [host]
+        ip = ips[0]
+        if transport == "udp":
+            return Source("udp", ip, port, None, self.udp_local(ip))
+        try:
+            return await self.connect(ip, port)
+        except (OSError, TimeoutError, ConnectionError):
+            if transport is None:
+                return Source("udp", ip, port, None, self.udp_local(ip))
+            return None
+
+    @staticmethod
+    def _identity(tc: TrunkConfig) -> Callable[[Request], Request]:
+        def edit(req: Request) -> Request:
+            tag = req.from_.tag
+            value = f"<sip:{tc.from_user}@{tc.from_domain}>" + (f";tag={tag}" if tag else "")
+            add = [("P-Asserted-Identity", tc.pai)] if tc.pai else []
+            return with_header_values(req, _DROP_OUT, add, {"from": value})
+        return edit
