@@ -62,6 +62,12 @@ class OpsContext:
     #: CLI overrides (data_dir, listen) that a reload must apply again
     load_args: dict[str, Any] = field(default_factory=dict)
     control: ControlServer | None = None
+    #: where the control socket goes (None: ``control.sock`` in the data dir); a worker
+    #: under the supervisor gets a private one the supervisor fans out to
+    control_path: Path | None = None
+    #: this process runs the site-wide singletons (web page, metrics, trunk
+    #: registrations): False in every worker but worker 0 of a supervisor
+    primary: bool = True
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -74,7 +80,7 @@ class Operations:
     async def start(self) -> None:
         ctx = self.ctx
         cfg = ctx.parts.current.config
-        path = cfg.server.data_dir / "control.sock"
+        path = ctx.control_path or cfg.server.data_dir / "control.sock"
         server = ControlServer(path, mode=cfg.control.socket_mode, group=cfg.control.group,
                                request_timeout=cfg.control.request_timeout)
         ops = {
