@@ -68,6 +68,8 @@ class OpsContext:
     #: this process runs the site-wide singletons (web page, metrics, trunk
     #: registrations): False in every worker but worker 0 of a supervisor
     primary: bool = True
+    #: more of ``status`` from outside the app's parts (a worker's hand-off counters)
+    status_extra: Callable[[], dict[str, Any]] | None = None
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -144,6 +146,7 @@ async def status_doc(ctx: OpsContext) -> dict[str, Any]:
         "tcp_connections": ctx.transports.connections,
         "mode": ctx.parts.current.config.server.mode,
         "calls": len(ctx.parts.calls), "cdr_written": ctx.parts.cdr.written,
+        **(ctx.status_extra() if ctx.status_extra is not None else {}),
     }
 
 

@@ -310,6 +310,12 @@ class Supervisor:
                 for k, v in (r.get(key) or {}).items():
                     merged[k] = merged.get(k, 0) + int(v)
             out[key] = merged
+        handoff: dict[str, int] = {}
+        for r in replies:
+            for k, v in (r.get("handoff") or {}).items():
+                handoff[k] = handoff.get(k, 0) + int(v)
+        out["handoff"] = handoff
+        out.pop("worker", None)
         out["pid"] = os.getpid()
         out["uptime"] = round(time.time() - self.started, 1)
         out["workers"] = [{"index": w.index, "pid": w.proc.pid if w.proc else None,

@@ -86,6 +86,7 @@ class WorkerRole:
         handoff.open()
         if self.count > 1:
             transports.handler = self.ingress
+        self.app.ops.ctx.status_extra = self.status
         parent = os.getppid()
         self._watch = asyncio.ensure_future(self._watch_parent(parent))
 
@@ -100,6 +101,12 @@ class WorkerRole:
         inner = self._inner
         assert inner is not None
         inner(data, src)
+
+    def status(self) -> dict[str, Any]:
+        h = self.handoff
+        return {"worker": self.index, "handoff": {
+            "sent": h.sent if h else 0, "received": h.received if h else 0,
+            "dropped": h.dropped if h else 0, "local_fallback": h.local_fallback if h else 0}}
 
     async def _watch_parent(self, parent: int) -> None:
         """A worker whose supervisor is gone (kill -9) stops instead of living on alone."""
