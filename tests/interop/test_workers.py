@@ -274,3 +274,80 @@ def test_supervisor_control_fan_out(tmp_path: Path, redis: Redis) -> None:
         assert srv.proc.wait(15) == 0
     finally:
         srv.stop()
+
+
+class DurableRedis(Redis):
+    """A redis that keeps its data over a stop/start (append-only file, fsync always)."""
+
+    def start(self, timeout: float = 10.0) -> DurableRedis:
+        exe = require_tool("redis-server")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir),
+             "--daemonize", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ping():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+
+def test_redis_outage_under_register_load(tmp_path: Path) -> None:
+    """Redis gone for 10 s: 500 + Retry-After meanwhile, 200 after, no 200 lost, no crash."""
+    import redis as redis_py
+
+    r = DurableRedis(tmp_path / "redis").start()
+    srv = Server(_workers_conf(tmp_path / "srv", r)).start()
+    clients = [UdpClient(srv.addr, timeout=5) for _ in range(4)]
+    ok: set[str] = set()
+    statuses: dict[int, int] = {}
+    phase_ok = {"before": 0, "down": 0, "after": 0}
+    try:
+        pids = [w["pid"] for w in _status(srv)["workers"]]
+        n = 0
+        t0 = time.monotonic()
+        stopped = restarted = False
+        while time.monotonic() - t0 < 25:
+            el = time.monotonic() - t0
+            if el > 5 and not stopped:
+                r.stop()
+                stopped = True
+            if el > 15 and not restarted:
+                r.start()
+                restarted = True
+            phase = "before" if not stopped else "down" if not restarted else "after"
+            c = clients[n % len(clients)]
+            user = f"u{n:05d}"
+            n += 1
+            to = f"<sip:{user}@sipyard.test>"
+            res = c.request(sip_request(
+                "REGISTER", "sip:sipyard.test", to=to, frm=to, local_port=c.port,
+                headers=[("Contact", f"<sip:{user}@127.0.0.1:{c.port}>"),
+                         ("Expires", "3600")]), timeout=6)
+            st = status_of(res)
+            statuses[st] = statuses.get(st, 0) + 1
+            if st == 200:
+                ok.add(user)
+                phase_ok[phase] += 1
+            else:
+                assert st == 500, (phase, res)
+                assert res is not None and header_values(res, "Retry-After"), res
+                if phase == "after":  # a few while the pool reconnects, then none
+                    assert el < 18, (el, res)
+            time.sleep(0.01)
+        assert phase_ok["before"] > 50 and phase_ok["after"] > 50, (phase_ok, statuses)
+        assert phase_ok["down"] == 0, phase_ok
+        assert statuses.get(500, 0) > 10, statuses
+        stored = redis_py.Redis(port=r.port, decode_responses=True).smembers("sipyard:aors")
+        users = {a.split(":", 1)[1].split("@", 1)[0] for a in stored}
+        assert ok <= users, sorted(ok - users)[:10]
+        st = _status(srv)
+        assert [w["pid"] for w in st["workers"]] == pids  # no worker died
+        assert "Traceback" not in srv.log()
+    finally:
+        for c in clients:
+            c.close()
+        srv.stop()
+        r.stop()
