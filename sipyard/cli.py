@@ -288,12 +288,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     role = WorkerRole(app, *worker) if worker is not None else None
     if role is not None:
         role.prepare()
+    shared = None
+    url = cfg.store.url or ""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from .cluster.shared import SharedState
+
+        shared = SharedState(app.ops.ctx, url)
 
     async def run() -> int:
         try:
             bound = await app.start()
             if role is not None:
                 await role.start()
+            if shared is not None:
+                await shared.start()
         except OSError as exc:
             await app.stop()
             return _fail(args, f"cannot listen: {exc}")
@@ -314,6 +322,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         finally:
             if role is not None:
                 await role.close()
+            if shared is not None:
+                await shared.close()
             await app.stop()
         return 0
 

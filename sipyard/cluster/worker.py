@@ -77,6 +77,7 @@ class WorkerRole:
         ctx = self.app.ops.ctx
         ctx.control_path = self.run_dir / f"w{self.index}.ctl"
         ctx.primary = self.index == 0
+        self.app.parts.guard.rate_share = self.count  # Call-IDs spread a source's REGISTERs
 
     async def start(self) -> None:
         """After ``app.start()``: open the hand-off socket and take over the ingress."""

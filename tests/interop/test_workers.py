@@ -25,6 +25,7 @@ from support import (
     ROOT,
     Server,
     UdpClient,
+    auth_header,
     free_port,
     header_values,
     register,
@@ -351,3 +352,42 @@ def test_redis_outage_under_register_load(tmp_path: Path) -> None:
             c.close()
         srv.stop()
         r.stop()
+
+
+def test_failures_and_bans_shared_between_workers(tmp_path: Path, redis: Redis) -> None:
+    """Failures counted by both workers ban the source in both."""
+    cfg = write_config(tmp_path / "srv", server={"workers": 2}, store={"url": redis.url},
+                       security={"max_auth_failures": 6, "failure_window": 60})
+    srv = Server(cfg).start()
+    c = UdpClient(srv.addr, timeout=1)
+    try:
+        to = "<sip:10@sipyard.test>"
+        handled = []
+        for i in range(6):  # Call-ID owned by worker i % 2: three failures in each
+            cid = _owned_call_id(i % 2)
+            hdrs = [("Contact", f"<sip:10@127.0.0.1:{c.port}>")]
+            first = c.request(sip_request("REGISTER", "sip:sipyard.test", to=to, frm=to,
+                                          call_id=cid, local_port=c.port, headers=hdrs))
+            assert status_of(first) == 401 and first is not None
+            bad = auth_header(first, "10", "wrong", "REGISTER", "sip:sipyard.test")
+            res = c.request(sip_request("REGISTER", "sip:sipyard.test", to=to, frm=to,
+                                        call_id=cid, cseq=2, local_port=c.port,
+                                        headers=hdrs + [("Authorization", bad)]))
+            handled.append(status_of(res))
+        assert handled == [401] * 6
+        time.sleep(2.5)  # one sync round
+        bans = json.loads(srv.cli("bans", "--json").stdout)["bans"]
+        assert [b["address"] for b in bans] == ["127.0.0.1"]
+        for w in (0, 1):  # both workers drop the banned source
+            res = c.request(sip_request("REGISTER", "sip:sipyard.test", to=to, frm=to,
+                                        call_id=_owned_call_id(w), local_port=c.port), timeout=1)
+            assert res is None, (w, res)
+        assert srv.cli("unban", "127.0.0.1").returncode == 0
+        time.sleep(2.5)
+        for w in (0, 1):
+            res = c.request(sip_request("REGISTER", "sip:sipyard.test", to=to, frm=to,
+                                        call_id=_owned_call_id(w), local_port=c.port))
+            assert status_of(res) == 401, (w, res)
+    finally:
+        c.close()
+        srv.stop()
