@@ -133,13 +133,13 @@ def _answer(callee: UdpClient, req: bytes, status: int, reason: str, tag: str = 
         to += f";tag={tag}"
     out = [f"SIP/2.0 {status} {reason}", *keep, to,
            f"Contact: <sip:11@127.0.0.1:{callee.port}>", "Content-Length: 0", "", ""]
-    callee.sock.sendto("\r\n".join(out).encode(), ("127.0.0.1", _via_port(req)))
+    callee.sock.sendto("\r\n".join(out).encode(), _via_addr(req))
 
 
-def _via_port(req: bytes) -> int:
+def _via_addr(req: bytes) -> tuple[str, int]:
     via = header_values(req, "Via")[0]
-    hostport = via.split()[1].split(";")[0]
-    return int(hostport.rsplit(":", 1)[1])
+    host, _, port = via.split()[1].split(";")[0].rpartition(":")
+    return host, int(port)
 
 
 def _recv_request(sock: UdpClient, method: str, timeout: float = 5.0) -> bytes:
@@ -391,3 +391,53 @@ def test_failures_and_bans_shared_between_workers(tmp_path: Path, redis: Redis) 
     finally:
         c.close()
         srv.stop()
+
+
+def _host(tmp: Path, name: str, ip: str, redis: Redis) -> Server:
+    cfg = write_config(tmp / name, server={"mode": "proxy", "domains": [ip, "127.0.0.1"]},
+                       store={"url": redis.url},
+                       security={"trusted": ["127.0.0.0/8"], "open_registration": True})
+    port = free_port()
+    return Server(cfg, port, listen=[f"udp:{ip}:{port}", f"tcp:{ip}:{port}"]).start()
+
+
+def _call(caller: UdpClient, callee: UdpClient, host: tuple[str, int]) -> None:
+    """INVITE to line 11 through ``host``: the callee answers 200, the caller ACKs and BYEs."""
+    caller.server = host
+    invite = _invite(caller, "11", uuid.uuid4().hex, "z9hG4bK" + uuid.uuid4().hex[:16])
+    caller.send(invite)
+    fwd = _recv_request(callee, "INVITE")
+    assert f"SIP/2.0/UDP {host[0]}:{host[1]}".encode() in fwd  # relayed by this host
+    _answer(callee, fwd, 200, "OK")
+    ok = _recv_status(caller, 200)
+    assert header_values(ok, "Record-Route")
+
+
+def test_two_hosts_one_redis(tmp_path: Path, redis: Redis) -> None:
+    """Register at host A (127.0.0.2), call in at host B (127.0.0.3); A stops, the phone
+    re-registers at B and is called again. Bindings live in the shared redis."""
+    a = _host(tmp_path, "a", "127.0.0.2", redis)
+    b = _host(tmp_path, "b", "127.0.0.3", redis)
+    callee, caller = UdpClient(("127.0.0.2", a.port)), UdpClient(("127.0.0.3", b.port))
+    try:
+        to = "<sip:11@sipyard.test>"
+        reg = callee.request(sip_request(
+            "REGISTER", "sip:sipyard.test", to=to, frm=to, local_port=callee.port,
+            headers=[("Contact", f"<sip:11@127.0.0.1:{callee.port}>"), ("Expires", "600")]))
+        assert status_of(reg) == 200
+        _call(caller, callee, ("127.0.0.3", b.port))
+        a.stop()
+        st = json.loads(b.cli("registry", "11", "--json").stdout)
+        assert st["lines"][0]["bindings"], st  # A's stop lost no binding
+        callee.server = ("127.0.0.3", b.port)
+        reg = callee.request(sip_request(
+            "REGISTER", "sip:sipyard.test", to=to, frm=to, local_port=callee.port,
+            headers=[("Contact", f"<sip:11@127.0.0.1:{callee.port}>"), ("Expires", "600")]))
+        assert status_of(reg) == 200
+        _call(caller, callee, ("127.0.0.3", b.port))
+        assert "Traceback" not in b.log()
+    finally:
+        callee.close()
+        caller.close()
+        a.stop()
+        b.stop()
