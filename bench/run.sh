@@ -147,4 +147,7 @@ echo "== redirect: a request whose chain suspends once vs an unsuspended one =="
 echo
 echo "== store: memory per binding and restart time with 100 000 bindings =="
 "$PY" "$HERE/store_bench.py" 100000
+echo
+echo "== --workers 1 vs --workers 2 (redis store, each worker pinned) =="
+OUT="$OUT/workers" PY="$PY" RATE="$RATE" COUNT="$COUNT" PORT=$((PORT + 10)) "$HERE/workers.sh"
 echo "raw output: $OUT" >&2

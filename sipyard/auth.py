@@ -69,6 +69,8 @@ class Authenticator:
     def __init__(self, config: Config, secret: bytes, guard: Guard) -> None:
         self.guard = guard
         self._secret = secret
+        #: issuer id in our nonces when several processes share the secret (cluster)
+        self._node: int | None = None
         self._digest_params: tuple[str, float, tuple[str, ...]] | None = None
         self.configure(config)
 
@@ -81,9 +83,20 @@ class Authenticator:
             # A reload that leaves these alone keeps the server and so its table of
             # nonce counts: a new one would accept one replay of any recent header.
             self.digest = DigestServer(self._secret, srv.realm, nonce_ttl=params[1],
-                                       algorithms=params[2], not_before=time.time())
+                                       algorithms=params[2], not_before=time.time(),
+                                       node=self._node)
             self._digest_params = params
         self._ha1: dict[tuple[str, str], str | None] = {}
+
+    def share(self, secret: bytes, node: int) -> None:
+        """Join processes that share ``secret`` (from the shared store) as ``node``.
+
+        Every host and worker must accept each other's nonces as *ours* (a
+        foreign MAC would count as a wrong password), while each nonce count
+        is checked only by its issuer (see :class:`DigestServer` ``node``)."""
+        self._secret, self._node = secret, node
+        self._digest_params = None
+        self.configure(self.config)
 
     def _lookup(self, username: str, algorithm: str) -> str | None:
         key = (username, algorithm)

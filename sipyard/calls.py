@@ -108,6 +108,8 @@ class CallTable:
 
     def __init__(self) -> None:
         self._calls: dict[tuple[str, str], Call] = {}
+        #: calls per line in the other workers and hosts (kept by sipyard.cluster.shared)
+        self.elsewhere: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -134,8 +136,19 @@ class CallTable:
             del self._calls[(call.call_id, call.from_tag)]
 
     def count(self, line: str) -> int:
-        """Calls from or to ``line`` right now (one call between two of its phones is one)."""
-        return sum(1 for c in self._calls.values() if line in (c.caller_line, c.callee_line))
+        """Calls from or to ``line`` right now (one call between two of its phones is one),
+        here and in the other processes sharing the store (``elsewhere``)."""
+        here = sum(1 for c in self._calls.values() if line in (c.caller_line, c.callee_line))
+        return here + self.elsewhere.get(line, 0)
+
+    def local_counts(self) -> dict[str, int]:
+        """Calls per line in this process (what sipyard.cluster.shared publishes)."""
+        out: dict[str, int] = {}
+        for c in self._calls.values():
+            for line in {c.caller_line, c.callee_line}:
+                if line:
+                    out[line] = out.get(line, 0) + 1
+        return out
 
     def expired(self, now: float, max_seconds: float) -> list[Call]:
         return [c for c in self._calls.values() if now - c.start >= max_seconds]

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", action="append", default=None,
                    help="udp:HOST:PORT | tcp:HOST:PORT | HOST:PORT (repeatable)")
     p.add_argument("--log-level", type=str.lower, choices=LEVELS, default=None)
+    p.add_argument("--workers", default=None,
+                   help="worker processes: N or auto (overrides [server] workers)")
 
     p = sub.add_parser("check", help="validate the config (all layers)")
     _common(p)
@@ -270,14 +272,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
+    from .cluster.worker import WorkerRole, from_env
+    from .supervisor import SupervisorError, supervise, worker_count
+
+    worker = from_env()
+    if worker is None:
+        try:
+            count = worker_count(args.workers, cfg.server.workers)
+            if count > 1:
+                return supervise(args, cfg, count)
+        except SupervisorError as exc:
+            return _fail(args, str(exc))
     from .app import App
 
     app = App(cfg, config_path=Path(args.config))
     app.load_args = {"data_dir": args.data, "listen": args.listen}
+    role = WorkerRole(app, *worker) if worker is not None else None
+    if role is not None:
+        role.prepare()
+    shared = None
+    url = cfg.store.url or ""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from .cluster.shared import SharedState
+
+        shared = SharedState(app.ops.ctx, url)
 
     async def run() -> int:
         try:
             bound = await app.start()
+            if role is not None:
+                await role.start()
+            if shared is not None:
+                await shared.start()
         except OSError as exc:
             await app.stop()
             return _fail(args, f"cannot listen: {exc}")
@@ -296,6 +322,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await app.serve_forever()
             sdnotify.stopping()
         finally:
+            if role is not None:
+                await role.close()
+            if shared is not None:
+                await shared.close()
             await app.stop()
         return 0
 

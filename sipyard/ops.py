@@ -62,6 +62,14 @@ class OpsContext:
     #: CLI overrides (data_dir, listen) that a reload must apply again
     load_args: dict[str, Any] = field(default_factory=dict)
     control: ControlServer | None = None
+    #: where the control socket goes (None: ``control.sock`` in the data dir); a worker
+    #: under the supervisor gets a private one the supervisor fans out to
+    control_path: Path | None = None
+    #: this process runs the site-wide singletons (web page, metrics, trunk
+    #: registrations): False in every worker but worker 0 of a supervisor
+    primary: bool = True
+    #: more of ``status`` from outside the app's parts (a worker's hand-off counters)
+    status_extra: Callable[[], dict[str, Any]] | None = None
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: told about each config a reload installed (the trunk manager)
     reload_listeners: list[Callable[[Config], object]] = field(default_factory=list)
@@ -76,7 +84,7 @@ class Operations:
     async def start(self) -> None:
         ctx = self.ctx
         cfg = ctx.parts.current.config
-        path = cfg.server.data_dir / "control.sock"
+        path = ctx.control_path or cfg.server.data_dir / "control.sock"
         server = ControlServer(path, mode=cfg.control.socket_mode, group=cfg.control.group,
                                request_timeout=cfg.control.request_timeout)
         ops = {
@@ -141,6 +149,7 @@ async def status_doc(ctx: OpsContext) -> dict[str, Any]:
         "mode": ctx.parts.current.config.server.mode,
         "calls": len(ctx.parts.calls), "cdr_written": ctx.parts.cdr.written,
         "trunks": ctx.parts.trunks.docs(now),
+        **(ctx.status_extra() if ctx.status_extra is not None else {}),
     }
 
 

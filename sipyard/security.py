@@ -41,8 +41,9 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["Guard", "Ban", "log_safe", "MAX_TRACKED"]
+__all__ = ["Guard", "GuardListener", "Ban", "log_safe", "MAX_TRACKED"]
 
 log = logging.getLogger("sipyard.security")
 
@@ -83,6 +84,14 @@ def log_safe(text: str | None, limit: int = 64) -> str:
     return "".join(out)
 
 
+class GuardListener(Protocol):
+    """Who mirrors the guard's decisions to other processes (never blocks)."""
+
+    def failure(self, ip: str, now: float) -> None: ...
+    def banned(self, ban: Ban) -> None: ...
+    def unbanned(self, ip: str | None) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Ban:
     address: str
@@ -107,6 +116,10 @@ class Guard:
         self.total_failures = 0
         self.total_bans = 0
         self.rate_limited = 0
+        #: processes sharing the sources (workers of one host): each allows its share
+        self.rate_share = 1
+        #: told of local failures, bans and unbans (sipyard.cluster.shared mirrors them)
+        self.listener: GuardListener | None = None
         self.configure(max_failures=max_failures, window=window, ban_seconds=ban_seconds,
                        allow=allow, register_rate=register_rate)
 
@@ -150,6 +163,8 @@ class Guard:
     def rate_ok(self, ip: str, now: float) -> bool:
         """Fixed one-second windows per source: cheap and enough against floods."""
         limit = self.register_rate
+        if limit > 0 and self.rate_share > 1:
+            limit = -(-limit // self.rate_share)
         if limit <= 0 or self.allowed(ip):
             return True
         slot = self._rate.get(ip)
@@ -174,12 +189,16 @@ class Guard:
             self._count(self._line_fails, line, now)
         if allowed or ip in self._bans:
             return False
+        if self.listener is not None:
+            self.listener.failure(ip, now)
         n = self._count(self._fails, ip, now)
         if self.max_failures > 0 and n >= self.max_failures:
             if len(self._bans) >= MAX_TRACKED:
                 self.bans(now)
-            self._bans[ip] = Ban(ip, now + self.ban_seconds, n)
+            self._bans[ip] = ban = Ban(ip, now + self.ban_seconds, n)
             self.total_bans += 1
+            if self.listener is not None:
+                self.listener.banned(ban)
             self._fails.pop(ip, None)
             log.warning("sipyard ban: src=%s failures=%d seconds=%d", log_safe(ip), n,
                         int(self.ban_seconds))
@@ -231,10 +250,24 @@ class Guard:
 
     def unban(self, ip: str) -> bool:
         self._fails.pop(ip, None)
+        if self.listener is not None:
+            self.listener.unbanned(ip)
         return self._bans.pop(ip, None) is not None
 
     def unban_all(self) -> int:
         n = len(self._bans)
         self._bans.clear()
         self._fails.clear()
+        if self.listener is not None:
+            self.listener.unbanned(None)
         return n
+
+    def install_ban(self, ban: Ban) -> None:
+        """A ban decided elsewhere (another worker or host): no log line, no listener call."""
+        if not self.allowed(ban.address):
+            self._bans[ban.address] = ban
+
+    def drop_ban(self, ip: str) -> None:
+        """A ban lifted elsewhere."""
+        self._bans.pop(ip, None)
+        self._fails.pop(ip, None)

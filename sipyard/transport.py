@@ -207,7 +207,7 @@ class _Tcp(asyncio.Protocol):
             self.ready.set_exception(ConnectionError("connection lost"))
 
 
-def _udp_socket(family: int, host: str, port: int) -> socket.socket:
+def _udp_socket(family: int, host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A bound UDP socket with large buffers, made here rather than by the loop.
 
     Handing the loop a ready socket (as the bench's reference echo server does)
@@ -219,6 +219,8 @@ def _udp_socket(family: int, host: str, port: int) -> socket.socket:
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+        if reuse_port:  # several worker processes share the port (sipyard.supervisor)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.setblocking(False)
     except BaseException:
@@ -254,13 +256,19 @@ class Transports:
         self._idle_task: asyncio.Task[None] | None = None
         self._refused_logged: set[str] = set()
         self.bound: list[Listen] = []
+        #: SO_REUSEPORT on the listening sockets: set by a worker before start()
+        self.reuse_port = False
+
+    def set_conn_id_base(self, base: int) -> None:
+        """Number TCP connections from ``base`` + 1 (workers: ids unique across processes)."""
+        self._ids = itertools.count(base + 1)
 
     async def start(self, listens: list[Listen]) -> list[Listen]:
         loop = asyncio.get_running_loop()
         for spec in listens:
             family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
             if spec.transport == "udp":
-                sock = _udp_socket(family, spec.host, spec.port)
+                sock = _udp_socket(family, spec.host, spec.port, self.reuse_port)
                 addr = sock.getsockname()
                 proto: _Udp | _UdpReader
                 if self.udp_batch:
@@ -276,8 +284,9 @@ class Transports:
                 self.bound.append(Listen("udp", addr[0], addr[1]))
             elif spec.transport == "tcp":
                 server = await loop.create_server(
-                    lambda s=spec: _Tcp(self, (s.host, s.port)),  # type: ignore[misc]
-                    host=spec.host, port=spec.port, family=family, reuse_address=True)
+                    lambda s=spec: _Tcp(self, (s.host, s.port)),
+                    host=spec.host, port=spec.port, family=family, reuse_address=True,
+                    reuse_port=self.reuse_port or None)
                 addr = server.sockets[0].getsockname()
                 self._servers.append(server)
                 self.bound.append(Listen("tcp", addr[0], addr[1]))

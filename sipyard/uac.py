@@ -13,6 +13,7 @@ import logging
 import secrets
 from collections.abc import Callable, Sequence
 
+from .cluster.ownership import new_call_id
 from .sip.message import Response
 from .sip.source import Source
 
@@ -81,7 +82,7 @@ class Uac:
         if "to" not in given:
             lines.append(f"To: <{to_uri}>")
         if "call-id" not in given:
-            lines.append(f"Call-ID: {call_id or secrets.token_hex(12)}")
+            lines.append(f"Call-ID: {call_id or new_call_id()}")
         lines.append(f"CSeq: {next(self._cseq)} {method}")
         if "contact" not in given:
             lines.append(f"Contact: <sip:{hostpart}:{port};transport={dest.transport}>")

@@ -44,6 +44,9 @@ Keys (type = default)
   server_header: str = "sipyard/<version>" -- Server/User-Agent value; "" = send none.
   mode: "redirect" | "proxy" = "redirect" -- answer requests that need a target with 302
       (redirect), or fork them to the targets as a stateful proxy, keeping calls and CDRs.
+  workers: int | "auto" = 1 -- worker processes sharing the listening ports (SO_REUSEPORT)
+      under a supervisor; > 1 needs ``[store] url = "redis://…"``; "auto" = one per CPU.
+  pin_workers = false -- pin worker i to CPU i (also env SIPYARD_PIN_WORKERS=1).
 ``[logging]`` level: str = "info" -- debug, info, warning or error (any case).
 ``[security]``
   open_registration = false -- any user of our domains registers without authentication

@@ -105,6 +105,10 @@ class ServerConfig:
     server_header: str
     #: "redirect" (answer 302) or "proxy" (fork to the targets, keep calls and CDRs)
     mode: str
+    #: worker processes (1 = no supervisor; ``"auto"`` in the file = one per core)
+    workers: int
+    #: pin worker i to CPU i (mod the CPUs this process may use)
+    pin_workers: bool
     #: realm + domains, normalised (lower case, no brackets, no trailing dot): for is_our_domain.
     our_domains: frozenset[str] = field(repr=False)
 

@@ -120,8 +120,18 @@ def _server(ctx: Context, data_dir: str | Path | None,
         tcp_idle=t.number("tcp_idle", 300.0, 0.1, 86400.0),
         server_header="" if header is None else header.strip(),
         mode=t.choice("mode", "redirect", ("redirect", "proxy")),
+        workers=_workers(t), pin_workers=t.boolean("pin_workers", False),
         our_domains=ours,
     )
+
+
+def _workers(t: Table) -> int:
+    """``workers``: a count, or "auto" = one per CPU this process may run on."""
+    raw = t.get("workers")
+    if raw == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)
+    return t.integer("workers", 1, 1, 256)
 
 
 def _listens(specs: Sequence[str], err: Callable[[int, str], ConfigError]

@@ -107,6 +107,9 @@ _BODY_LEN = 14  # ts_ms[6] | mask[1] | counter[7]
 _MAC_LEN = 16
 _MAX_MS = (1 << 48) - 1
 _CTR_MASK = (1 << 56) - 1
+#: with a node id, the counter's top 16 bits are the node
+_NODE_SHIFT = 40
+_NODE_LOW = (1 << 40) - 1
 
 
 def _bytes(text: str) -> bytes:
@@ -363,16 +366,22 @@ class DigestServer:
     __slots__ = (
         "realm", "nonce_ttl", "max_skew", "max_tracked", "_algs", "_mask", "_mac",
         "_prefix", "_suffixes", "_opaque", "_dummy", "_ctr", "_nc", "_order",
-        "_floor", "_offer_cache",
+        "_floor", "_offer_cache", "node",
     )
 
     def __init__(self, secret: bytes, realm: str, *, nonce_ttl: float = 300.0,
                  algorithms: Sequence[str] = ("MD5",), opaque: str | None = None,
                  max_skew: float = 5.0, max_tracked: int = 100_000,
-                 not_before: float | None = None) -> None:
+                 not_before: float | None = None, node: int | None = None) -> None:
         """``not_before``: nonces issued earlier are stale. A server that starts
         (or is rebuilt) without the nonce-count table of its predecessor passes its
-        start time, so a header captured before a restart cannot be replayed."""
+        start time, so a header captured before a restart cannot be replayed.
+
+        ``node`` (0-65535): one of several processes sharing the secret. Its nonces
+        carry it, and a nonce of another node is answered STALE (a fresh nonce of
+        this node, which the client uses silently): each nonce count is checked by
+        the one process that issued the nonce, so replay protection needs no
+        shared table and no round trip to one."""
         if not secret:
             raise ValueError("digest secret must not be empty")
         if not nonce_ttl > 0:
@@ -397,6 +406,7 @@ class DigestServer:
         }
         self._offer_cache: dict[tuple[str, ...], tuple[tuple[_Alg, ...], int]] = {}
         self._algs, self._mask = self._offer(algorithms)
+        self.node = node
         self._ctr = secrets.randbits(56)
         self._nc: dict[bytes, int] = {}  # nonce MAC -> highest nc accepted
         self._order: deque[tuple[float, bytes]] = deque()  # (nonce ts, MAC), insertion order
@@ -443,6 +453,8 @@ class DigestServer:
         ms = int(now * 1000.0) if math.isfinite(now) else 0
         ms = 0 if ms < 0 else min(ms, _MAX_MS)
         self._ctr = (self._ctr + 1) & _CTR_MASK
+        if self.node is not None:
+            self._ctr = (self.node << _NODE_SHIFT) | (self._ctr & _NODE_LOW)
         body = ms.to_bytes(6, "big") + bytes((mask,)) + self._ctr.to_bytes(7, "big")
         mac = self._mac.copy()
         mac.update(body)
@@ -464,6 +476,8 @@ class DigestServer:
         mac.update(body)
         if not hmac.compare_digest(mac.digest()[:_MAC_LEN], tag):
             return None
+        if self.node is not None and int.from_bytes(body[7:9], "big") != self.node:
+            return -math.inf, body[6], tag  # another node's nonce: stale here
         return int.from_bytes(body[:6], "big") / 1000.0, body[6], tag
 
     def challenge(self, now: float, *, algorithms: Sequence[str] | None = None,

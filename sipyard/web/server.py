@@ -270,6 +270,8 @@ class Web:
 async def start_web(ctx: OpsContext) -> Web:
     """Start whatever of the two listeners the config asks for (maybe none)."""
     web = Web(ctx)
+    if not ctx.primary:  # under a supervisor only worker 0 listens (one port, one page)
+        return web
     try:
         await web.start()
     except BaseException:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from sipyard.cluster.ownership import new_call_id
 from sipyard.sip.errors import ParseError
 from sipyard.sip.uri import SipUri, escape, parse_uri
 
@@ -171,7 +172,7 @@ class DialogSearch:
             subs: list[tuple[str, BindingLike]] = []
             for bindings in found:
                 for b in bindings:
-                    call_id = f"{secrets.token_hex(10)}@sipyard"
+                    call_id = new_call_id("@sipyard", 10)  # its NOTIFYs reach this worker
                     self._call_ids.append(call_id)
                     self._waiting.add(call_id)
                     services.register_notify(call_id, self._notify_handler(call_id))

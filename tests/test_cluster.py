@@ -1,0 +1,75 @@
+"""Unit tests of the cluster parts: ownership, hand-off frames, node-bound nonces, rate share."""
+
+from __future__ import annotations
+
+import zlib
+
+from sipyard.cluster import handoff
+from sipyard.cluster.ownership import IDENTITY, call_id_of, new_call_id, owner_of
+from sipyard.security import Guard
+from sipyard.sip.digest import DigestServer, VerdictStatus, client_response, compute_ha1
+from sipyard.sip.headers import parse_auth
+from sipyard.sip.source import Source
+
+MSG = (b"INVITE sip:10@x SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bKa\r\n"
+       b"i:  abc@host \r\nCSeq: 1 INVITE\r\n\r\nv=0\r\ni: body\r\n")
+
+
+def test_call_id_found_in_headers_only() -> None:
+    assert call_id_of(MSG) == b"abc@host"
+    assert call_id_of(MSG.replace(b"i:  abc@host \r\n", b"")) is None
+    assert owner_of(MSG, 4) == zlib.crc32(b"abc@host") % 4
+    assert call_id_of(b"SIP/2.0 200 OK\r\nCALL-ID:\tq\r\n\r\n") == b"q"
+
+
+def test_new_call_id_hashes_to_this_worker() -> None:
+    try:
+        for idx in range(3):
+            IDENTITY.set(idx, 3)
+            for _ in range(20):
+                cid = new_call_id("@sipyard")
+                assert zlib.crc32(cid.encode()) % 3 == idx and cid.endswith("@sipyard")
+    finally:
+        IDENTITY.set(0, 1)
+
+
+def test_handoff_frames_round_trip_and_refuse_garbage() -> None:
+    src = Source("udp", "192.0.2.7", 5062, None, ("127.0.0.2", 5060))
+    got = handoff.decode(handoff.encode(b"OPTIONS x", src))
+    assert got == (b"OPTIONS x", src)
+    frame = handoff.encode(b"OPTIONS x", src)
+    assert handoff.decode(frame[:8]) is None
+    assert handoff.decode(b"XXXX" + frame[4:]) is None
+    assert handoff.decode(frame[:handoff._HEAD.size + 3]) is None  # truncated address
+    assert handoff.decode(frame[:len(frame) - 9]) is None  # no payload
+
+
+def _authorize(server: DigestServer, now: float, nc: int = 1) -> str:
+    value = server.challenge(now)[0]
+    _, params = parse_auth(value)
+    return client_response(username="10", realm="r", password="pw", method="REGISTER",
+                           uri="sip:r", nonce=params["nonce"], nc=nc, cnonce="c1", qop="auth",
+                           algorithm="MD5", opaque=params.get("opaque"))
+
+
+def test_nonce_of_another_node_is_stale_and_counts_stay_with_the_issuer() -> None:
+    ha1 = compute_ha1("10", "r", "pw", "MD5")
+
+    def lookup(user: str, alg: str) -> str | None:
+        return ha1 if user == "10" else None
+
+    a = DigestServer(b"k" * 32, "r", node=1, not_before=0)
+    b = DigestServer(b"k" * 32, "r", node=2, not_before=0)
+    header = _authorize(a, 100.0)
+    assert b.verify(header, "REGISTER", 100.5, lookup).status is VerdictStatus.STALE
+    assert a.verify(header, "REGISTER", 100.5, lookup).status is VerdictStatus.OK
+    assert a.verify(header, "REGISTER", 100.6, lookup).status is VerdictStatus.REPLAY
+    assert b.verify(header, "REGISTER", 100.6, lookup).status is VerdictStatus.STALE
+    wrong = header.replace('response="', 'response="0')
+    assert b.verify(wrong, "REGISTER", 100.6, lookup).status is VerdictStatus.INVALID
+
+
+def test_register_rate_is_shared_between_workers() -> None:
+    g = Guard(register_rate=10)
+    g.rate_share = 2
+    assert sum(g.rate_ok("192.0.2.1", 5.0) for _ in range(20)) == 5
