@@ -141,6 +141,13 @@ class ProxyHandler:
                         "Call/Transaction Does Not Exist" if method in _IN_DIALOG_OK
                         else "Forbidden")
             return None
+        if (flow is not None and flow.transport == "tcp"
+                and not self.sender.transports.has_peer(flow.ip, flow.port)):
+            # the phone behind NAT is only reachable on the connection it opened (RFC 5626)
+            out.respond(tx, req, 430, "Flow Failed")
+            if method == "BYE":
+                self.keeper.bye(req)
+            return None
         if method == "BYE":
             self.keeper.bye(req)
         received = _aliased_contact(received, src)
