@@ -44,11 +44,11 @@ class Harness:
         self.ours.append(status)
 
     def invite(self) -> None:
-        data = ("INVITE sip:bob@192.0.2.1 SIP/2.0\r\n"
-                "Via: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKcaller1\r\n"
-                "Max-Forwards: 70\r\nFrom: <sip:alice@192.0.2.1>;tag=a1\r\n"
-                "To: <sip:bob@192.0.2.1>\r\nCall-ID: c1@192.0.2.9\r\nCSeq: 1 INVITE\r\n"
-                "Contact: <sip:alice@192.0.2.9>\r\nContent-Length: 0\r\n\r\n").encode()
+        data = (b"INVITE sip:bob@192.0.2.1 SIP/2.0\r\n"
+                b"Via: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKcaller1\r\n"
+                b"Max-Forwards: 70\r\nFrom: <sip:alice@192.0.2.1>;tag=a1\r\n"
+                b"To: <sip:bob@192.0.2.1>\r\nCall-ID: c1@192.0.2.9\r\nCSeq: 1 INVITE\r\n"
+                b"Contact: <sip:alice@192.0.2.9>\r\nContent-Length: 0\r\n\r\n")
         req = parse_message(data)
         assert isinstance(req, Request)
         self.fw.fork(req, req, CALLER, self.tx,  # type: ignore[arg-type]
