@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..eager import resume_started
@@ -91,6 +91,9 @@ class ProxyHandler:
         self.cancelled: set[object] = set()
         #: the line of a trusted, unauthenticated caller (its From), for calls and limits
         self.identity: dict[object, str | None] = {}
+        #: DNS for the forwarder's targets named by a host (a callee's 3xx contact)
+        self._lookups: set[asyncio.Task[Source | None]] = set()
+        forwarder.resolver = self._resolve_soon
 
     # -- entry ----------------------------------------------------------------------
     def handle(self, req: Request, src: Source, tx: ServerTransaction) -> Awaitable[None] | None:
@@ -369,6 +372,26 @@ class ProxyHandler:
                 return None
         return Hop(dest, b.path if b is not None else ())
 
+    def _resolve_soon(self, uri: str, done: Callable[[Source | None], None]) -> None:
+        """The forwarder's resolver: look ``uri`` up (and connect, for TCP) in a task."""
+        async def work() -> Source | None:
+            dest = await self._resolve(uri)
+            if dest is not None and dest.transport == "tcp" and dest.conn_id is None:
+                try:
+                    dest = await self.sender.transports.connect_tcp(dest.ip, dest.port)
+                except (OSError, TimeoutError):
+                    return None
+            return dest
+
+        def finished(task: asyncio.Task[Source | None]) -> None:
+            self._lookups.discard(task)
+            failed = task.cancelled() or task.exception() is not None
+            done(None if failed else task.result())
+
+        task = asyncio.ensure_future(work())
+        self._lookups.add(task)
+        task.add_done_callback(finished)
+
     async def _resolve(self, uri: str) -> Source | None:
         """A host name's first address (A/AAAA; no SRV/NAPTR in sipyard)."""
         try:
@@ -388,8 +411,12 @@ class ProxyHandler:
             return None
         if not infos:
             return None
-        ip = str(infos[0][4][0])
-        port = int(infos[0][4][1])
+        # an address of a family we have a socket for (``localhost`` may give ::1 first)
+        families = {":" in b.host for b in self.sender.transports.bound
+                    if b.transport == transport}
+        info = next((i for i in infos if (i[0] == socket.AF_INET6) in families), infos[0])
+        ip = str(info[4][0])
+        port = int(info[4][1])
         if transport == "udp":
             return Source("udp", ip, port, None, self.sender_udp_local(ip))
         return Source("tcp", ip, port, None, ("", 0))

@@ -335,3 +335,21 @@ def test_strict_routing_upstream_request_is_fixed_up(server: Server, phones: Any
     assert bye is not None and bye.startswith(f"BYE sip:phone@127.0.0.1:{p.port} SIP/2.0\r\n")
     assert "\r\nRoute:" not in bye
     c.close()
+
+
+def test_302_to_a_host_name_is_resolved_and_followed(server: Server, phones: Any) -> None:
+    """A callee's 3xx Contact names a host (``localhost``), not an address: the proxy
+    looks it up asynchronously (``getaddrinfo``) and forks there, instead of failing."""
+    c = phones(final=200, delay=0.1)
+    a = phones(final=302, delay=0.1, reason="Moved Temporarily",
+               redirect_to=f"<sip:phone@localhost:{c.port}>")
+    bind(server, "18", a)
+    caller = Caller(server)
+    caller.invite("18")
+    resp = caller.final()
+    assert status_of(resp) == 200, server.log()[-2000:]
+    invite = c.first("INVITE")
+    assert invite is not None and invite.startswith(f"INVITE sip:phone@localhost:{c.port} ")
+    caller.ack(resp)
+    assert status_of(caller.bye()) == 200
+    caller.close()
