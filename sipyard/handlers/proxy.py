@@ -41,7 +41,12 @@ from ..eager import resume_started
 from ..forwarder import Fork, Forwarder, Hop, Observer, contact_aliased, flow_dest, uri_dest
 from ..nat import Flow, behind_nat, split_alias
 from ..proxy.actions import Target
-from ..proxy.checks import MaxForwardsVerdict, check_max_forwards
+from ..proxy.checks import (
+    MAX_ROUTE_VALUES,
+    MaxForwardsVerdict,
+    check_max_forwards,
+    route_set_too_large,
+)
 from ..proxy.routing import forward_request, preprocess_routes, route_uri
 from ..redirect.pipeline import line_aor
 from ..sip.errors import ParseError
@@ -116,6 +121,9 @@ class ProxyHandler:
                 return None
             if verdict is MaxForwardsVerdict.TOO_MANY_HOPS:
                 out.respond(tx, req, 483, "Too Many Hops")
+                return None
+            if route_set_too_large(req):
+                out.respond(tx, req, 400, f"More Than {MAX_ROUTE_VALUES} Route Values")
                 return None
             received = preprocess_routes(req, ours)
             popped = len(received.get_all("route")) < len(req.get_all("route"))
