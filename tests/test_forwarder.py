@@ -113,3 +113,41 @@ def test_no_provisional_at_all_ends_by_timer_b_long_before_timer_c() -> None:
     h.run_until(40.0)
     assert h.upstream == [408]  # timer B (64*T1 = 32 s) fired first: our 408
     assert not any(d.startswith(b"CANCEL") for _, d in h.sent)
+
+
+def _named(h: Harness) -> list[Any]:
+    """Fork to a target named by a host; the resolver's callbacks are returned, not run."""
+    pending: list[Any] = []
+    h.fw.resolver = lambda uri, done: pending.append((uri, done))
+    data = (b"INVITE sip:bob@192.0.2.1 SIP/2.0\r\n"
+            b"Via: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKcaller2\r\n"
+            b"Max-Forwards: 70\r\nFrom: <sip:alice@192.0.2.1>;tag=a2\r\n"
+            b"To: <sip:bob@192.0.2.1>\r\nCall-ID: c2@192.0.2.9\r\nCSeq: 1 INVITE\r\n"
+            b"Content-Length: 0\r\n\r\n")
+    req = parse_message(data)
+    assert isinstance(req, Request)
+    h.fw.fork(req, req, CALLER, h.tx, [Target("sip:bob@pbx.example.com")])  # type: ignore[arg-type]
+    return pending
+
+
+def test_a_target_named_by_a_host_waits_for_the_resolver() -> None:
+    h = Harness()
+    pending = _named(h)
+    assert [u for u, _ in pending] == ["sip:bob@pbx.example.com"] and h.sent == []
+    pending[0][1](PHONE)  # resolved
+    assert h.last("INVITE").uri == "sip:bob@pbx.example.com" and h.sent[-1][0] == PHONE
+
+
+def test_cancel_while_resolving_sends_nothing_and_the_caller_gets_487() -> None:
+    h = Harness()
+    pending = _named(h)
+    assert h.fw.cancel(h.tx)  # type: ignore[arg-type]
+    pending[0][1](PHONE)  # the answer comes after the CANCEL: the INVITE never leaves
+    assert h.sent == [] and h.upstream == [487] and h.fw.active == 0
+
+
+def test_a_name_that_does_not_resolve_fails_the_branch() -> None:
+    h = Harness()
+    pending = _named(h)
+    pending[0][1](None)
+    assert h.sent == [] and h.upstream == [500]  # a transport error is a 503: §16.7 -> 500
