@@ -34,6 +34,7 @@ from .handlers.proxy import ProxyCancelHandler, ProxyHandler
 from .handlers.redirect import CancelHandler, NotifyHandler, RedirectHandler
 from .handlers.register import RegisterHandler
 from .messaging import Sender, udp_local
+from .natping import NatPinger
 from .ops import Operations, OpsContext, reload
 from .parts import Parts, build_parts, close_parts, open_parts
 from .redirect.loader import build_chain
@@ -95,7 +96,8 @@ class App:
         self.ops = Operations(OpsContext(
             parts=self.parts, transports=self.transports, txl=self.txl, sender=self.sender,
             build_chain=self._build_chain, swap_chain=self._swap_chain,
-            request_stop=self.request_stop, now=self.now, config_path=config_path))
+            request_stop=self.request_stop, now=self.now, config_path=config_path,
+            mode=srv.mode))
         self._tag_prefix = secrets.token_hex(3)
         self._tag_seq = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
@@ -111,6 +113,7 @@ class App:
         self.forwarder: Forwarder | None = None
         self.proxy: ProxyHandler | None = None
         self.keeper: CallKeeper | None = None
+        self._natping: asyncio.Task[None] | None = None
         #: the status page and /metrics listeners ([web] listen, [server] metrics)
         self.web: Web | None = None
         #: provider trunks (issue #13): the registration loops run only where this is true
@@ -189,6 +192,8 @@ class App:
         bound = await self.transports.start(specs)  # type: ignore[arg-type]
         if self.forwarder is not None:
             self.forwarder.set_addresses(bound, self.config.server.our_domains)
+            # [proxy] nat_ping_interval (off by default; read every round, so a reload applies)
+            self._natping = asyncio.ensure_future(NatPinger(parts, self.sender, self.now).run())
         if self.run_trunks:
             await self.trunk_manager.start(self.config.trunks)
         else:
@@ -216,6 +221,8 @@ class App:
             server.close("shutdown")
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._natping is not None:
+            self._natping.cancel()
         await close_parts(self.parts)
         self._stopped.set()
 

@@ -15,8 +15,10 @@ Choices: a response that matches no client transaction is dropped and
 counted (a proxy could relay it by its Via, §16.7 says "statelessly", but a
 stray response is far more often a scanner or a late retransmission than a
 forking proxy downstream); a target whose transport address is unknown
-(a 3xx contact with a host name) counts as a transport error (→ 503 → 500),
-since this engine never blocks on DNS. The Contact of a 1xx/2xx from a phone
+(a 3xx contact with a host name) is handed to :attr:`Forwarder.resolver`
+(set by the proxy handler: ``loop.getaddrinfo``, never blocking) and the
+branch starts when the answer comes — or fails as a transport error
+(→ 503 → 500) when there is none, no resolver, or the name does not resolve. The Contact of a 1xx/2xx from a phone
 behind NAT gets its ``alias`` here (:mod:`sipyard.nat`), before the context
 sees it, so the caller's in-dialog requests find the callee's flow.
 """
@@ -65,13 +67,16 @@ from .sip.source import Listen, Source
 from .sip.transaction import ServerTransaction
 from .sip.uri import SipUri, parse_uri
 
-__all__ = ["Wire", "Hop", "Fork", "Forwarder", "Observer", "uri_dest"]
+__all__ = ["Wire", "Hop", "Fork", "Forwarder", "Observer", "Resolver", "uri_dest"]
 
 log = logging.getLogger("sipyard.proxy")
 
 #: called with (fork, status, reason, response or None for our own answer) for each answer
 #: that goes upstream
 Observer = Callable[["Fork", int, str, Response | None], None]
+#: resolve(uri, done): find the transport address of a URI whose host is a name, later;
+#: ``done(Source or None)`` is called once (from the event loop)
+Resolver = Callable[[str, Callable[[Source | None], None]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +202,8 @@ class Forwarder:
         self._heap: list[tuple[float, int, Fork]] = []
         self._seq = itertools.count()
         self.unmatched = 0
+        #: DNS for targets named by a host name (3xx contacts); None = such targets fail
+        self.resolver: Resolver | None = None
 
     # -- set-up ------------------------------------------------------------------
     def configure(self, timer_c: float, group_timeout: float | None, max_branches: int) -> None:
@@ -381,6 +388,27 @@ class Forwarder:
                 dest = flow_dest(flow, self.wire.udp_local)
             else:
                 dest = uri_dest(uri, self.wire.udp_local)
+        if dest is None and self.resolver is not None and hop.dest is None and (
+                not hop.route_set and not received.get_all("route")):
+            self.resolver(uri, lambda found: self._resolved(fork, a, uri, found))
+            return
+        self._send_branch(fork, a, uri, dest, now)
+
+    def _resolved(self, fork: Fork, a: StartBranch, uri: str, dest: Source | None) -> None:
+        """The resolver's answer for a branch that was waiting for it."""
+        now = self.wire.clock()
+        b = fork.ctx.branches.get(a.branch_id)
+        if b is None or not b.live:
+            return
+        if fork.ctx.cancelled or b.cancel_wanted:
+            dest = None  # CANCELed while resolving: never send it (§9.1: nothing to cancel)
+        self._send_branch(fork, a, uri, dest, now)
+
+    def _send_branch(self, fork: Fork, a: StartBranch, uri: str, dest: Source | None,
+                     now: float) -> None:
+        target = a.target
+        hop = target.data if isinstance(target.data, Hop) else Hop(None)
+        received = fork.received
         if dest is None:
             log.info("proxy: no address for %s; branch %d fails", target.uri, a.branch_id)
             self._run(fork, fork.ctx.on_transport_error(a.branch_id, now), now)

@@ -73,6 +73,8 @@ class OpsContext:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: told about each config a reload installed (the trunk manager)
     reload_listeners: list[Callable[[Config], object]] = field(default_factory=list)
+    #: the ``[server] mode`` the server started with (a reload cannot switch it)
+    mode: str = ""
 
 
 class Operations:
@@ -146,7 +148,7 @@ async def status_doc(ctx: OpsContext) -> dict[str, Any]:
         "auth_failures": guard.total_failures, "bans": len(guard.bans(now)),
         "hooks": ctx.parts.hooks.stats(),
         "tcp_connections": ctx.transports.connections,
-        "mode": ctx.parts.current.config.server.mode,
+        "mode": ctx.mode or ctx.parts.current.config.server.mode,
         "calls": len(ctx.parts.calls), "cdr_written": ctx.parts.cdr.written,
         "trunks": ctx.parts.trunks.docs(now),
         **(ctx.status_extra() if ctx.status_extra is not None else {}),
@@ -349,7 +351,8 @@ async def _reload_locked(ctx: OpsContext, state: str | None) -> dict[str, Any]:
 def _unapplied(old: Any, new: Any) -> list[str]:
     """Settings a reload cannot change in a running server (they need a restart)."""
     out = []
-    pairs = [("server.listen", old.server.listen, new.server.listen),
+    pairs = [("server.mode", old.server.mode, new.server.mode),
+             ("server.listen", old.server.listen, new.server.listen),
              ("server.data_dir", old.server.data_dir, new.server.data_dir),
              ("server.metrics", old.server.metrics, new.server.metrics),
              ("store", old.store, new.store),

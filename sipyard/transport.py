@@ -341,6 +341,10 @@ class Transports:
     def has_connection(self, conn_id: int | None) -> bool:
         return conn_id is not None and conn_id in self._conns
 
+    def has_peer(self, ip: str, port: int) -> bool:
+        """Whether a TCP connection to or from ``ip:port`` is open (a NAT flow, RFC 5626)."""
+        return (ip, port) in self._by_peer
+
     async def connect_tcp(self, ip: str, port: int, timeout: float = 5.0) -> Source:
         """An outbound TCP connection (for requests to a TCP binding whose flow is gone)."""
         cid = self._by_peer.get((ip, port))

@@ -90,8 +90,11 @@ class Server:
     """A ``sipyard serve`` child process."""
 
     def __init__(self, config: Path, port: int | None = None, *, log_level: str = "info",
-                 env: dict[str, str] | None = None, listen: list[str] | None = None) -> None:
+                 env: dict[str, str] | None = None, listen: list[str] | None = None,
+                 wrap: list[str] | None = None) -> None:
+        """``wrap``: a command prefix, e.g. ``["ip", "netns", "exec", NS]`` (tests/interop/netns.py)."""
         self.config = config
+        self.wrap = wrap or []
         self.port = port or free_port()
         self.listen = listen or [f"udp:127.0.0.1:{self.port}", f"tcp:127.0.0.1:{self.port}"]
         self.log_level = log_level
@@ -105,7 +108,7 @@ class Server:
         return ("127.0.0.1", self.port)
 
     def start(self, timeout: float = 15.0) -> Server:
-        cmd = [sys.executable, "-m", "sipyard.cli", "serve", "-c", str(self.config),
+        cmd = [*self.wrap, sys.executable, "-m", "sipyard.cli", "serve", "-c", str(self.config),
                "--log-level", self.log_level]
         for spec in self.listen:
             cmd += ["--listen", spec]

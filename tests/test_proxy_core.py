@@ -655,3 +655,37 @@ def test_driver_loop_end_to_end() -> None:
     assert ctl.next_deadline() is not None  # A in Accepted (M), B in Completed (D)
     tx_actions(list(ctl.handle_timer(40.0)), 40.0)
     assert len(ctl) == 0
+
+
+# -- bad input: nothing grows with what a peer sends -------------------------------------------
+
+def test_a_hundred_targets_keep_at_most_max_branches() -> None:
+    ctx = ResponseContext([Target(f"sip:u{i}@192.0.2.50") for i in range(100)], invite=True,
+                          max_branches=16)
+    assert len(started(ctx)) == 16
+    assert len(ctx._seen) == 16  # the other 84 were never even compared
+
+
+def test_a_3xx_with_thousands_of_contacts_adds_only_what_may_still_branch() -> None:
+    ctx = ResponseContext(targets(A, B), invite=True, max_branches=4)
+    started(ctx)
+    contacts = "".join("Contact: " + ", ".join(f"<sip:x{i}@192.0.2.60>"
+                                               for i in range(n, n + 200)) + "\n"
+                       for n in range(0, 2000, 200))  # 10 lines: the line-length cap holds
+    assert ctx.on_response(0, resp(302, 0, contacts), 1.0) == []  # B still rings
+    out = ctx.on_response(1, resp(486, 1), 2.0)
+    # 2 branches exist: room for 2 more, the first two Contacts; the rest never looked at
+    assert [a.target.uri for a in out if isinstance(a, StartBranch)] == [
+        "sip:x0@192.0.2.60", "sip:x1@192.0.2.60"]
+    assert len(ctx._seen) == 4
+
+
+def test_route_set_cap() -> None:
+    from sipyard.proxy.checks import MAX_ROUTE_VALUES, route_set_too_large
+
+    ok = invite(extra="".join(f"Route: <sip:p{i}.example.com;lr>\n"
+                              for i in range(MAX_ROUTE_VALUES)))
+    assert not route_set_too_large(ok)
+    many = ", ".join(f"<sip:p{i}.example.com;lr>" for i in range(MAX_ROUTE_VALUES + 1))
+    assert route_set_too_large(invite(extra=f"Record-Route: {many}\n"))
+    assert route_set_too_large(invite(extra=f"Route: {many}\n"))

@@ -34,14 +34,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..eager import resume_started
 from ..forwarder import Fork, Forwarder, Hop, Observer, contact_aliased, flow_dest, uri_dest
 from ..nat import Flow, behind_nat, split_alias
 from ..proxy.actions import Target
-from ..proxy.checks import MaxForwardsVerdict, check_max_forwards
+from ..proxy.checks import (
+    MAX_ROUTE_VALUES,
+    MaxForwardsVerdict,
+    check_max_forwards,
+    route_set_too_large,
+)
 from ..proxy.routing import forward_request, preprocess_routes, route_uri
 from ..redirect.pipeline import line_aor
 from ..redirect.redirectors._rules import trunk_of
@@ -97,6 +102,9 @@ class ProxyHandler:
         self.trunks: TrunkRouter | None = None
         #: the trunk an INVITE came in through (by server tx key), for its call record
         self.trunk_of: dict[object, str] = {}
+        #: DNS for the forwarder's targets named by a host (a callee's 3xx contact)
+        self._lookups: set[asyncio.Task[Source | None]] = set()
+        forwarder.resolver = self._resolve_soon
 
     # -- entry ----------------------------------------------------------------------
     def handle(self, req: Request, src: Source, tx: ServerTransaction) -> Awaitable[None] | None:
@@ -119,6 +127,9 @@ class ProxyHandler:
                 return None
             if verdict is MaxForwardsVerdict.TOO_MANY_HOPS:
                 out.respond(tx, req, 483, "Too Many Hops")
+                return None
+            if route_set_too_large(req):
+                out.respond(tx, req, 400, f"More Than {MAX_ROUTE_VALUES} Route Values")
                 return None
             received = preprocess_routes(req, ours)
             popped = len(received.get_all("route")) < len(req.get_all("route"))
@@ -146,6 +157,13 @@ class ProxyHandler:
             out.respond(tx, req, 481 if method in _IN_DIALOG_OK else 403,
                         "Call/Transaction Does Not Exist" if method in _IN_DIALOG_OK
                         else "Forbidden")
+            return None
+        if (flow is not None and flow.transport == "tcp"
+                and not self.sender.transports.has_peer(flow.ip, flow.port)):
+            # the phone behind NAT is only reachable on the connection it opened (RFC 5626)
+            out.respond(tx, req, 430, "Flow Failed")
+            if method == "BYE":
+                self.keeper.bye(req)
             return None
         if method == "BYE":
             self.keeper.bye(req)
@@ -388,6 +406,26 @@ class ProxyHandler:
                 return None
         return Hop(dest, b.path if b is not None else ())
 
+    def _resolve_soon(self, uri: str, done: Callable[[Source | None], None]) -> None:
+        """The forwarder's resolver: look ``uri`` up (and connect, for TCP) in a task."""
+        async def work() -> Source | None:
+            dest = await self._resolve(uri)
+            if dest is not None and dest.transport == "tcp" and dest.conn_id is None:
+                try:
+                    dest = await self.sender.transports.connect_tcp(dest.ip, dest.port)
+                except (OSError, TimeoutError):
+                    return None
+            return dest
+
+        def finished(task: asyncio.Task[Source | None]) -> None:
+            self._lookups.discard(task)
+            failed = task.cancelled() or task.exception() is not None
+            done(None if failed else task.result())
+
+        task = asyncio.ensure_future(work())
+        self._lookups.add(task)
+        task.add_done_callback(finished)
+
     async def _resolve(self, uri: str) -> Source | None:
         """A host name's first address (A/AAAA; no SRV/NAPTR in sipyard)."""
         try:
@@ -407,8 +445,12 @@ class ProxyHandler:
             return None
         if not infos:
             return None
-        ip = str(infos[0][4][0])
-        port = int(infos[0][4][1])
+        # an address of a family we have a socket for (``localhost`` may give ::1 first)
+        families = {":" in b.host for b in self.sender.transports.bound
+                    if b.transport == transport}
+        info = next((i for i in infos if (i[0] == socket.AF_INET6) in families), infos[0])
+        ip = str(info[4][0])
+        port = int(info[4][1])
         if transport == "udp":
             return Source("udp", ip, port, None, self.sender_udp_local(ip))
         return Source("tcp", ip, port, None, ("", 0))

@@ -10,10 +10,18 @@ from enum import Enum
 
 from sipyard.sip.message import Request
 
-__all__ = ["MaxForwardsVerdict", "check_max_forwards", "next_max_forwards", "DEFAULT_MAX_FORWARDS"]
+__all__ = ["MaxForwardsVerdict", "check_max_forwards", "next_max_forwards", "DEFAULT_MAX_FORWARDS",
+           "MAX_ROUTE_VALUES", "route_set_too_large"]
 
 #: What §16.6 step 3 says a proxy SHOULD add when the header is absent.
 DEFAULT_MAX_FORWARDS = 70
+
+#: Route or Record-Route values a request may carry through us. Real route sets have a
+#: handful (Kamailio's and repro's defaults never add more than two per proxy); the cap
+#: keeps a crafted request from making every forwarded copy, and every dialog's route
+#: set downstream, as large as the message limit allows. Over it: 400 (RFC 3261 has no
+#: closer code; 513 is about the message's size, which is within the limit).
+MAX_ROUTE_VALUES = 32
 
 
 class MaxForwardsVerdict(Enum):
@@ -49,3 +57,9 @@ def next_max_forwards(req: Request) -> int:
     if mf <= 0:
         raise ValueError("a request with Max-Forwards 0 is not forwarded (483)")
     return mf - 1
+
+
+def route_set_too_large(req: Request) -> bool:
+    """Whether ``req`` carries more than :data:`MAX_ROUTE_VALUES` Route or Record-Route values."""
+    return (len(req.get_all("route")) > MAX_ROUTE_VALUES
+            or len(req.get_all("record-route")) > MAX_ROUTE_VALUES)

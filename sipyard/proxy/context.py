@@ -56,6 +56,7 @@ each call, as it does for the transaction layers.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from enum import IntEnum
 from itertools import count
@@ -161,7 +162,9 @@ class ResponseContext:
         self.max_branches = max_branches
         self._branches: dict[int, Branch] = {}
         self._seen: list[Uri | str] = []
-        self._pending = group_by_q(t for t in targets if self._is_new(t.uri))
+        # at most max_branches targets are ever kept (or compared: _is_new is linear)
+        self._pending = group_by_q(itertools.islice(
+            (t for t in targets if self._is_new(t.uri)), max_branches))
         if not self._pending:
             raise ValueError("a response context needs at least one target")
         self._group_deadline: float | None = None
@@ -327,7 +330,11 @@ class ResponseContext:
             return False
         if contacts == STAR or isinstance(contacts, str):
             return False
-        new = [Target(c.uri, _q_of(c.param("q")), depth) for c in contacts if self._is_new(c.uri)]
+        # only as many as may still become branches: a 3xx with thousands of Contacts
+        # costs no more than one with max_branches
+        room = self.max_branches - len(self._branches) - sum(map(len, self._pending))
+        new = [Target(c.uri, _q_of(c.param("q")), depth)
+               for c in itertools.islice(contacts, max(room, 0)) if self._is_new(c.uri)]
         if not new:
             return False
         self._pending[0:0] = group_by_q(new)

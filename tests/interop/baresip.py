@@ -75,8 +75,8 @@ class BaresipError(AssertionError):
 
 _CONFIG = """\
 poll_method\t\tepoll
-sip_listen\t\t127.0.0.1:{sip_port}
-net_interface\t\t127.0.0.1
+sip_listen\t\t{host}:{sip_port}
+net_interface\t\t{host}
 audio_player\t\taubridge,nil
 audio_source\t\taubridge,nil
 audio_alert\t\taubridge,nil
@@ -95,12 +95,17 @@ statmode_default\toff
 class Baresip:
     """One headless baresip process and its ctrl_tcp connection."""
 
-    def __init__(self, workdir: Path, *, lifetime: float = 120.0, trace: bool = False) -> None:
+    def __init__(self, workdir: Path, *, lifetime: float = 120.0, trace: bool = False,
+                 netns: str | None = None, host: str = "127.0.0.1") -> None:
+        """``netns``: run inside that network namespace (``ip netns exec``), SIP on
+        ``host:5060`` and ctrl_tcp on the namespace's own 127.0.0.1 (tests/interop/netns.py)."""
         self.dir = Path(workdir)
         self.lifetime = lifetime
         self.trace = trace
-        self.sip_port = _free_pair()
-        self.ctrl_port = free_port()
+        self.netns = netns
+        self.host = host
+        self.sip_port = 5060 if netns else _free_pair()
+        self.ctrl_port = 4444 if netns else free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
         self.events: list[dict[str, Any]] = []  # every event seen, in order
@@ -111,16 +116,19 @@ class Baresip:
 
     @property
     def contact(self) -> str:
-        return f"127.0.0.1:{self.sip_port}"
+        return f"{self.host}:{self.sip_port}"
 
     def start(self, timeout: float = 10.0) -> Baresip:
         require_tool("baresip")
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config").write_text(_CONFIG.format(sip_port=self.sip_port,
-                                                        ctrl_port=self.ctrl_port))
+                                                        ctrl_port=self.ctrl_port,
+                                                        host=self.host))
         (self.dir / "accounts").write_text("")
         (self.dir / "contacts").write_text("")
         cmd = ["baresip", "-f", str(self.dir), "-t", str(int(self.lifetime))]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
         if self.trace:
             cmd.append("-s")
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -131,7 +139,7 @@ class Baresip:
             if self.proc.poll() is not None:
                 raise BaresipError(f"baresip exited early ({self.proc.returncode}):\n{self.log()}")
             try:
-                self.sock = socket.create_connection(("127.0.0.1", self.ctrl_port), timeout=1.0)
+                self.sock = self._connect()
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -139,6 +147,14 @@ class Baresip:
                     raise BaresipError(f"ctrl_tcp did not come up:\n{self.log()}") from None
                 time.sleep(0.05)
         return self
+
+    def _connect(self) -> socket.socket:
+        addr = ("127.0.0.1", self.ctrl_port)
+        if self.netns is None:
+            return socket.create_connection(addr, timeout=1.0)
+        from netns import socket_in
+
+        return socket_in(self.netns, lambda: socket.create_connection(addr, timeout=1.0))
 
     def log(self) -> str:
         try:

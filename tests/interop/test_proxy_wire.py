@@ -290,3 +290,66 @@ def test_kill9_during_calls_leaves_every_cdr_line_intact(tmp_path: Path, phones:
         srv2.stop()
         for c in callers:
             c.close()
+
+
+def test_request_forwarded_back_to_us_unchanged_is_a_loop_482(server: Server) -> None:
+    """Line 19's phone forwards the call straight back to 19 at sipyard (a call-forwarding
+    loop): the INVITE returns with our Via and nothing that routes it changed, so the hash
+    in our branch matches (§16.3 step 4, §16.6 step 8): 482, relayed to the caller."""
+    refl = UdpClient(server.addr)
+    try:
+        assert status_of(register(refl, "19", contact=f"<sip:fwd@127.0.0.1:{refl.port}>",
+                                  realm=REALM)) == 200
+        caller = Caller(server)
+        caller.invite("19")
+        got = refl.recv(3.0)
+        assert got is not None and got.startswith(f"INVITE sip:fwd@127.0.0.1:{refl.port} ".encode())
+        head, _, rest = got.partition(b"\r\n")
+        back = (f"INVITE {caller.ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{refl.port}"
+                f";branch=z9hG4bKfwd{uuid.uuid4().hex[:8]}\r\n").encode() + rest
+        refl.send(back)
+        loop = refl.recv(3.0)
+        assert status_of(loop) == 482, loop
+        assert loop is not None
+        # hand the 482 back on our branch of the original INVITE (drop the forwarder's Via)
+        first, _, tail = loop.partition(b"\r\n")
+        vias = tail.split(b"\r\n", 1)
+        refl.send(first + b"\r\n" + vias[1])
+        assert status_of(caller.final()) == 482
+        caller.close()
+    finally:
+        refl.close()
+
+
+def test_strict_routing_upstream_request_is_fixed_up(server: Server, phones: Any) -> None:
+    """An RFC 2543 strict router upstream put our Record-Route value in the Request-URI and
+    the real target in the last Route (§16.4): the request reaches the target with its
+    Request-URI restored and that Route gone."""
+    p = phones()
+    c = UdpClient(server.addr)
+    data = sip_request("BYE", f"sip:127.0.0.1:{server.port};lr",
+                       to="<sip:phone@127.0.0.1>;tag=callee1", local_port=c.port,
+                       headers=[("Route", f"<sip:phone@127.0.0.1:{p.port}>")])
+    assert status_of(c.request(data)) == 200
+    bye = p.first("BYE")
+    assert bye is not None and bye.startswith(f"BYE sip:phone@127.0.0.1:{p.port} SIP/2.0\r\n")
+    assert "\r\nRoute:" not in bye
+    c.close()
+
+
+def test_302_to_a_host_name_is_resolved_and_followed(server: Server, phones: Any) -> None:
+    """A callee's 3xx Contact names a host (``localhost``), not an address: the proxy
+    looks it up asynchronously (``getaddrinfo``) and forks there, instead of failing."""
+    c = phones(final=200, delay=0.1)
+    a = phones(final=302, delay=0.1, reason="Moved Temporarily",
+               redirect_to=f"<sip:phone@localhost:{c.port}>")
+    bind(server, "18", a)
+    caller = Caller(server)
+    caller.invite("18")
+    resp = caller.final()
+    assert status_of(resp) == 200, server.log()[-2000:]
+    invite = c.first("INVITE")
+    assert invite is not None and invite.startswith(f"INVITE sip:phone@localhost:{c.port} ")
+    caller.ack(resp)
+    assert status_of(caller.bye()) == 200
+    caller.close()
