@@ -43,18 +43,21 @@ from setuptools.command.build_py import build_py
 from setuptools.dist import Distribution
 
 
-def _core_modules() -> list[str]:
+def _core_modules() -> Any:
     """The modules `scripts/build_core.py` compiles (one list for `make core` and pip)."""
     path = Path(__file__).resolve().parent / "scripts" / "build_core.py"
     spec = importlib.util.spec_from_file_location("_sipyard_build_core", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return list(module.MODULES)
+    return module
 
 
+_BUILD_CORE = _core_modules()
 #: compiled, in dependency order
-MODULES = _core_modules()
+MODULES: list[str] = list(_BUILD_CORE.MODULES)
+#: mypy options for the compile (see scripts/build_core.py)
+MYPY_FLAGS: list[str] = list(_BUILD_CORE.MYPY_FLAGS)
 GROUP = "sipyard._core"
 
 
@@ -99,7 +102,7 @@ class _BuildCore(build_ext):
             return list(mypycify(
                 # an isolated build has none of the runtime dependencies (redis, tomlkit):
                 # what the compiled modules reach of them is typed Any, as at run time
-                ["--ignore-missing-imports", *(f"sipyard/{m}.py" for m in MODULES)],
+                [*MYPY_FLAGS, *(f"sipyard/{m}.py" for m in MODULES)],
                 group_name=GROUP, opt_level="3",
                 target_dir=os.path.join("build", "mypyc-setup"),
             ))

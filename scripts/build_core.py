@@ -26,13 +26,18 @@ MODULES = [
     "sip/_abnf", "sip/errors", "sip/uri", "sip/headers", "sip/model", "sip/reader",
     "sip/writer", "sip/message", "sip/validate",
     "sip/transaction", "sip/source", "stats", "store/binding", "store/cache", "registrar",
-    "eager", "handlers/base", "handlers/register", "handlers/redirect", "handlers/chat",
+    "handlers/base", "handlers/register", "handlers/redirect", "handlers/chat",
     "handlers/admin", "app",
 ]
+# eager.py stays Python: its resume_started must be a real generator-based coroutine
+# (types.coroutine), which a compiled generator is not.
 #: mypy options for the compile: the third-party packages some of these modules reach
 #: (tomlkit, redis, prometheus-client) are not in an isolated `pip install` build
 #: environment; what the compiled code gets from them is typed Any, as at run time.
-MYPY_FLAGS = ["--ignore-missing-imports"]
+#: The project's own strict settings stay for `make lint`; under them a missing stub turns
+#: into errors (subclassing Any, returning Any, unused ignores) that say nothing about
+#: whether the code compiles.
+MYPY_FLAGS = ["--config-file", os.devnull, "--ignore-missing-imports"]
 #: directories that may hold compiled modules (sipyard/__init__.py drops stale ones)
 DIRS = ["", "sip", "store", "handlers"]
 

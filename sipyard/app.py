@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import __version__
 from .adminops import ADMIN_COMMANDS, run_admin
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .sip.headers import Via
 
-__all__ = ["App", "KNOWN_METHODS", "ALLOW"]
+__all__ = ["App", "Clock", "KNOWN_METHODS", "ALLOW"]
 
 log = logging.getLogger("sipyard")
 reqlog = logging.getLogger("sipyard.request")
@@ -74,12 +74,22 @@ _OPTIONS_HEADERS = (("Allow", ALLOW), ("Accept", "application/sdp, text/plain"),
                     ("Supported", SUPPORTED_HEADER))
 
 
+class Clock(Protocol):
+    """Where the app reads time: wall seconds (bindings) and monotonic seconds (timers)."""
+
+    def wall(self) -> float: ...
+    def mono(self) -> float: ...
+
+
 class App:
     """One running server. ``start()`` binds; ``stop()`` closes everything."""
 
-    def __init__(self, config: Config, *, config_path: Path | None = None) -> None:
+    def __init__(self, config: Config, *, config_path: Path | None = None,
+                 clock: Clock | None = None) -> None:
         srv = config.server
         self.config_path = config_path
+        #: a test's fake clock (tests/pair.py); None: the wall clock and the loop's clock
+        self.fake_clock = clock
         self.server_header = srv.server_header or f"sipyard/{__version__}"
         self.limits = Limits()
         self.txl = TransactionLayer()
@@ -263,7 +273,8 @@ class App:
 
     # -- the Responder side (what handlers may ask) ----------------------------------
     def now(self) -> float:
-        return time.time()
+        clock = self.fake_clock
+        return time.time() if clock is None else clock.wall()
 
     def call_later(self, delay: float, fn: Callable[[], Any]) -> Cancel:
         loop = self.loop or asyncio.get_running_loop()
@@ -280,6 +291,10 @@ class App:
         self.respond(tx, req, 200, "OK", _OPTIONS_HEADERS)
 
     def _clock(self) -> float:
+        """Monotonic seconds for transaction timers: the loop's clock (or a test's)."""
+        clock = self.fake_clock
+        if clock is not None:
+            return clock.mono()
         loop = self.loop
         return loop.time() if loop is not None else time.monotonic()
 
@@ -308,7 +323,7 @@ class App:
         data = build_response(req, status, reason, to_tag=self.new_tag(), headers=headers,
                               body=body, server=self.server_header)
         loop = self.loop
-        now = loop.time() if loop is not None else time.monotonic()
+        now = self._clock()
         try:
             self.txl.send_response(tx, status, data, now)
         except Exception as exc:  # transaction already finished (e.g. CANCELled)
@@ -367,7 +382,7 @@ class App:
                 # A retransmission, or the ACK of our final: its transaction only
                 # exists because the first copy passed validation, so it skips
                 # validation. The answer goes where this copy came from.
-                now = loop.time() if loop is not None else time.monotonic()
+                now = self._clock()
                 outcome, tx, cached = txl.receive_request(key, method, src.reliable, tx.dest, now)
                 if outcome is Outcome.RETRANSMISSION and cached is not None:
                     self.transports.send(_reply_dest(via, src), cached)
@@ -383,7 +398,7 @@ class App:
             # ACK (which carries our tag) finds its INVITE.
             key = make_key(branch, sent_by, method, fallback=(
                 req.uri, req.from_.tag or "", req.call_id, str(req.cseq[0]), via.raw))
-        now = loop.time() if loop is not None else time.monotonic()
+        now = self._clock()
         outcome, tx, cached = txl.receive_request(key, method, src.reliable, dest, now)
         if outcome is not Outcome.NEW or tx is None:
             if outcome is Outcome.RETRANSMISSION and cached is not None:
@@ -564,6 +579,8 @@ class App:
 
     # -- timers ---------------------------------------------------------------------
     def _arm_timer(self) -> None:
+        if self.fake_clock is not None:
+            return  # a test moves its clock and calls run_timers itself
         deadline = self.txl.next_deadline()
         if self.forwarder is not None:
             other = self.forwarder.next_deadline()
@@ -581,15 +598,20 @@ class App:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        assert self.loop is not None
-        for tx, data in self.txl.handle_timer(self.loop.time()):
+        self.run_timers()
+        self._arm_timer()
+
+    def run_timers(self) -> None:
+        """Fire every transaction timer due now (the loop's timer calls it; so does a test
+        that drives the app with a fake clock, after moving the clock on)."""
+        now = self._clock()
+        for tx, data in self.txl.handle_timer(now):
             if data is not None:
                 self.transports.send(tx.dest, data)  # type: ignore[arg-type]
             elif tx.method == "INVITE":
                 log.debug("INVITE transaction %s ended without ACK", tx.key.branch)
         if self.forwarder is not None:
-            self.forwarder.handle_timer(self.loop.time())
-        self._arm_timer()
+            self.forwarder.handle_timer(now)
 
 
 async def _retire(old: RedirectServer, grace: float = 2.0) -> None:

@@ -408,7 +408,8 @@ class Forwarder:
                      now: float) -> None:
         target = a.target
         hop = target.data if isinstance(target.data, Hop) else Hop(None)
-        received = fork.received
+        # the copy for this target: a trunk's hop rewrites it (From identity, PAI)
+        received = fork.received if hop.edit is None else hop.edit(fork.received)
         if dest is None:
             log.info("proxy: no address for %s; branch %d fails", target.uri, a.branch_id)
             self._run(fork, fork.ctx.on_transport_error(a.branch_id, now), now)

@@ -1,0 +1,110 @@
+"""Handler behaviour through the in-memory pair (tests/pair.py): bytes in, bytes out,
+a fake clock, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from pair import Pair
+
+CONFIG = """[server]
+realm = "127.0.0.1"
+data_dir = "data"
+hooks_dir = "hooks"
+[logging]
+level = "warning"
+[security]
+open_registration = true
+register_rate = 0
+[redirect]
+require_auth = false
+"""
+
+
+def _register(branch: str, cseq: int = 1, expires: int = 600) -> bytes:
+    return (f"REGISTER sip:127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:15060;branch=z9hG4bK{branch}\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:10@127.0.0.1>;tag=f{branch}\r\n"
+            f"To: <sip:10@127.0.0.1>\r\nCall-ID: reg-call@127.0.0.1\r\nCSeq: {cseq} REGISTER\r\n"
+            f"Contact: <sip:10@127.0.0.1:15060>\r\nExpires: {expires}\r\n"
+            f"Content-Length: 0\r\n\r\n").encode()
+
+
+def _invite(branch: str, user: str = "10") -> bytes:
+    return (f"INVITE sip:{user}@127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:15062;branch=z9hG4bK{branch}\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:caller@127.0.0.1>;tag=c{branch}\r\n"
+            f"To: <sip:{user}@127.0.0.1>\r\nCall-ID: inv-{branch}@127.0.0.1\r\nCSeq: 1 INVITE\r\n"
+            f"Contact: <sip:caller@127.0.0.1:15062>\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def _status(data: bytes) -> int:
+    return int(data.split(b" ", 2)[1])
+
+
+def _header(data: bytes, name: bytes) -> list[bytes]:
+    return [line.split(b":", 1)[1].strip() for line in data.split(b"\r\n")
+            if line.lower().startswith(name.lower() + b":")]
+
+
+def test_register_retransmission_and_expiry(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Pair(tmp_path, CONFIG) as p:
+            first = await p.request(_register("r1"))
+            assert [_status(r) for r in first] == [200]
+            assert _header(first[0], b"Contact") == [b"<sip:10@127.0.0.1:15060>;expires=600"]
+            assert _header(first[0], b"Date")
+            # the retransmission is answered from the transaction: the same bytes,
+            # and the registrar never sees it (a second run would be "Out of Order CSeq")
+            again = await p.request(_register("r1"))
+            assert again == first
+            # timer J (64*T1) frees the transaction; nothing is resent for a non-INVITE
+            assert p.app is not None and len(p.app.txl) == 1
+            assert p.advance(33) == []
+            assert len(p.app.txl) == 0
+            # the binding expires on the wall clock: a fetch after 600 s shows none
+            p.clock.advance(600)
+            fetch = await p.request(_register("r2", cseq=2).replace(
+                b"Contact: <sip:10@127.0.0.1:15060>\r\nExpires: 600\r\n", b""))
+            assert [_status(r) for r in fetch] == [200] and _header(fetch[0], b"Contact") == []
+
+    asyncio.run(main())
+
+
+def test_invite_redirect_and_ack_absorbed(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Pair(tmp_path, CONFIG) as p:
+            await p.request(_register("r1"))
+            out = await p.request(_invite("i1"))
+            assert [_status(r) for r in out] == [302]
+            assert _header(out[0], b"Contact")[0].startswith(b"<sip:10@127.0.0.1:15060>")
+            tag = out[0].split(b";tag=")[-1].split(b"\r\n")[0]
+            ack = _invite("i1").replace(b"INVITE sip", b"ACK sip", 1).replace(
+                b"CSeq: 1 INVITE", b"CSeq: 1 ACK").replace(
+                b"To: <sip:10@127.0.0.1>", b"To: <sip:10@127.0.0.1>;tag=" + tag)
+            assert await p.request(ack) == []  # absorbed by the transaction
+            # no ACK for another INVITE: timer G resends the 302 (T1 = 0.5 s, then 1 s)
+            await p.request(_invite("i2"))
+            assert [_status(r) for r in p.advance(0.5)] == [302]
+            assert [_status(r) for r in p.advance(1.0)] == [302]
+            # open registration: any user may have bindings, so one without any is 480
+            assert [_status(r) for r in await p.request(_invite("i3", user="99"))] == [480]
+
+    asyncio.run(main())
+
+
+def test_options_and_junk_methods_leave_no_keys(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Pair(tmp_path, CONFIG) as p:
+            assert p.app is not None
+            for i in range(200):
+                data = (f"JUNK{i} sip:127.0.0.1 SIP/2.0\r\n"
+                        f"Via: SIP/2.0/UDP 127.0.0.1:15060;branch=z9hG4bKj{i}\r\n"
+                        f"Max-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=a{i}\r\n"
+                        f"To: <sip:127.0.0.1>\r\nCall-ID: j{i}@127.0.0.1\r\n"
+                        f"CSeq: 1 JUNK{i}\r\nContent-Length: 0\r\n\r\n").encode()
+                assert [_status(r) for r in await p.request(data, settle=0)] == [501]
+            assert p.app.stats.requests == {"other": 200}
+
+    asyncio.run(main())
