@@ -322,7 +322,6 @@ class App:
                 headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> None:
         data = build_response(req, status, reason, to_tag=self.new_tag(), headers=headers,
                               body=body, server=self.server_header)
-        loop = self.loop
         now = self._clock()
         try:
             self.txl.send_response(tx, status, data, now)
@@ -374,7 +373,6 @@ class App:
         port = via.port
         sent_by = f"{via.host}:{port}" if port is not None else via.host + ":"
         txl = self.txl
-        loop = self.loop
         if branch is not None and len(branch) > 7 and branch.startswith("z9hG4bK"):
             key = make_key(branch, sent_by, method)
             tx = txl.get(key)
