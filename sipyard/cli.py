@@ -256,6 +256,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = App(cfg, config_path=Path(args.config))
     app.load_args = {"data_dir": args.data, "listen": args.listen}
+    _apply_bounds(app, cfg)
 
     async def run() -> int:
         try:
@@ -266,6 +267,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except Exception as exc:  # e.g. ControlServerError: another sipyard on the socket
             await app.stop()
             return _fail(args, str(exc) or type(exc).__name__)
+        _apply_bounds(app, cfg)  # the guard exists once started
         # Signals work from the moment "listening on" is printed (supervisors and tests
         # act on that line).
         app.install_signals()
@@ -288,6 +290,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         finally:
             prof.dump_stats(profile)
     return asyncio.run(run())
+
+
+def _apply_bounds(app: Any, cfg: Any) -> None:
+    """The TCP caps and the guard's sweep interval from config (issue #16).
+
+    Set here because App and the feature wiring that build these parts are being
+    rewritten; they belong in ``App.__init__`` (Transports kwargs) and
+    ``features.install`` / ``features.reconfigure`` (Guard kwargs) there.
+    """
+    srv = cfg.server
+    tr = app.transports
+    tr.max_connections = srv.max_tcp_connections
+    tr.max_conns_per_peer = srv.max_tcp_per_source
+    tr.max_handshakes_per_net = srv.tcp_handshakes_per_net
+    tr.handshake_timeout = srv.tcp_handshake_timeout
+    guard = app.features.get("guard")
+    if guard is not None:
+        guard.sweep_interval = cfg.security.sweep_interval
 
 
 def _hostport(host: str, port: int) -> str:

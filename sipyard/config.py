@@ -41,6 +41,12 @@ Keys (type = default)
   max_message_size = 65536 -- bytes; larger requests are answered 513.
   nonce_ttl = 300 -- seconds a digest nonce stays fresh.
   tcp_idle = 300 -- seconds a TCP connection may stay silent before it is closed.
+  max_tcp_connections = 4096 -- TCP connections in all; a new inbound one beyond it closes
+      the connection idle longest (one that never sent a message first).
+  max_tcp_per_source = 32 -- TCP connections from one source address.
+  tcp_handshakes_per_net = 32 -- TCP connections from one /24 (IPv4) or /64 (IPv6) that have
+      not sent a complete SIP message yet; more are refused.
+  tcp_handshake_timeout = 10.0 -- seconds a new TCP connection has to send its first message.
   server_header: str = "sipyard/<version>" -- Server/User-Agent value; "" = send none.
 ``[logging]`` level: str = "info" -- debug, info, warning or error (any case).
 ``[security]``
@@ -51,6 +57,8 @@ Keys (type = default)
   allow: [str] = [] -- networks never banned nor rate-limited (loopback is not implied).
   trusted: [str] = [] -- networks whose redirected requests need no authentication.
   register_rate = 500 -- REGISTERs per second per source; 0 = unlimited.
+  sweep_interval = 10.0 -- seconds between sweeps of the failure, ban and rate tables
+      (entries older than failure_window / their ban / one second go).
 ``[store]`` url: str = "" (sqlite in data_dir; or "sqlite:PATH", "redis://…");
   synchronous: "full" | "normal" = "full" (sqlite durability).
 ``[hooks]`` timeout = 10.0 (s per run), max_running = 4, queue = 1000 (waiting events).
@@ -188,6 +196,10 @@ class ServerConfig:
     nonce_ttl: int
     tcp_idle: float
     server_header: str
+    max_tcp_connections: int
+    max_tcp_per_source: int
+    tcp_handshakes_per_net: int
+    tcp_handshake_timeout: float
     #: realm + domains, normalised (lower case, no brackets, no trailing dot): for is_our_domain.
     our_domains: frozenset[str] = field(repr=False)
 
@@ -206,6 +218,7 @@ class SecurityConfig:
     allow: tuple[Network, ...] = ()
     trusted: tuple[Network, ...] = ()
     register_rate: int = 500
+    sweep_interval: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -709,6 +722,10 @@ def _server(ctx: _Ctx, data_dir: str | Path | None, listen: Sequence[str] | None
         nonce_ttl=t.integer("nonce_ttl", 300, 1, 86400),
         tcp_idle=t.number("tcp_idle", 300.0, 0.1, 86400.0),
         server_header="" if header is None else header.strip(),
+        max_tcp_connections=t.integer("max_tcp_connections", 4096, 1, 1_000_000),
+        max_tcp_per_source=t.integer("max_tcp_per_source", 32, 1, 1_000_000),
+        tcp_handshakes_per_net=t.integer("tcp_handshakes_per_net", 32, 1, 1_000_000),
+        tcp_handshake_timeout=t.number("tcp_handshake_timeout", 10.0, 0.1, 3600.0),
         our_domains=ours,
     )
 
@@ -784,6 +801,7 @@ def _security(ctx: _Ctx) -> SecurityConfig:
         ban_seconds=t.integer("ban_seconds", d.ban_seconds, 0),
         allow=_networks(t, "allow"), trusted=_networks(t, "trusted"),
         register_rate=t.integer("register_rate", d.register_rate, 0),
+        sweep_interval=t.number("sweep_interval", d.sweep_interval, 0.1, 3600.0),
     )
 
 
