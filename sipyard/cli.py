@@ -308,6 +308,13 @@ def _apply_bounds(app: Any, cfg: Any) -> None:
     guard = app.features.get("guard")
     if guard is not None:
         guard.sweep_interval = cfg.security.sweep_interval
+        if "housekeeper" not in app.features:
+            from .housekeeping import Housekeeper
+
+            keeper = Housekeeper(cfg.security.sweep_interval,
+                                 quiet=lambda: len(app.txl) < 1000)
+            keeper.start()
+            app.features["housekeeper"] = keeper
 
 
 def _hostport(host: str, port: int) -> str:

@@ -53,8 +53,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -64,9 +64,12 @@ __all__ = ["Guard", "Ban", "log_safe", "MAX_TRACKED"]
 log = logging.getLogger("sipyard.security")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Times = float | list[float]
 
 #: most keys held in each failure table (sources, lines), the ban and the rate table
 MAX_TRACKED = 100_000
+#: most failure times kept per key (a source is banned long before; a line's count saturates)
+MAX_PER_KEY = 1024
 #: most entries of the allow-list cache (it is also emptied by every sweep)
 MAX_ALLOWED_CACHE = 65_536
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()+@:")
@@ -119,8 +122,11 @@ class Guard:
     def __init__(self, *, max_failures: int = 20, window: float = 60.0, ban_seconds: float = 600.0,
                  allow: Iterable[str] = (), register_rate: int = 500,
                  sweep_interval: float = 10.0) -> None:
-        self._fails: dict[str, deque[float]] = {}
-        self._line_fails: dict[str, deque[float]] = {}
+        # key -> the failure time, or the failure times oldest first when there are
+        # several: most keys of a scan see one failure, and a float costs 24 bytes
+        # where a deque cost over 1 KiB, from malloc (issue #16: 54 MB for 50 000).
+        self._fails: dict[str, Times] = {}
+        self._line_fails: dict[str, Times] = {}
         self._bans: dict[str, Ban] = {}
         self._rate: dict[str, list[float]] = {}  # ip -> [window start, count]
         self._allowed_cache: dict[str, bool] = {}
@@ -219,22 +225,32 @@ class Guard:
             return True
         return False
 
-    def _count(self, table: dict[str, deque[float]], key: str, now: float) -> int:
-        q = table.get(key)
-        if q is None:
+    def _count(self, table: dict[str, Times], key: str, now: float) -> int:
+        """Add a failure at ``now`` for ``key``; its failures within the window."""
+        now = float(now)
+        cutoff = now - self.window
+        times = table.get(key)
+        if times is None:
             if len(table) >= MAX_TRACKED:
                 self._prune(table, now)
-            q = table[key] = deque()
-        q.append(now)
-        cutoff = now - self.window
-        while q and q[0] <= cutoff:
-            q.popleft()
-        return len(q)
+            table[key] = now
+            return 1
+        if not isinstance(times, list):
+            if times <= cutoff:
+                table[key] = now
+                return 1
+            table[key] = [times, now]
+            return 2
+        _drop_old(times, cutoff)
+        times.append(now)
+        if len(times) > MAX_PER_KEY:
+            del times[0]
+        return len(times)
 
-    def _prune(self, table: dict[str, deque[float]], now: float) -> None:
+    def _prune(self, table: dict[str, Times], now: float) -> None:
         """Drop keys with no failure in the window, then the oldest keys, to half the cap."""
         cutoff = now - self.window
-        for key in [k for k, q in table.items() if not q or q[-1] <= cutoff]:
+        for key in [k for k, t in table.items() if _last(t) <= cutoff]:
             del table[key]
         excess = len(table) - MAX_TRACKED // 2
         if excess > 0:
@@ -276,13 +292,13 @@ class Guard:
         cutoff = now - self.window
         dropped = 0
         for name in ("_fails", "_line_fails"):
-            table: dict[str, deque[float]] = getattr(self, name)
+            table: dict[str, Times] = getattr(self, name)
             before = len(table)
-            for key in [k for k, q in table.items() if not q or q[-1] <= cutoff]:
+            for key in [k for k, t in table.items() if _last(t) <= cutoff]:
                 del table[key]
-            for q in table.values():
-                while q and q[0] <= cutoff:
-                    q.popleft()
+            for t in table.values():
+                if isinstance(t, list):
+                    _drop_old(t, cutoff)
             if len(table) < before:
                 dropped += before - len(table)
                 setattr(self, name, _shrunk(table, before))
@@ -324,11 +340,13 @@ class Guard:
     def line_failures(self, line: str, now: float) -> int:
         return self._recent(self._line_fails.get(line), now)
 
-    def _recent(self, q: deque[float] | None, now: float) -> int:
-        if not q:
+    def _recent(self, times: Times | None, now: float) -> int:
+        if times is None:
             return 0
         cutoff = now - self.window
-        return sum(1 for t in q if t > cutoff)
+        if not isinstance(times, list):
+            return 1 if times > cutoff else 0
+        return sum(1 for t in times if t > cutoff)
 
     def bans(self, now: float) -> list[Ban]:
         for ip in [ip for ip, b in self._bans.items() if b.until <= now]:
@@ -344,6 +362,21 @@ class Guard:
         self._bans = {}
         self._fails = {}
         return n
+
+
+def _last(times: Times) -> float:
+    if isinstance(times, list):
+        return times[-1] if times else -math.inf
+    return times
+
+
+def _drop_old(times: list[float], cutoff: float) -> None:
+    i = 0
+    n = len(times)
+    while i < n and times[i] <= cutoff:
+        i += 1
+    if i:
+        del times[:i]
 
 
 def _shrunk(table: dict[str, Any], before: int) -> dict[str, Any]:

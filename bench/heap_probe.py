@@ -1,0 +1,185 @@
+"""Where does the memory of a traffic pattern go? In-process server + tracemalloc.
+
+Runs the real :class:`sipyard.app.App` (uvloop) in this process with tracemalloc on,
+sends a traffic pattern from a child process over loopback, then compares heap
+snapshots: baseline (warmed up), right after the traffic, and after ``--wait``
+seconds (transactions expired). Prints the top growth by allocation site.
+
+    python bench/heap_probe.py options-sources --count 50000 --sources 5000 --wait 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from support import free_port, write_config  # noqa: E402
+
+
+def rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("pattern", choices=["options-sources", "methods", "auth-fail", "garbage"])
+    ap.add_argument("--count", type=int, default=50000)
+    ap.add_argument("--sources", type=int, default=5000)
+    ap.add_argument("--wait", type=float, default=40.0)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--no-trace", action="store_true", help="RSS only")
+    ap.add_argument("--raw-send", action="store_true",
+                    help="experiment: UDP answers by socket.sendto, not uvloop's transport")
+    a = ap.parse_args()
+
+    import uvloop
+
+    from sipyard.app import App
+    from sipyard.config import load_config
+    from sipyard.transport import Listen
+
+    d = Path(tempfile.mkdtemp(prefix="heapprobe-"))
+    cfg_path = write_config(d, security={"max_auth_failures": 0, "failure_window": 5,
+                                         "register_rate": 500, "sweep_interval": 1.0})
+    cfg = load_config(cfg_path)
+    port = free_port()
+
+    async def run() -> None:
+        app = App(cfg, config_path=cfg_path)
+        await app.start([Listen("udp", "127.0.0.1", port)])
+        app.features["guard"].sweep_interval = cfg.security.sweep_interval
+        from sipyard.housekeeping import Housekeeper
+        keeper = Housekeeper(cfg.security.sweep_interval, quiet=lambda: len(app.txl) < 1000)
+        keeper.start()
+        if a.raw_send:
+            import socket as _s
+            proto = next(iter(app.transports._udp.values()))
+            fd = proto.transport.get_extra_info("socket").fileno()
+            raw = _s.socket(fileno=os.dup(fd))
+            orig = app.transports.send
+
+            def send(src, data):  # type: ignore[no-untyped-def]
+                if src.transport == "udp":
+                    raw.sendto(data, (src.ip, src.port))
+                    return True
+                return orig(src, data)
+            app.transports.send = send  # type: ignore[method-assign]
+            app.uac._send = send
+        loop = asyncio.get_running_loop()
+
+        async def traffic(count: int) -> None:
+            p = await asyncio.create_subprocess_exec(
+                sys.executable, str(ROOT / "tests" / "hostile.py"), a.pattern, "127.0.0.1",
+                str(port), "--count", str(count), "--sources", str(a.sources))
+            await p.wait()
+
+        await traffic(2000)  # warm-up
+        await asyncio.sleep(34)
+        gc.collect()
+        if not a.no_trace:
+            tracemalloc.start(12)
+        base = tracemalloc.take_snapshot() if not a.no_trace else None
+        r0 = rss_kb()
+        print(f"baseline rss {r0} kB  txs {len(app.txl._txs)}", flush=True)
+        from collections import Counter
+        types0 = Counter(type(o).__name__ for o in gc.get_objects())
+        ids0 = {id(o) for o in gc.get_objects()}
+        arenas("baseline")
+        t0 = time.monotonic()
+        await traffic(a.count)
+        print(f"sent in {time.monotonic() - t0:.1f}s; rss {rss_kb()} kB txs {len(app.txl._txs)}",
+              flush=True)
+        after = tracemalloc.take_snapshot() if not a.no_trace else None
+        if after is not None and base is not None:
+            report("right after traffic", after.compare_to(base, "traceback"), a.top)
+        await asyncio.sleep(a.wait)
+        gc.collect()
+        print(f"after {a.wait}s: rss {rss_kb()} kB (+{rss_kb() - r0}) txs {len(app.txl._txs)}",
+              flush=True)
+        arenas("after wait")
+        types1 = Counter(type(o).__name__ for o in gc.get_objects())
+        types1.subtract(types0)
+        print("  gc-tracked object growth:", [(k, v) for k, v in types1.most_common(8) if v > 100])
+        new = [o for o in gc.get_objects() if id(o) not in ids0 and type(o) is tuple]
+        for o in new[:: max(1, len(new) // 6)][:6]:
+            refs = gc.get_referrers(o)
+            print("   new", repr(o)[:90], "<-", [type(r).__name__ + ":" + repr(r)[:60] for r in refs if r is not new][:3])
+        trim()
+        print(f"after malloc_trim: rss {rss_kb()} kB (+{rss_kb() - r0})", flush=True)
+        if not a.no_trace and base is not None:
+            end = tracemalloc.take_snapshot()
+            stats = end.compare_to(base, "traceback")
+            print("traced growth total", sum(s.size_diff for s in stats) // 1024, "kB")
+            report("after wait", stats, a.top)
+        await app.stop()
+        del loop
+
+    uvloop.install()
+    asyncio.run(run())
+    return 0
+
+
+def arenas(title: str) -> None:
+    """pymalloc's arena counts (sys._debugmallocstats writes them to stderr)."""
+    import io
+    import contextlib
+    r, w = os.pipe()
+    saved = os.dup(2)
+    os.dup2(w, 2)
+    try:
+        sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(w)
+    text = os.read(r, 1 << 20).decode(errors="replace")
+    while True:
+        more = os.read(r, 1 << 20)
+        if not more:
+            break
+        text += more.decode(errors="replace")
+    os.close(r)
+    del io, contextlib
+    for line in text.splitlines():
+        if line.startswith(("# arenas allocated current", "# arenas highwater", "# bytes in allocated blocks", "# bytes in available blocks", "Total ")):
+            print(f"  [{title}] {line}")
+
+
+def trim() -> None:
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def report(title: str, stats: list[tracemalloc.StatisticDiff], top: int) -> None:
+    print(f"--- {title}: total diff {sum(s.size_diff for s in stats) // 1024} kB")
+    for s in stats[:top]:
+        if s.size_diff < int(os.environ.get("PROBE_MIN", "50000")):
+            break
+        print(f"{s.size_diff / 1024:9.0f} kB {s.count_diff:+8d} blocks")
+        for fr in s.traceback.format()[-12:]:
+            if "tracemalloc" in fr:
+                continue
+            print("      ", fr)
+
+
+if __name__ == "__main__":
+    os.nice(0)
+    sys.exit(main())
