@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import gc
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +42,10 @@ def main() -> int:
     ap.add_argument("--sources", type=int, default=5000)
     ap.add_argument("--wait", type=float, default=40.0)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--log", action="store_true", help="log to a file as the server does")
     ap.add_argument("--no-trace", action="store_true", help="RSS only")
+    ap.add_argument("--bounded-methods", action="store_true",
+                    help="experiment: count unknown methods as 'other' (the fix pending in app.py)")
     ap.add_argument("--raw-send", action="store_true",
                     help="experiment: UDP answers by socket.sendto, not uvloop's transport")
     a = ap.parse_args()
@@ -55,8 +57,13 @@ def main() -> int:
     from sipyard.transport import Listen
 
     d = Path(tempfile.mkdtemp(prefix="heapprobe-"))
-    cfg_path = write_config(d, security={"max_auth_failures": 0, "failure_window": 5,
-                                         "register_rate": 500, "sweep_interval": 1.0})
+    cfg_path = write_config(d, security={"max_auth_failures": 3, "failure_window": 5,
+                                         "ban_seconds": 5, "register_rate": 500,
+                                         "sweep_interval": 1.0})
+    if a.log:
+        import logging
+        logging.basicConfig(level=logging.WARNING, filename=str(d / "server.log"),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(cfg_path)
     port = free_port()
 
@@ -65,8 +72,21 @@ def main() -> int:
         await app.start([Listen("udp", "127.0.0.1", port)])
         app.features["guard"].sweep_interval = cfg.security.sweep_interval
         from sipyard.housekeeping import Housekeeper
-        keeper = Housekeeper(cfg.security.sweep_interval, quiet=lambda: len(app.txl) < 1000)
+        keeper = Housekeeper(cfg.security.sweep_interval, load=lambda: len(app.txl))
         keeper.start()
+        if a.bounded_methods:
+            from collections import Counter as _C
+
+            from sipyard.app import KNOWN_METHODS
+
+            class _Methods(_C[str]):
+                def __setitem__(self, key: str, value: int) -> None:
+                    super().__setitem__(key if key in KNOWN_METHODS else "other", value)
+
+                def __missing__(self, key: str) -> int:
+                    return super().get("other", 0) if key not in KNOWN_METHODS else 0
+
+            app.stats.requests = _Methods()
         if a.raw_send:
             import socket as _s
             proto = next(iter(app.transports._udp.values()))
@@ -137,8 +157,6 @@ def main() -> int:
 
 def arenas(title: str) -> None:
     """pymalloc's arena counts (sys._debugmallocstats writes them to stderr)."""
-    import io
-    import contextlib
     r, w = os.pipe()
     saved = os.dup(2)
     os.dup2(w, 2)
@@ -154,18 +172,16 @@ def arenas(title: str) -> None:
             break
         text += more.decode(errors="replace")
     os.close(r)
-    del io, contextlib
     for line in text.splitlines():
         if line.startswith(("# arenas allocated current", "# arenas highwater", "# bytes in allocated blocks", "# bytes in available blocks", "Total ")):
             print(f"  [{title}] {line}")
 
 
 def trim() -> None:
+    import contextlib
     import ctypes
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def report(title: str, stats: list[tracemalloc.StatisticDiff], top: int) -> None:

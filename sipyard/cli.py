@@ -312,7 +312,7 @@ def _apply_bounds(app: Any, cfg: Any) -> None:
             from .housekeeping import Housekeeper
 
             keeper = Housekeeper(cfg.security.sweep_interval,
-                                 quiet=lambda: len(app.txl) < 1000)
+                                 load=lambda: len(app.txl))
             keeper.start()
             app.features["housekeeper"] = keeper
 

@@ -10,11 +10,13 @@ keep all of them. So every ``interval`` seconds this:
 * empties the SIP core's parse caches (URIs, name-addrs, CSeqs: each bounded
   at 1 024–4 096 entries, cleared when full, and so full of a flood's last
   values when it ends); the next requests refill them in microseconds;
-* runs a full collection when the server is quiet (``quiet()`` says so: few
-  live transactions, so the collection is short) and was not at the last
-  tick: ``gc.collect()`` also empties CPython's free lists of tuples, floats,
-  dicts (up to 2 000 tuples per size, kept from the flood). Under load it is
-  skipped: the app tunes the GC to stay off the request path;
+* runs a full collection when the server is quiet (``load()``, its live
+  transactions, is under ``quiet_below``, so the collection is short) and
+  something happened since the last tick (the load changed or the caches had
+  entries): ``gc.collect()`` also empties CPython's free lists of tuples,
+  floats, dicts (up to 2 000 tuples per size, the last ones a flood freed).
+  Under load it is skipped: the app tunes the GC to stay off the request path;
+  an idle server is left alone;
 * asks glibc to return free heap pages (``malloc_trim(0)``, when available).
 
 Measured on 20 000 OPTIONS from 2 000 sources, after their transactions ended:
@@ -59,16 +61,17 @@ def _malloc_trim() -> Callable[[], None] | None:
 class Housekeeper:
     """One loop timer; ``start()`` once the server runs, ``close()`` when it stops."""
 
-    def __init__(self, interval: float = 10.0, *,
-                 quiet: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, interval: float = 10.0, *, load: Callable[[], int] = lambda: 0,
+                 quiet_below: int = 1000) -> None:
         self.interval = interval
-        self.quiet = quiet
+        self.load = load
+        self.quiet_below = quiet_below
         self.ticks = 0
         self.collections = 0
         self.last_cost = 0.0  # seconds the last tick took
         self._trim = _malloc_trim()
         self._timer: asyncio.TimerHandle | None = None
-        self._was_quiet = False
+        self._last_load = -1
 
     def start(self) -> None:
         self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
@@ -85,11 +88,11 @@ class Housekeeper:
     def run_once(self) -> None:
         self.ticks += 1
         cleared = clear_uri_cache() + clear_header_caches()
-        quiet = self.quiet()
-        if quiet and (not self._was_quiet or cleared):
+        load = self.load()
+        if load < self.quiet_below and (load != self._last_load or cleared):
             gc.collect()
             self.collections += 1
-        self._was_quiet = quiet
+        self._last_load = load
         if self._trim is not None:
             self._trim()
 

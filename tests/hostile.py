@@ -17,6 +17,7 @@ methods, huge headers, broken URIs, binary junk).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import select
 import socket
@@ -24,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-__all__ = ["source_ip", "build", "send", "PATTERNS"]
+__all__ = ["source_ip", "send", "PATTERNS"]
 
 
 def source_ip(i: int) -> str:
@@ -125,10 +126,8 @@ def send(pattern: str, host: str, port: int, *, count: int, sources: int = 1,
         socks = [s for s, _ in batch]
         for s, msgs in batch:
             for m in msgs:
-                try:
+                with contextlib.suppress(OSError):
                     s.sendto(m, (host, port))
-                except OSError:
-                    pass
         want = outstanding
         end = time.monotonic() + timeout
         while want > 0:
