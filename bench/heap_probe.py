@@ -117,6 +117,7 @@ def main() -> int:
         base = tracemalloc.take_snapshot() if not a.no_trace else None
         r0 = rss_kb()
         print(f"baseline rss {r0} kB  txs {len(app.txl._txs)}", flush=True)
+        maps0 = anon_maps()
         from collections import Counter
         types0 = Counter(type(o).__name__ for o in gc.get_objects())
         ids0 = {id(o) for o in gc.get_objects()}
@@ -133,6 +134,7 @@ def main() -> int:
         print(f"after {a.wait}s: rss {rss_kb()} kB (+{rss_kb() - r0}) txs {len(app.txl._txs)}",
               flush=True)
         arenas("after wait")
+        pinned(anon_maps() - maps0)
         types1 = Counter(type(o).__name__ for o in gc.get_objects())
         types1.subtract(types0)
         print("  gc-tracked object growth:", [(k, v) for k, v in types1.most_common(8) if v > 100])
@@ -153,6 +155,43 @@ def main() -> int:
     uvloop.install()
     asyncio.run(run())
     return 0
+
+
+def anon_maps() -> set[tuple[int, int]]:
+    """Anonymous mappings of this process: (start, end)."""
+    out = set()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 6:
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                out.add((lo, hi))
+    return out
+
+
+def pinned(new: set[tuple[int, int]]) -> None:
+    """Objects living in mappings made since the baseline: who pins the arenas."""
+    if not new:
+        return
+    ranges = sorted(new)
+
+    def inside(addr: int) -> bool:
+        return any(lo <= addr < hi for lo, hi in ranges)
+
+    seen: dict[int, object] = {}
+    objs = gc.get_objects()
+    for o in objs:
+        if inside(id(o)):
+            seen[id(o)] = o
+        for r in gc.get_referents(o):
+            if inside(id(r)):
+                seen[id(r)] = r
+    print(f"  {len(seen)} objects in {len(ranges)} new mappings "
+          f"({sum(hi - lo for lo, hi in ranges) >> 10} kB)")
+    for o in list(seen.values())[:40]:
+        refs = [type(r).__name__ for r in gc.get_referrers(o) if r is not objs][:3]
+        print(f"    {type(o).__name__:14} {repr(o)[:70]:72} <- {refs}")
+    del objs
 
 
 def arenas(title: str) -> None:
