@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 DEMO   ?= demo
 
-.PHONY: serve test test-fast lint bench venv core deps-test deps-bench clean
+.PHONY: serve test test-fast lint bench fuzz soak venv core deps-test deps-bench clean
 
 $(PY):
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { scripts/apt-install.sh python3-venv && $(PYTHON) -m venv $(VENV); }
@@ -59,6 +59,20 @@ deps-bench:
 ## make bench: Kamailio and sipyard under the same sipp load, one run, ratio of CPU µs per call
 bench: $(VENV)/.runtime $(VENV)/.core deps-bench
 	bench/run.sh
+
+## make fuzz: the parser/framing fuzz test (tests/test_fuzz.py) with a long budget, random seed
+FUZZ_EXAMPLES ?= 100000
+fuzz: $(VENV)/.test
+	SIPYARD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider \
+	  -o timeout=0 --hypothesis-show-statistics tests/test_fuzz.py
+
+## make soak: mixed sipp load (SOAK_SECONDS=600 at SOAK_RATE=600 calls/s), RSS and fds every 10 s
+SOAK_SECONDS ?= 600
+SOAK_RATE ?= 600
+SOAK_INTERVAL ?= 10
+soak: $(VENV)/.runtime $(VENV)/.core deps-bench
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_RATE=$(SOAK_RATE) SOAK_INTERVAL=$(SOAK_INTERVAL) \
+	  $(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist sipyard.egg-info

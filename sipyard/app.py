@@ -33,6 +33,7 @@ from .handlers.chat import ChatHandler
 from .handlers.proxy import ProxyCancelHandler, ProxyHandler
 from .handlers.redirect import CancelHandler, NotifyHandler, RedirectHandler
 from .handlers.register import RegisterHandler
+from .housekeeping import Housekeeper
 from .messaging import Sender, udp_local
 from .natping import NatPinger
 from .ops import Operations, OpsContext, reload
@@ -97,8 +98,14 @@ class App:
         self.stats = self.parts.stats
         self.transports = Transports(
             self._on_bytes, max_udp=srv.max_message_size, max_tcp_header=srv.max_message_size,
-            tcp_idle=srv.tcp_idle,
+            tcp_idle=srv.tcp_idle, max_conns_per_peer=srv.max_tcp_per_source,
+            max_connections=srv.max_tcp_connections,
+            max_handshakes_per_net=srv.tcp_handshakes_per_net,
+            handshake_timeout=srv.tcp_handshake_timeout,
             on_framing_error=self._on_framing_error, on_oversize=self._on_oversize)
+        #: parse caches emptied, quiet-time collections (issue #16: memory comes back)
+        self.housekeeper = Housekeeper(config.security.sweep_interval,
+                                       load=lambda: len(self.txl))
         self.uac = Uac(self.transports.send, server_header=self.server_header)
         self.sender = Sender(self.transports, self.uac, self.parts.store, self.parts.current)
         self.routes = NotifyRoutes()
@@ -135,7 +142,11 @@ class App:
             site=str(config.server.data_dir))
         self.ops.ctx.reload_listeners.append(
             lambda cfg: self.spawn(self.trunk_manager.update(cfg.trunks)))
+        self.ops.ctx.reload_listeners.append(self._reconfigure_housekeeping)
         self.handlers: dict[str, Handle] = self._dispatch_table()
+
+    def _reconfigure_housekeeping(self, cfg: Config) -> None:
+        self.housekeeper.interval = cfg.security.sweep_interval
 
     def _dispatch_table(self) -> dict[str, Handle]:
         """Method → handler; ``*`` takes any other method whose Request-URI names a user."""
@@ -211,6 +222,7 @@ class App:
         for b in bound:
             log.info("listening on %s %s:%d", b.transport, b.host, b.port)
         _tune_gc()
+        self.housekeeper.start()
         return bound
 
     async def stop(self) -> None:
@@ -233,6 +245,7 @@ class App:
             self._sweeper.cancel()
         if self._natping is not None:
             self._natping.cancel()
+        self.housekeeper.close()
         await close_parts(self.parts)
         self._stopped.set()
 

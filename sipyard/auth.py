@@ -111,7 +111,10 @@ class Authenticator:
                 value = compute_ha1(username, self.realm, line.secret, algorithm)
             else:
                 value = line.ha1.get(algorithm) or None
-        if line is not None or len(self._ha1) < 10000:
+        # Only configured lines are cached: an unknown name costs one dict miss
+        # anyway, and caching scanners' made-up names kept up to 10 000 of them
+        # for good (issue #16).
+        if line is not None:
             self._ha1[key] = value
         return value
 

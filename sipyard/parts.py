@@ -63,7 +63,7 @@ def _guard_settings(cfg: Config) -> dict[str, object]:
     sec = cfg.security
     return {"max_failures": sec.max_auth_failures, "window": sec.failure_window,
             "ban_seconds": sec.ban_seconds, "allow": [str(n) for n in sec.allow],
-            "register_rate": sec.register_rate}
+            "register_rate": sec.register_rate, "sweep_interval": sec.sweep_interval}
 
 
 def build_parts(cfg: Config) -> Parts:
@@ -93,6 +93,7 @@ async def open_parts(parts: Parts) -> None:
 
 
 async def close_parts(parts: Parts) -> None:
+    parts.guard.close()
     await parts.hooks.close()
     await parts.store.close()
 

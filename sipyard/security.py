@@ -14,8 +14,22 @@ guesses at other lines and never be banned. Old failures simply age out of
 the window.
 
 The per-source and per-line tables are keyed by attacker-chosen values
-(spoofable UDP sources, made-up user names), so each is capped: past
-``MAX_TRACKED`` keys the stale ones are pruned, then the oldest ones dropped.
+(spoofable UDP sources, made-up user names), so each is bounded twice:
+
+* by age: every ``sweep_interval`` seconds (and on the first call after one
+  has passed) failures older than ``window``, ended bans, rate slots older
+  than a second and the allow-list cache go, and a table that shrank is
+  rebuilt (a dict never gives memory back on deletion). So after an attack
+  the tables are empty again within ``window + sweep_interval`` seconds and
+  their memory is free, whether or not traffic continues: an idle server is
+  swept by a loop timer that the first entry arms;
+* by count: past ``MAX_TRACKED`` keys the stale ones are pruned, then the
+  oldest ones dropped, so a flood inside one window cannot grow them further.
+
+The timer knows no clock of its own: it extrapolates the ``now`` of the last
+call by the monotonic time since, so callers may use any clock (tests use a
+fake one and call :meth:`Guard.sweep` themselves; without a running event loop
+no timer is armed).
 
 Every failure is logged on one stable line naming the source IP, for fail2ban
 (``examples/fail2ban/``)::
@@ -36,21 +50,28 @@ line, does not ban an address sipyard itself was told to trust.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
-from collections import deque
+import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["Guard", "GuardListener", "Ban", "log_safe", "MAX_TRACKED"]
 
 log = logging.getLogger("sipyard.security")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Times = float | list[float]
 
-#: most keys held in each failure table (sources, lines) and in the rate table
+#: most keys held in each failure table (sources, lines), the ban and the rate table
 MAX_TRACKED = 100_000
+#: most failure times kept per key (a source is banned long before; a line's count saturates)
+MAX_PER_KEY = 1024
+#: most entries of the allow-list cache (it is also emptied by every sweep)
+MAX_ALLOWED_CACHE = 65_536
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()+@:")
 
 
@@ -107,9 +128,13 @@ class Guard:
     """
 
     def __init__(self, *, max_failures: int = 20, window: float = 60.0, ban_seconds: float = 600.0,
-                 allow: Iterable[str] = (), register_rate: int = 500) -> None:
-        self._fails: dict[str, deque[float]] = {}
-        self._line_fails: dict[str, deque[float]] = {}
+                 allow: Iterable[str] = (), register_rate: int = 500,
+                 sweep_interval: float = 10.0) -> None:
+        # key -> the failure time, or the failure times oldest first when there are
+        # several: most keys of a scan see one failure, and a float costs 24 bytes
+        # where a deque cost over 1 KiB, from malloc (issue #16: 54 MB for 50 000).
+        self._fails: dict[str, Times] = {}
+        self._line_fails: dict[str, Times] = {}
         self._bans: dict[str, Ban] = {}
         self._rate: dict[str, list[float]] = {}  # ip -> [window start, count]
         self._allowed_cache: dict[str, bool] = {}
@@ -120,18 +145,28 @@ class Guard:
         self.rate_share = 1
         #: told of local failures, bans and unbans (sipyard.cluster.shared mirrors them)
         self.listener: GuardListener | None = None
+        self.sweeps = 0
+        self.sweep_interval = float(sweep_interval)
+        self._last_sweep: float | None = None  # caller's clock
+        self._last_now = 0.0  # caller's clock at the last call that added an entry
+        self._last_mono = 0.0  # time.monotonic() then
+        self._timer: asyncio.TimerHandle | None = None
         self.configure(max_failures=max_failures, window=window, ban_seconds=ban_seconds,
                        allow=allow, register_rate=register_rate)
 
     def configure(self, *, max_failures: int, window: float, ban_seconds: float,
-                  allow: Iterable[str], register_rate: int) -> None:
+                  allow: Iterable[str], register_rate: int,
+                  sweep_interval: float | None = None) -> None:
         """Apply (new) limits; counts and bans are kept, except that a source
-        now on the allow list is unbanned at once."""
+        now on the allow list is unbanned at once. ``sweep_interval=None`` keeps
+        the current one."""
         self.max_failures = max_failures
         self.window = float(window)
         self.ban_seconds = float(ban_seconds)
         self.allow: list[IPNetwork] = [ipaddress.ip_network(a, strict=False) for a in allow]
         self.register_rate = register_rate
+        if sweep_interval is not None:
+            self.sweep_interval = float(sweep_interval)
         self._allowed_cache.clear()
         for ip in [ip for ip in self._bans if self.allowed(ip)]:
             del self._bans[ip]
@@ -146,8 +181,8 @@ class Guard:
                 hit = False
             else:
                 hit = any(addr in net for net in self.allow)
-            if len(self._allowed_cache) > 65536:
-                self._allowed_cache.clear()
+            if len(self._allowed_cache) >= MAX_ALLOWED_CACHE:
+                self._allowed_cache = {}
             self._allowed_cache[ip] = hit
         return hit
 
@@ -169,8 +204,10 @@ class Guard:
             return True
         slot = self._rate.get(ip)
         if slot is None or not 0.0 <= now - slot[0] < 1.0:
-            if slot is None and len(self._rate) >= MAX_TRACKED:
-                self._rate.clear()
+            if slot is None:
+                if len(self._rate) >= MAX_TRACKED:
+                    self._rate = {}
+                self._touch(now)
             self._rate[ip] = [now, 1.0]
             return True
         slot[1] += 1
@@ -182,6 +219,7 @@ class Guard:
     def failure(self, ip: str, line: str | None, reason: str, now: float) -> bool:
         """Record one failed authentication; True when the source is banned by it."""
         self.total_failures += 1
+        self._touch(now)
         allowed = self.allowed(ip)
         log.warning("sipyard auth failure: src=%s line=%s reason=%s%s", log_safe(ip),
                     log_safe(line), log_safe(reason), " (allowed source)" if allowed else "")
@@ -205,27 +243,110 @@ class Guard:
             return True
         return False
 
-    def _count(self, table: dict[str, deque[float]], key: str, now: float) -> int:
-        q = table.get(key)
-        if q is None:
+    def _count(self, table: dict[str, Times], key: str, now: float) -> int:
+        """Add a failure at ``now`` for ``key``; its failures within the window."""
+        now = float(now)
+        cutoff = now - self.window
+        times = table.get(key)
+        if times is None:
             if len(table) >= MAX_TRACKED:
                 self._prune(table, now)
-            q = table[key] = deque()
-        q.append(now)
-        cutoff = now - self.window
-        while q and q[0] <= cutoff:
-            q.popleft()
-        return len(q)
+            table[key] = now
+            return 1
+        if not isinstance(times, list):
+            if times <= cutoff:
+                table[key] = now
+                return 1
+            table[key] = [times, now]
+            return 2
+        _drop_old(times, cutoff)
+        times.append(now)
+        if len(times) > MAX_PER_KEY:
+            del times[0]
+        return len(times)
 
-    def _prune(self, table: dict[str, deque[float]], now: float) -> None:
+    def _prune(self, table: dict[str, Times], now: float) -> None:
         """Drop keys with no failure in the window, then the oldest keys, to half the cap."""
         cutoff = now - self.window
-        for key in [k for k, q in table.items() if not q or q[-1] <= cutoff]:
+        for key in [k for k, t in table.items() if _last(t) <= cutoff]:
             del table[key]
         excess = len(table) - MAX_TRACKED // 2
         if excess > 0:
             for key in list(table)[:excess]:  # dicts keep insertion order: oldest first
                 del table[key]
+
+    # -- sweeping ---------------------------------------------------------------
+
+    def _touch(self, now: float) -> None:
+        """An entry is being added at ``now``: sweep if one is due, else make sure one comes."""
+        self._last_now = now
+        self._last_mono = time.monotonic()
+        last = self._last_sweep
+        if last is None:
+            self._last_sweep = now
+        elif now - last >= self.sweep_interval or now < last:
+            self.sweep(now)
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop (unit tests, tools): callers sweep themselves
+            self._timer = loop.call_later(self.sweep_interval, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.sweep(self._last_now + (time.monotonic() - self._last_mono))
+        if self._fails or self._line_fails or self._bans or self._rate:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._timer = loop.call_later(self.sweep_interval, self._on_timer)
+
+    def sweep(self, now: float) -> int:
+        """Drop everything that no longer counts at ``now``; the number of keys dropped."""
+        self._last_sweep = now
+        self.sweeps += 1
+        cutoff = now - self.window
+        dropped = 0
+        for name in ("_fails", "_line_fails"):
+            table: dict[str, Times] = getattr(self, name)
+            before = len(table)
+            for key in [k for k, t in table.items() if _last(t) <= cutoff]:
+                del table[key]
+            for t in table.values():
+                if isinstance(t, list):
+                    _drop_old(t, cutoff)
+            if len(table) < before:
+                dropped += before - len(table)
+                setattr(self, name, _shrunk(table, before))
+        before = len(self._bans)
+        for ip in [ip for ip, b in self._bans.items() if b.until <= now]:
+            del self._bans[ip]
+        if len(self._bans) < before:
+            dropped += before - len(self._bans)
+            self._bans = _shrunk(self._bans, before)
+        before = len(self._rate)
+        for ip in [ip for ip, slot in self._rate.items() if not 0.0 <= now - slot[0] < 1.0]:
+            del self._rate[ip]
+        if len(self._rate) < before:
+            dropped += before - len(self._rate)
+            self._rate = _shrunk(self._rate, before)
+        if self._allowed_cache:
+            self._allowed_cache = {}
+        return dropped
+
+    def sizes(self) -> dict[str, int]:
+        """Keys held per table (for status and tests)."""
+        return {"sources": len(self._fails), "lines": len(self._line_fails),
+                "bans": len(self._bans), "rate": len(self._rate),
+                "allowed_cache": len(self._allowed_cache)}
+
+    def close(self) -> None:
+        """Stop the sweep timer (the server is stopping)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def success(self, ip: str) -> None:
         """A source authenticated. Deliberately keeps its failure count (see module doc)."""
@@ -237,11 +358,13 @@ class Guard:
     def line_failures(self, line: str, now: float) -> int:
         return self._recent(self._line_fails.get(line), now)
 
-    def _recent(self, q: deque[float] | None, now: float) -> int:
-        if not q:
+    def _recent(self, times: Times | None, now: float) -> int:
+        if times is None:
             return 0
         cutoff = now - self.window
-        return sum(1 for t in q if t > cutoff)
+        if not isinstance(times, list):
+            return 1 if times > cutoff else 0
+        return sum(1 for t in times if t > cutoff)
 
     def bans(self, now: float) -> list[Ban]:
         for ip in [ip for ip, b in self._bans.items() if b.until <= now]:
@@ -256,8 +379,8 @@ class Guard:
 
     def unban_all(self) -> int:
         n = len(self._bans)
-        self._bans.clear()
-        self._fails.clear()
+        self._bans = {}
+        self._fails = {}
         if self.listener is not None:
             self.listener.unbanned(None)
         return n
@@ -271,3 +394,28 @@ class Guard:
         """A ban lifted elsewhere."""
         self._bans.pop(ip, None)
         self._fails.pop(ip, None)
+
+
+def _last(times: Times) -> float:
+    if isinstance(times, list):
+        return times[-1] if times else -math.inf
+    return times
+
+
+def _drop_old(times: list[float], cutoff: float) -> None:
+    i = 0
+    n = len(times)
+    while i < n and times[i] <= cutoff:
+        i += 1
+    if i:
+        del times[:i]
+
+
+def _shrunk(table: dict[str, Any], before: int) -> dict[str, Any]:
+    """``table`` itself, or a compact copy when it lost at least half its keys.
+
+    A dict keeps its slots after deletions; copying gives them back (the copy
+    costs less than the deletions it follows)."""
+    if len(table) * 2 <= before:
+        return dict(table)
+    return table

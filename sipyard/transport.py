@@ -5,12 +5,32 @@ framing; every datagram or framed message goes to one callback with a
 :class:`Source` naming where it came from, and responses go back through
 :meth:`Transports.send`. Keeping it this thin lets the core stay sans-IO and
 lets tests drive the app without sockets.
+
+Bounds (every table here is keyed by something the network chose):
+
+* UDP answers leave through a plain ``socket.sendto`` on a duplicate of the
+  listening socket, not through the loop's transport: uvloop's ``sendto`` keeps
+  a module-wide LRU of the last 2048 destination addresses (key tuple, host
+  string, sockaddr holder). Under traffic from many sources that cache churns,
+  and the entries that survive an attack sit scattered over every pymalloc arena
+  the attack made, so none of them could ever be returned to the OS (measured:
+  20 000 OPTIONS from 2 000 sources kept 21 pinned arenas, +21 MB RSS, after
+  every transaction had ended; with the plain send, +4 MB). The transport is
+  still used when the kernel's send buffer is full, to queue.
+* TCP: at most ``max_connections`` connections in all (inbound beyond that
+  closes the connection idle longest, one that never sent a message first),
+  ``max_conns_per_peer`` per source address, and ``max_handshakes_per_net``
+  connections from one /24 (IPv4) or /64 (IPv6) that have not yet sent a
+  complete SIP message; such a connection is closed after ``handshake_timeout``
+  seconds, any connection after ``tcp_idle`` seconds of silence.
+* The "refused" log memory is swept by age (one line per source a minute).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import logging
 import os
@@ -23,7 +43,7 @@ from .sip.errors import ParseError
 from .sip.framing import PING, PONG, StreamFramer
 from .sip.source import Listen, Source
 
-__all__ = ["Source", "Listen", "Transports"]
+__all__ = ["Source", "Listen", "Transports", "net_of"]
 
 log = logging.getLogger("sipyard.transport")
 
@@ -141,8 +161,10 @@ class _Tcp(asyncio.Protocol):
         self.framer = StreamFramer(max_header=owner.max_tcp_header, max_body=owner.max_udp)
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
-        self.last_rx = time.monotonic()
+        self.last_rx = self.opened = time.monotonic()
         self.outbound = outbound
+        #: the /24 or /64 this connection holds a handshake slot of, until its first message
+        self.pending_net: str | None = None
         # Only connect_tcp() awaits this; an inbound connection has none, else every
         # refused or dropped one would leave a "Future exception was never retrieved"
         # error in the log (one per connection: a log flood under a connection storm).
@@ -180,6 +202,8 @@ class _Tcp(asyncio.Protocol):
             if msg is PING or msg == PING:
                 self.write(PONG)
                 continue
+            if self.pending_net is not None:
+                self.owner._handshake_done(self)
             self.owner.handler(msg, src)
         err = self.framer.error
         if err is not None:  # whole messages before the fault were delivered above
@@ -196,6 +220,8 @@ class _Tcp(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         owner = self.owner
+        if self.pending_net is not None:
+            owner._handshake_done(self)
         owner._conns.pop(self.conn_id, None)
         if owner._by_peer.get(self.peer) == self.conn_id:
             del owner._by_peer[self.peer]
@@ -205,6 +231,41 @@ class _Tcp(asyncio.Protocol):
                     break
         if self.ready is not None and not self.ready.done():
             self.ready.set_exception(ConnectionError("connection lost"))
+
+
+def net_of(ip: str) -> str:
+    """The /24 (IPv4) or /64 (IPv6) ``ip`` belongs to, as text: the unit of the handshake cap."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        mapped = addr.ipv4_mapped
+        if mapped is None:
+            return str(ipaddress.IPv6Network((int(addr) >> 64 << 64, 64)))
+        addr = mapped
+    return str(ipaddress.IPv4Network((int(addr) >> 8 << 8, 24)))
+
+
+class _DetachedOwner:
+    """Stands in for the owner of an evicted connection whose close is still pending,
+    so its late ``connection_lost`` touches no table."""
+
+    def __init__(self) -> None:
+        self._conns: dict[int, _Tcp] = {}
+        self._by_peer: dict[tuple[str, int], int] = {}
+
+    def handler(self, data: bytes, src: Source) -> None:
+        pass
+
+    def _handshake_done(self, conn: _Tcp) -> None:
+        conn.pending_net = None
+
+    def framing_error(self, exc: ParseError, src: Source) -> None:
+        pass
+
+
+_Detached = _DetachedOwner()
 
 
 def _udp_socket(family: int, host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -234,6 +295,8 @@ class Transports:
 
     def __init__(self, handler: Handler, *, max_udp: int = 65536, max_tcp_header: int = 65536,
                  tcp_idle: float = 300.0, max_conns_per_peer: int = 32,
+                 max_connections: int = 4096, max_handshakes_per_net: int = 32,
+                 handshake_timeout: float = 10.0,
                  on_framing_error: ErrorHandler | None = None,
                  on_oversize: Callable[[Source, bytes], None] | None = None) -> None:
         self.handler = handler
@@ -241,6 +304,9 @@ class Transports:
         self.max_tcp_header = max_tcp_header
         self.tcp_idle = tcp_idle
         self.max_conns_per_peer = max_conns_per_peer
+        self.max_connections = max_connections
+        self.max_handshakes_per_net = max_handshakes_per_net
+        self.handshake_timeout = handshake_timeout
         self._on_framing_error = on_framing_error
         self._on_oversize = on_oversize
         self._ids = itertools.count(1)
@@ -250,11 +316,17 @@ class Transports:
         self.udp_send_dropped = 0
         #: read UDP in batches (_UdpReader) rather than through the loop's datagram transport
         self.udp_batch = os.environ.get("SIPYARD_UDP_READER", "batch") != "protocol"
+        # Duplicates of the UDP sockets, for sending without the loop (module doc).
+        self._raw: dict[tuple[str, int], socket.socket] = {}
+        self._raw_by_family: dict[int, socket.socket] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: dict[int, _Tcp] = {}
         self._by_peer: dict[tuple[str, int], int] = {}
         self._idle_task: asyncio.Task[None] | None = None
-        self._refused_logged: set[str] = set()
+        self._handshakes: dict[str, int] = {}  # /24 or /64 -> connections without a message yet
+        self._refused_logged: dict[str, float] = {}  # ip -> when its refusal was logged
+        self.refused = 0
+        self.evicted = 0
         self.bound: list[Listen] = []
         #: SO_REUSEPORT on the listening sockets: set by a worker before start()
         self.reuse_port = False
@@ -274,13 +346,22 @@ class Transports:
                 if self.udp_batch:
                     proto = _UdpReader(self, sock, (addr[0], addr[1]))
                     proto.start(loop)
+                    raw = sock  # the reader's own socket answers (non-blocking)
                 else:
-                    _, proto = await loop.create_datagram_endpoint(
-                        lambda s=spec: _Udp(self, (s.host, s.port)),  # type: ignore[misc]
-                        sock=sock)
+                    raw = socket.socket(family, socket.SOCK_DGRAM, fileno=os.dup(sock.fileno()))
+                    raw.setblocking(False)
+                    try:
+                        _, proto = await loop.create_datagram_endpoint(
+                            lambda s=spec: _Udp(self, (s.host, s.port)),  # type: ignore[misc]
+                            sock=sock)
+                    except BaseException:
+                        raw.close()
+                        raise
                     proto.local = (addr[0], addr[1])
                 self._udp[proto.local] = proto
                 self._udp_by_family.setdefault(family, proto)
+                self._raw[proto.local] = raw
+                self._raw_by_family.setdefault(family, raw)
                 self.bound.append(Listen("udp", addr[0], addr[1]))
             elif spec.transport == "tcp":
                 server = await loop.create_server(
@@ -303,14 +384,68 @@ class Transports:
         return ("127.0.0.1", port)
 
     def _admit(self, conn: _Tcp) -> bool:
+        """May this inbound connection stay? Applies the three TCP caps (module doc)."""
         ip = conn.peer[0]
         n = sum(1 for c in self._conns.values() if c.peer[0] == ip)
         if n >= self.max_conns_per_peer:
-            if ip not in self._refused_logged and len(self._refused_logged) < 10000:
-                self._refused_logged.add(ip)
-                log.warning("tcp: refusing connection from %s: %d connections open (cap)", ip, n)
+            self._refuse(ip, "%d connections open (per-source cap)", n)
             return False
+        net = net_of(ip)
+        pending = self._handshakes.get(net, 0)
+        if pending >= self.max_handshakes_per_net:
+            self._refuse(ip, "%d connections from %s without a message yet (cap)", pending, net)
+            return False
+        if len(self._conns) >= self.max_connections and not self._evict_one():
+            self._refuse(ip, "%d connections open (global cap)", len(self._conns))
+            return False
+        self._handshakes[net] = pending + 1
+        conn.pending_net = net
         return True
+
+    def _evict_one(self) -> bool:
+        """Close the inbound connection idle longest (one that never sent a message first)
+        to make room for a new one; False when there is none to close."""
+        victim: _Tcp | None = None
+        best = (True, 0.0)
+        for c in self._conns.values():
+            if c.outbound or c.transport is None or c.transport.is_closing():
+                continue
+            rank = (c.pending_net is None, c.last_rx)
+            if victim is None or rank < best:
+                victim, best = c, rank
+        if victim is None:
+            return False
+        log.info("tcp: connection cap %d reached, closing the idlest, from %s:%d",
+                 self.max_connections, *victim.peer)
+        self.evicted += 1
+        # Gone from the tables now, not when the loop reports it lost, so the new
+        # connection's count is right.
+        victim.close()
+        victim.connection_lost(None)
+        victim.owner = _Detached  # type: ignore[assignment]
+        return True
+
+    def _handshake_done(self, conn: _Tcp) -> None:
+        net = conn.pending_net
+        conn.pending_net = None
+        if net is None:
+            return
+        left = self._handshakes.get(net, 0) - 1
+        if left > 0:
+            self._handshakes[net] = left
+        else:
+            self._handshakes.pop(net, None)
+
+    def _refuse(self, ip: str, why: str, *args: object) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        last = self._refused_logged.get(ip)
+        if last is not None and now - last < 60.0:
+            return
+        if len(self._refused_logged) >= 10000:
+            return  # the sweep in _reap_idle makes room again
+        self._refused_logged[ip] = now
+        log.warning("tcp: refusing connection from %s: " + why, ip, *args)
 
     def framing_error(self, exc: ParseError, src: Source) -> None:
         if self._on_framing_error is not None:
@@ -323,6 +458,17 @@ class Transports:
     def send(self, src: Source, data: bytes) -> bool:
         """Send to where ``src`` says: its UDP socket or its TCP connection."""
         if src.transport == "udp":
+            raw = self._raw.get(src.local) or self._raw_by_family.get(
+                socket.AF_INET6 if ":" in src.ip else socket.AF_INET)
+            if raw is not None:
+                try:
+                    raw.sendto(data, (src.ip, src.port))
+                    return True
+                except BlockingIOError:
+                    pass  # buffer full: let the transport queue it
+                except OSError as exc:
+                    log.debug("udp send to %s:%d failed: %s", src.ip, src.port, exc)
+                    return True
             proto = self._udp.get(src.local) or self._udp_by_family.get(
                 socket.AF_INET6 if ":" in src.ip else socket.AF_INET)
             if proto is None or proto.transport is None:
@@ -361,12 +507,25 @@ class Transports:
 
     async def _reap_idle(self) -> None:
         while True:
-            await asyncio.sleep(min(5.0, max(self.tcp_idle / 4, 0.05)))
-            cutoff = time.monotonic() - self.tcp_idle
-            for conn in list(self._conns.values()):
-                if conn.last_rx < cutoff:
-                    log.debug("tcp: closing idle connection from %s:%d", *conn.peer)
-                    conn.close()
+            await asyncio.sleep(min(5.0, max(min(self.tcp_idle, self.handshake_timeout) / 4,
+                                             0.05)))
+            self.reap(time.monotonic())
+
+    def reap(self, now: float) -> None:
+        """Close silent connections and those that sent no message in time; age the logs."""
+        cutoff = now - self.tcp_idle
+        hs_cutoff = now - self.handshake_timeout
+        for conn in list(self._conns.values()):
+            if conn.last_rx < cutoff:
+                log.debug("tcp: closing idle connection from %s:%d", *conn.peer)
+                conn.close()
+            elif conn.pending_net is not None and conn.opened < hs_cutoff:
+                log.debug("tcp: closing connection from %s:%d: no message in %gs",
+                          *conn.peer, self.handshake_timeout)
+                conn.close()
+        if self._refused_logged:
+            old = now - 60.0
+            self._refused_logged = {ip: t for ip, t in self._refused_logged.items() if t > old}
 
     @property
     def connections(self) -> int:
@@ -382,6 +541,10 @@ class Transports:
         for proto in self._udp.values():
             if proto.transport is not None:
                 proto.transport.close()
+        for raw in self._raw.values():
+            raw.close()
+        self._raw.clear()
+        self._raw_by_family.clear()
         for server in self._servers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 1.0)

@@ -41,6 +41,12 @@ Keys (type = default)
   max_message_size = 65536 -- bytes; larger requests are answered 513.
   nonce_ttl = 300 -- seconds a digest nonce stays fresh.
   tcp_idle = 300 -- seconds a TCP connection may stay silent before it is closed.
+  max_tcp_connections = 4096 -- TCP connections in all; a new inbound one beyond it closes
+      the connection idle longest (one that never sent a message first).
+  max_tcp_per_source = 32 -- TCP connections from one source address.
+  tcp_handshakes_per_net = 32 -- TCP connections from one /24 (IPv4) or /64 (IPv6) that have
+      not sent a complete SIP message yet; more are refused.
+  tcp_handshake_timeout = 10.0 -- seconds a new TCP connection has to send its first message.
   server_header: str = "sipyard/<version>" -- Server/User-Agent value; "" = send none.
   mode: "redirect" | "proxy" = "redirect" -- answer requests that need a target with 302
       (redirect), or fork them to the targets as a stateful proxy, keeping calls and CDRs.
@@ -56,6 +62,8 @@ Keys (type = default)
   allow: [str] = [] -- networks never banned nor rate-limited (loopback is not implied).
   trusted: [str] = [] -- networks whose redirected requests need no authentication.
   register_rate = 500 -- REGISTERs per second per source; 0 = unlimited.
+  sweep_interval = 10.0 -- seconds between sweeps of the failure, ban and rate tables
+      (entries older than failure_window / their ban / one second go).
 ``[store]`` url: str = "" (sqlite in data_dir; or "sqlite:PATH", "redis://…");
   synchronous: "full" | "normal" = "full" (sqlite durability).
 ``[hooks]`` timeout = 10.0 (s per run), max_running = 4, queue = 1000 (waiting events).

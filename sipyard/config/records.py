@@ -103,6 +103,14 @@ class ServerConfig:
     nonce_ttl: int
     tcp_idle: float
     server_header: str
+    #: TCP connections in all; a new inbound one beyond it closes the idlest (issue #16)
+    max_tcp_connections: int
+    #: TCP connections from one source address
+    max_tcp_per_source: int
+    #: connections from one /24 (/64) that have not sent a complete message yet
+    tcp_handshakes_per_net: int
+    #: seconds a new TCP connection has to send its first message
+    tcp_handshake_timeout: float
     #: "redirect" (answer 302) or "proxy" (fork to the targets, keep calls and CDRs)
     mode: str
     #: worker processes (1 = no supervisor; ``"auto"`` in the file = one per core)
@@ -127,6 +135,8 @@ class SecurityConfig:
     allow: tuple[Network, ...] = ()
     trusted: tuple[Network, ...] = ()
     register_rate: int = 500
+    #: seconds between sweeps of the failure, ban and rate tables (and the parse caches)
+    sweep_interval: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,6 +118,10 @@ def _server(ctx: Context, data_dir: str | Path | None,
         max_message_size=t.integer("max_message_size", 65536, 1024, 16 * 1024 * 1024),
         nonce_ttl=t.integer("nonce_ttl", 300, 1, 86400),
         tcp_idle=t.number("tcp_idle", 300.0, 0.1, 86400.0),
+        max_tcp_connections=t.integer("max_tcp_connections", 4096, 1, 1_000_000),
+        max_tcp_per_source=t.integer("max_tcp_per_source", 32, 1, 1_000_000),
+        tcp_handshakes_per_net=t.integer("tcp_handshakes_per_net", 32, 1, 1_000_000),
+        tcp_handshake_timeout=t.number("tcp_handshake_timeout", 10.0, 0.1, 3600.0),
         server_header="" if header is None else header.strip(),
         mode=t.choice("mode", "redirect", ("redirect", "proxy")),
         workers=_workers(t), pin_workers=t.boolean("pin_workers", False),
@@ -181,6 +185,7 @@ def _security(ctx: Context) -> SecurityConfig:
         ban_seconds=t.integer("ban_seconds", d.ban_seconds, 0),
         allow=_networks(t, "allow"), trusted=_networks(t, "trusted"),
         register_rate=t.integer("register_rate", d.register_rate, 0),
+        sweep_interval=t.number("sweep_interval", d.sweep_interval, 0.1, 3600.0),
     )
 
 

@@ -51,6 +51,7 @@ from sipyard.sip.errors import ParseError
 from sipyard.sip.uri import Uri, parse_uri
 
 __all__ = [
+    "clear_caches",
     "split_values",
     "parse_params",
     "NameAddr",
@@ -334,6 +335,21 @@ _URI_GROUP = 7  # m.end(_URI_GROUP) is where the bracketed URI's ">" is
 _HEADS: dict[str, tuple[str | None, str, bool]] = {}
 _HEADS_SIZE = 1024
 _HEAD_KEY_MAX = 256
+
+
+def clear_caches() -> int:
+    """Empty the name-addr, CSeq and port caches; the number of entries they held.
+
+    Called by the server's housekeeping (see :func:`sipyard.sip.uri.clear_cache`):
+    entries left from a flood of distinct From/To/CSeq values, or of Vias from
+    many source ports, would keep the memory the flood used from being returned
+    (issue #16).
+    """
+    n = len(_HEADS) + len(_CSEQ_CACHE) + len(PORTS)
+    _HEADS.clear()
+    _CSEQ_CACHE.clear()
+    PORTS.clear()
+    return n
 
 
 def _remember_head(key: str, display: str | None, uri: str, bracketed: bool) -> None:

@@ -56,6 +56,7 @@ from sipyard.sip.errors import ParseError
 
 __all__ = [
     "MAX_URI_LENGTH",
+    "clear_cache",
     "SipUri",
     "TelUri",
     "AbsoluteUri",
@@ -272,6 +273,18 @@ _SIP_FAST = re.compile(
 _CACHE: dict[str, tuple[str, str | None, str, int | None, tuple[tuple[str, str | None], ...]]] = {}
 _CACHE_SIZE = 1024
 _CACHE_KEY_MAX = 256
+
+
+def clear_cache() -> int:
+    """Empty the Request-URI cache; the number of entries it held.
+
+    The server calls this on its housekeeping sweep: entries made during a
+    flood of distinct URIs would otherwise stay, scattered over the memory
+    the flood used, and keep it from being returned (issue #16).
+    """
+    n = len(_CACHE)
+    _CACHE.clear()
+    return n
 
 
 def parse_uri(text: str) -> Uri:
