@@ -70,7 +70,6 @@ def main() -> int:
     async def run() -> None:
         app = App(cfg, config_path=cfg_path)
         await app.start([Listen("udp", "127.0.0.1", port)])
-        keeper = app.housekeeper  # the guard sweeps and the housekeeping run as in a server
         if a.bounded_methods:
             from collections import Counter as _C
 
