@@ -83,8 +83,9 @@ def test_pip_install_compiles_the_core_and_serves(tmp_path: Path) -> None:
     pkg = _site_sipyard(bindir)
     assert not pkg.is_relative_to(ROOT)
     for name in COMPILED:  # the extension, and no .py that could shadow or "outdate" it
-        assert list((pkg / "sip").glob(f"{name}.*.so")), name
-        assert not (pkg / "sip" / f"{name}.py").exists(), name
+        path = pkg / name
+        assert list(path.parent.glob(f"{path.name}.*.so")), name
+        assert not path.with_suffix(".py").exists(), name
     assert os.access(pkg / "data" / "hooks" / "activate", os.X_OK)
 
     demo = tmp_path / "demo"
