@@ -243,16 +243,6 @@ def _emit(args: argparse.Namespace, reply: dict[str, Any], text: str) -> int:
     return 0
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    if not rows:
-        return ""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-    for r in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    return "\n".join(lines)
-
-
 # -- commands -------------------------------------------------------------------------
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -520,7 +510,7 @@ def cmd_message(args: argparse.Namespace) -> int:
     r = _call(args, req)
     results = r.get("results", [])
     rows = [[x["target"], x["status"], x.get("detail", "")] for x in results]
-    _emit(args, r, _table(rows, ["TARGET", "RESULT", "DETAIL"]))
+    _emit(args, r, clitext.table(rows, ["TARGET", "RESULT", "DETAIL"]))
     if not any(x["status"] == "delivered" for x in results):
         if not getattr(args, "json", False):
             print(f"sipyard message: not delivered to {args.to}", file=sys.stderr)
@@ -598,7 +588,7 @@ def cmd_bans(args: argparse.Namespace) -> int:
     now = time.time()
     rows = [[b["address"], str(b["failures"]), f"{max(0, int(b['until'] - now))}s"]
             for b in r.get("bans", [])]
-    return _emit(args, r, _table(rows, ["ADDRESS", "FAILURES", "REMAINING"]) or "no bans")
+    return _emit(args, r, clitext.table(rows, ["ADDRESS", "FAILURES", "REMAINING"]) or "no bans")
 
 
 def cmd_unban(args: argparse.Namespace) -> int:
@@ -666,7 +656,7 @@ def cmd_cdr(args: argparse.Namespace) -> int:
              c.get("callee_line") or c.get("target") or "", c.get("disposition") or "",
              str(c.get("status") or ""), str(c.get("duration")), str(c.get("billsec")),
              c.get("hangup") or "", c.get("trunk") or ""] for c in r.get("cdr", [])]
-    text = _table(rows, ["START", "CALLER", "CALLEE", "DISPOSITION", "STATUS", "DURATION",
+    text = clitext.table(rows, ["START", "CALLER", "CALLEE", "DISPOSITION", "STATUS", "DURATION",
                          "BILLSEC", "HANGUP", "TRUNK"])
     return _emit(args, r, text or "no calls recorded")
 

@@ -58,7 +58,7 @@ from ..sip.uri import SipUri, parse_uri
 from ..trunks.routing import TrunkRouter, TrunkTarget
 from .calls import CallKeeper
 from .chat import ChatHandler
-from .redirect import NotifyHandler, trusted
+from .redirect import NotifyHandler, answer_cancel, trusted
 
 if TYPE_CHECKING:
     from ..messaging import Sender
@@ -470,12 +470,8 @@ class ProxyCancelHandler:
         self.proxy = proxy
 
     def handle(self, req: Request, src: Source, tx: ServerTransaction) -> Awaitable[None] | None:
-        invite = self.txl.find_invite(tx.key)
+        invite = answer_cancel(self.txl, self.out, req, tx)
         if invite is None:
-            self.out.respond(tx, req, 481, "Call/Transaction Does Not Exist")
-            return None
-        self.out.respond(tx, req, 200, "OK")
-        if invite.last_status is not None and invite.last_status >= 200:
             return None
         reason = req.get("reason")
         if self.fw.cancel(invite, reason):

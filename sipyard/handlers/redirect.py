@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..services import NotifyRoutes
     from .base import Responder
 
-__all__ = ["RedirectHandler", "CancelHandler", "NotifyHandler", "trusted"]
+__all__ = ["RedirectHandler", "CancelHandler", "NotifyHandler", "trusted", "answer_cancel"]
 
 log = logging.getLogger("sipyard.redirect")
 
@@ -121,6 +121,20 @@ def _trying(out: Responder, tx: ServerTransaction, req: Request) -> None:
         out.respond(tx, req, 100, "Trying")
 
 
+def answer_cancel(txl: TransactionLayer, out: Responder, req: Request,
+                  tx: ServerTransaction) -> ServerTransaction | None:
+    """Answer a CANCEL (§9.2: 481 without its INVITE, else 200 at once); the INVITE's
+    transaction when it has no final answer yet, so there is something to cancel."""
+    invite = txl.find_invite(tx.key)
+    if invite is None:
+        out.respond(tx, req, 481, "Call/Transaction Does Not Exist")
+        return None
+    out.respond(tx, req, 200, "OK")
+    if invite.last_status is not None and invite.last_status >= 200:
+        return None
+    return invite
+
+
 class CancelHandler:
     """CANCEL: 200 for the CANCEL, and the pending INVITE ends with 487 (its chain cancelled)."""
 
@@ -132,12 +146,8 @@ class CancelHandler:
         self.out = out
 
     def handle(self, req: Request, src: Source, tx: ServerTransaction) -> Awaitable[None] | None:
-        invite = self.txl.find_invite(tx.key)
-        if invite is None:
-            self.out.respond(tx, req, 481, "Call/Transaction Does Not Exist")
-            return None
-        self.out.respond(tx, req, 200, "OK")
-        if invite.last_status is None or invite.last_status < 200:
+        invite = answer_cancel(self.txl, self.out, req, tx)
+        if invite is not None:
             server = self.current.redirect
             if server is not None:
                 server.cancel_request(invite, "cancel")
