@@ -2,7 +2,7 @@
 # bench/garbage.sh: PROTOS-style garbage (tests/hostile.py) for GARBAGE_SECONDS (300) against
 # a real server on loopback; prints RSS after warm-up, per round, and after the transactions
 # expired. Issue #16: "repeated for 5 minutes leaves RSS flat".
-cd /work/main
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"; cd "$ROOT"
 D=$(mktemp -d); PORT=${PORT:-5097}
 cat > $D/sipyard.toml <<EOT
 [server]
@@ -14,10 +14,10 @@ level = "warning"
 [security]
 sweep_interval = 5.0
 EOT
-cd $D; /work/main/.venv/bin/python -m sipyard.cli serve -c sipyard.toml --log-level warning --listen udp:127.0.0.1:$PORT > out 2> log &
+cd $D; "$ROOT/.venv/bin/python" -m sipyard.cli serve -c sipyard.toml --log-level warning --listen udp:127.0.0.1:$PORT > out 2> log &
 PID=$!; sleep 2
 rss() { awk '/VmRSS/ {print $2}' /proc/$PID/status; }
-cd /work/main
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"; cd "$ROOT"
 .venv/bin/python tests/hostile.py garbage 127.0.0.1 $PORT --count 5000 --sources 500 > /dev/null
 sleep 45; BASE=$(rss); echo "baseline after one warm-up round + expiry: $BASE kB"
 END=$(( $(date +%s) + ${GARBAGE_SECONDS:-300} )); ROUNDS=0; SENT=0
