@@ -17,7 +17,7 @@ EOT
 cd $D; "$ROOT/.venv/bin/python" -m sipyard.cli serve -c sipyard.toml --log-level warning --listen udp:127.0.0.1:$PORT > out 2> log &
 PID=$!; sleep 2
 rss() { awk '/VmRSS/ {print $2}' /proc/$PID/status; }
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"; cd "$ROOT"
+cd "$ROOT"
 .venv/bin/python tests/hostile.py garbage 127.0.0.1 $PORT --count 5000 --sources 500 > /dev/null
 sleep 45; BASE=$(rss); echo "baseline after one warm-up round + expiry: $BASE kB"
 END=$(( $(date +%s) + ${GARBAGE_SECONDS:-300} )); ROUNDS=0; SENT=0
