@@ -25,9 +25,11 @@ PKG = ROOT / "sipyard"
 MODULES = [
     "sip/_abnf", "sip/errors", "sip/uri", "sip/headers", "sip/model", "sip/reader",
     "sip/writer", "sip/message", "sip/validate",
-    "sip/transaction", "sip/source", "stats", "store/binding", "store/cache", "registrar",
+    "sip/transaction", "sip/client_transaction", "sip/source", "stats", "store/binding", "store/cache", "registrar",
     "handlers/base", "handlers/register", "handlers/redirect", "handlers/chat",
-    "handlers/admin", "app",
+    "handlers/admin", "nat", "proxy/actions", "proxy/addresses", "proxy/checks", "proxy/loop",
+    "proxy/routing", "proxy/context", "forwarder", "calls", "handlers/calls", "handlers/proxy",
+    "app",
 ]
 # eager.py stays Python: its resume_started must be a real generator-based coroutine
 # (types.coroutine), which a compiled generator is not.
@@ -39,7 +41,7 @@ MODULES = [
 #: whether the code compiles.
 MYPY_FLAGS = ["--config-file", os.devnull, "--ignore-missing-imports"]
 #: directories that may hold compiled modules (sipyard/__init__.py drops stale ones)
-DIRS = ["", "sip", "store", "handlers"]
+DIRS = ["", "sip", "store", "handlers", "proxy"]
 
 
 def clean() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-_COMPILED_DIRS = ("", "sip", "store", "handlers")
+_COMPILED_DIRS = ("", "sip", "store", "handlers", "proxy")
 
 
 def _drop_stale_builds() -> None:

@@ -8,7 +8,7 @@ touches a socket or a clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sipyard.sip.message import Response
 
@@ -28,20 +28,35 @@ __all__ = [
 REASON_COMPLETED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
 
 
-@dataclass(frozen=True, slots=True)
 class Target:
     """One member of the target set (§16.5): a URI to fork to.
 
     ``q`` orders serial forking (higher first, equal in parallel); ``depth``
     counts the 3xx recursions that produced it; ``data`` is the driver's own
     (the binding's Path, flow, received address …), carried untouched and not
-    compared.
+    compared. A plain slotted class, not a dataclass: mypyc cannot compile a
+    dataclass field declared with ``field(compare=False)``, and this record is
+    made per branch on the proxy's hot path.
     """
 
-    uri: str
-    q: float = 1.0
-    depth: int = 0
-    data: object = field(default=None, compare=False)
+    __slots__ = ("uri", "q", "depth", "data")
+
+    def __init__(self, uri: str, q: float = 1.0, depth: int = 0, data: object = None) -> None:
+        self.uri = uri
+        self.q = q
+        self.depth = depth
+        self.data = data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Target):
+            return NotImplemented
+        return (self.uri, self.q, self.depth) == (other.uri, other.q, other.depth)
+
+    def __hash__(self) -> int:
+        return hash((self.uri, self.q, self.depth))
+
+    def __repr__(self) -> str:
+        return f"Target(uri={self.uri!r}, q={self.q!r}, depth={self.depth!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -236,13 +236,31 @@ class ClientTransaction:
 
 # -- actions ---------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
 class Send:
-    """Send ``data`` to ``dest`` (the request, a retransmission or an ACK)."""
+    """Send ``data`` to ``dest`` (the request, a retransmission or an ACK).
 
-    tx: ClientTransaction
-    data: bytes
-    dest: object
+    A plain slotted class: mypyc fails on a dataclass field typed ``object``
+    (``KeyError: 'object'`` at import of the compiled module).
+    """
+
+    __slots__ = ("tx", "data", "dest")
+
+    def __init__(self, tx: ClientTransaction, data: bytes, dest: object) -> None:
+        self.tx = tx
+        self.data = data
+        self.dest = dest
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Send):
+            return NotImplemented
+        return (self.tx is other.tx and self.data == other.data
+                and self.dest == other.dest)
+
+    def __hash__(self) -> int:
+        return hash((id(self.tx), self.data))
+
+    def __repr__(self) -> str:
+        return f"Send(tx={self.tx!r}, data={self.data!r}, dest={self.dest!r})"
 
 
 @dataclass(frozen=True, slots=True)
