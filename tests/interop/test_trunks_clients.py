@@ -361,6 +361,13 @@ def test_admin_status_over_tcp_udp_refused_non_admin_unknown(net: Net) -> None:
     assert TRUNK_PW not in status
     assert re.search(r"admin command /status from line 11 at 127\.0\.0\.1:\d+/tcp",
                      net.office.log())
+    final, replies = _control(net, "11", "/trunks", "t1")
+    assert final == "202" and len(replies) == 1, replies
+    head, row = replies[0].splitlines()[:2]
+    assert head.split() == net.office.cli("trunks").stdout.splitlines()[0].split()
+    assert row.split()[:4] == ["provider", f"sip:127.0.0.1:{net.provider.port};transport=tcp",
+                               "registered", "tcp"], replies
+    assert TRUNK_PW not in replies[0]
     # over UDP: refused, no answer
     final, replies = _control(net, "11", "/status", "u1")
     assert (final, replies) == ("403", [])
