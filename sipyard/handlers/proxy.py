@@ -205,6 +205,10 @@ class ProxyHandler:
                      dest.port, req.method, exc)  # the fork then fails it: 503 -> 500
         else:
             hop = hop._replace(dest=dest)
+        if tx.key in self.cancelled:  # a re-INVITE CANCELed while we connected
+            self.cancelled.discard(tx.key)
+            self.out.respond(tx, req, 487, "Request Terminated")
+            return
         self.fw.fork(req, received, src, tx, [Target(received.uri, data=hop)],
                      record_route=False)
 
