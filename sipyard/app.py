@@ -181,9 +181,10 @@ class App:
         for m in (*REDIRECTED, "*", "BYE", "ACK", "NOTIFY", "INFO", "UPDATE", "PRACK"):
             out[m] = proxy.handle
         out["CANCEL"] = ProxyCancelHandler(parts, self.txl, self, fw, proxy).handle
-        proxy.trunks = TrunkRouter(parts, self.transports.connect_tcp,
-                                   self.transports.has_connection,
-                                   lambda ip: udp_local(self.transports, ip))
+        proxy.trunks = router = TrunkRouter(parts, self.transports.connect_tcp,
+                                            self.transports.has_connection,
+                                            lambda ip: udp_local(self.transports, ip))
+        self.keeper.on_end.append(lambda call: router.forget(call.call_id))
         return out
 
     @property

@@ -97,20 +97,23 @@ class Hop(NamedTuple):
 
     ``edit`` rewrites the copy for this target (a trunk's From identity); ``auth`` answers
     a 401/407 from the target once (a trunk's credentials): it returns the request to
-    send again (new CSeq, the given branch) or None to let the challenge go upstream.
+    send again (new CSeq, the given branch) or None to let the challenge go upstream;
+    ``restore`` makes a response of this target answer the request as received again
+    (the edit changed its From, To or CSeq) before it goes upstream.
     """
 
     dest: Source | None
     route_set: tuple[str, ...] = ()
     edit: Callable[[Request], Request] | None = None
     auth: Callable[[Request, Response, str], Request | None] | None = None
+    restore: Callable[[Request, Response], Response] | None = None
 
 
 class Fork:
     """One proxied request: the server transaction, its context and its branches."""
 
     __slots__ = ("req", "received", "src", "tx", "ctx", "hash", "branches", "observer",
-                 "record_route", "armed", "auth")
+                 "record_route", "armed", "auth", "restore")
 
     def __init__(self, req: Request, received: Request, src: Source, tx: ServerTransaction,
                  ctx: ResponseContext, request_hash: str, observer: Observer | None,
@@ -127,6 +130,8 @@ class Fork:
         self.armed: float | None = None
         #: branches whose target answers its own challenges (Hop.auth)
         self.auth: dict[int, Callable[[Request, Response, str], Request | None]] = {}
+        #: branches whose responses must be made to match the request again (Hop.restore)
+        self.restore: dict[int, Callable[[Request, Response], Response]] = {}
 
 
 def uri_dest(uri: str, udp_local: Callable[[str], tuple[str, int]]) -> Source | None:
@@ -341,9 +346,13 @@ class Forwarder:
                 if branch is not None:
                     self.ctl.terminate(branch)
             elif isinstance(a, ForwardResponse):
-                wire.relay(fork.tx, fork.req, a.response)
+                resp = a.response
+                restore = fork.restore.get(a.branch_id)
+                if restore is not None:
+                    resp = restore(fork.req, resp)
+                wire.relay(fork.tx, fork.req, resp)
                 if fork.observer is not None:
-                    fork.observer(fork, a.response.status, a.response.reason, a.response)
+                    fork.observer(fork, resp.status, resp.reason, resp)
             elif isinstance(a, SendFinal):
                 wire.respond(fork.tx, fork.req, a.status, a.reason, a.headers)
                 if fork.observer is not None:
@@ -426,4 +435,6 @@ class Forwarder:
         fork.branches[a.branch_id] = tx
         if hop.auth is not None:
             fork.auth[a.branch_id] = hop.auth
+        if hop.restore is not None:
+            fork.restore[a.branch_id] = hop.restore
         self._tx_actions(sends, now)

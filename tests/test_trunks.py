@@ -228,3 +228,132 @@ def test_refresh_at_half_and_423(tmp_path: Path) -> None:
     assert reg.expires == 900 and st.state == "registered"
     assert io.sent[:3] == [0.0, 0.0, 0.0]
     assert 59 <= io.sent[3] <= 61 and 119 <= io.sent[4] <= 121  # refresh at half of 120 s
+
+
+# -- the in-dialog side of an outgoing trunk call (sipyard.trunks.dialog) ---------------------
+
+def _req(text: str) -> Any:
+    msg = parse_message(("\r\n".join(text.strip().splitlines()) + "\r\n\r\n").encode())
+    assert not isinstance(msg, Response)
+    return msg
+
+
+CALLER_INVITE = """
+INVITE sip:95550123@office.test SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.11:5060;branch=z9hG4bKc1
+From: "Line 11" <sip:11@office.test>;tag=caller1
+To: <sip:95550123@office.test>
+Call-ID: call-1
+CSeq: 7 INVITE
+Proxy-Authorization: Digest username="11", realm="office.test", nonce="n", uri="sip:x", response="r"
+P-Preferred-Identity: <sip:boss@office.test>
+Content-Length: 0
+"""
+
+
+def _leg() -> Any:
+    from sipyard.trunks.dialog import TrunkLeg
+
+    return TrunkLeg.for_call("provider", _req(CALLER_INVITE), "<sip:office@prov.example>",
+                             "<sip:5550123@prov.example>", "<sip:+15551000@prov.example>")
+
+
+def test_leg_rewrites_the_callers_requests_for_the_provider() -> None:
+    leg = _leg()
+    out = leg.to_provider(_req(CALLER_INVITE))
+    assert out.get("from") == "<sip:office@prov.example>;tag=caller1"
+    assert out.get("to") == "<sip:5550123@prov.example>"
+    assert out.get("cseq") == "7 INVITE"  # nothing to shift before a challenge
+    assert out.get("proxy-authorization") is None and out.get("p-preferred-identity") is None
+    assert out.get("p-asserted-identity") == "<sip:+15551000@prov.example>"
+    assert leg.from_caller(out) is True  # the tag stays the caller's
+    # the provider challenged and the INVITE went again as CSeq 8: the offset is 1 now
+    from sipyard.trunks.routing import TrunkAuth
+
+    challenge = parse_message(
+        b"SIP/2.0 407 Proxy Authentication Required\r\n"
+        b"Via: SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bKp1\r\n"
+        b"From: <sip:office@prov.example>;tag=caller1\r\nTo: <sip:5550123@prov.example>;tag=p\r\n"
+        b"Call-ID: call-1\r\nCSeq: 7 INVITE\r\n"
+        b'Proxy-Authenticate: Digest realm="prov.example", nonce="abc", qop="auth"\r\n'
+        b"Content-Length: 0\r\n\r\n")
+    assert isinstance(challenge, Response)
+    sent = _req(CALLER_INVITE.replace("SIP/2.0\nVia: SIP/2.0/UDP 10.0.0.11:5060;branch=z9hG4bKc1",
+                                      "SIP/2.0\nVia: SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bKp1"))
+    again = TrunkAuth(DigestClient("office", "pw", realm="prov.example"), leg).retry(
+        leg.to_provider(sent), challenge, "z9hG4bKp1a")
+    assert again is not None and again.get("cseq") == "8 INVITE" and leg.offset == 1
+    assert (again.get("proxy-authorization") or "").startswith('Digest username="office"')
+    assert "branch=z9hG4bKp1a" in (again.get("via") or "")
+    # the caller's ACK for the 2xx and its BYE follow the provider's numbers
+    ack = _req(CALLER_INVITE.replace("INVITE sip", "ACK sip").replace("7 INVITE", "7 ACK")
+               .replace("To: <sip:95550123@office.test>", "To: <sip:95550123@office.test>;tag=p"))
+    assert leg.to_provider(ack).get("cseq") == "8 ACK"
+    assert leg.to_provider(ack).get("to") == "<sip:5550123@prov.example>;tag=p"
+    bye = _req(CALLER_INVITE.replace("INVITE sip", "BYE sip").replace("7 INVITE", "8 BYE")
+               .replace("To: <sip:95550123@office.test>", "To: <sip:95550123@office.test>;tag=p"))
+    assert leg.to_provider(bye).get("cseq") == "9 BYE"
+    prack = _req(CALLER_INVITE.replace("INVITE sip", "PRACK sip").replace("7 INVITE", "8 PRACK")
+                 .replace("Content-Length", "RAck: 1 7 INVITE\nContent-Length"))
+    assert leg.to_provider(prack).get("rack") == "1 8 INVITE"
+
+
+def test_leg_gives_the_caller_its_identity_back() -> None:
+    from sipyard.trunks.dialog import answer_as
+
+    leg = _leg()
+    leg.offset = 1
+    # the provider's BYE names the trunk identity; the caller must see its own dialog
+    bye = _req("""
+BYE sip:11@10.0.0.11:5060 SIP/2.0
+Via: SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bKpb
+From: <sip:5550123@prov.example>;tag=p
+To: <sip:office@prov.example>;tag=caller1
+Call-ID: call-1
+CSeq: 101 BYE
+Content-Length: 0
+""")
+    assert leg.from_caller(bye) is False
+    out = leg.to_caller(bye)
+    assert out.get("from") == "<sip:95550123@office.test>;tag=p"
+    assert out.get("to") == '"Line 11" <sip:11@office.test>;tag=caller1'
+    assert out.get("cseq") == "101 BYE"  # the provider's own numbers
+    # a response is made to match the request as it was received, the responder's tag kept
+    resp = parse_message(
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.11:5060;branch=z9hG4bKc1\r\n"
+        b"From: <sip:office@prov.example>;tag=caller1\r\nTo: <sip:5550123@prov.example>;tag=p\r\n"
+        b"Call-ID: call-1\r\nCSeq: 8 INVITE\r\nContact: <sip:far@192.0.2.9>\r\n"
+        b"Content-Length: 0\r\n\r\n")
+    assert isinstance(resp, Response)
+    fixed = answer_as(_req(CALLER_INVITE), resp)
+    assert fixed.get("from") == '"Line 11" <sip:11@office.test>;tag=caller1'
+    assert fixed.get("to") == "<sip:95550123@office.test>;tag=p"
+    assert fixed.get("cseq") == "7 INVITE"
+    assert fixed.get("contact") == "<sip:far@192.0.2.9>"
+    # a request of neither side of the call is left alone
+    other = _req(CALLER_INVITE.replace("tag=caller1", "tag=someone-else"))
+    assert leg.from_caller(other) is None
+
+
+def test_trunk_legs_are_bounded_and_dropped_at_call_end() -> None:
+    from sipyard.trunks import routing
+    from sipyard.trunks.dialog import TrunkLeg
+
+    class _Parts:
+        current = None
+        trunks = TrunkBoard()
+
+    router = routing.TrunkRouter(_Parts(), None, None, None)  # type: ignore[arg-type]
+    leg = TrunkLeg("p", "c0", "t", "<sip:a@x>", "<sip:b@x>", "<sip:o@p>", "<sip:n@p>")
+    router._keep(leg)
+    bye = _req(CALLER_INVITE.replace("call-1", "c0").replace("tag=caller1", "tag=t")
+               .replace("INVITE sip", "BYE sip").replace("7 INVITE", "8 BYE")
+               .replace("To: <sip:95550123@office.test>", "To: <sip:95550123@office.test>;tag=p"))
+    assert router.leg_of(bye) is leg
+    router.forget("c0")
+    assert router.leg_of(bye) is None
+    for n in range(routing.MAX_LEGS + 10):
+        router._keep(TrunkLeg("p", f"c{n}", "t", "<sip:a@x>", "<sip:b@x>", "<sip:o@p>",
+                              "<sip:n@p>"))
+    assert len(router.legs) == routing.MAX_LEGS and "c0" not in router.legs
+    assert f"c{routing.MAX_LEGS + 9}" in router.legs

@@ -363,3 +363,98 @@ def test_admin_status_over_sip(tmp_path: Path) -> None:
         assert b"unknown command /status" in reply
     finally:
         office.stop()
+
+
+# -- reload -------------------------------------------------------------------------------------
+
+def _trunk_block(name: str, user: str, pw: str, pport: int, expires: int = 120) -> str:
+    return f"""
+[trunks.{name}]
+registrar = "sip:127.0.0.1:{pport};transport=tcp"
+username = "{user}"
+secret = "{pw}"
+realm = "provider.test"
+expires = {expires}
+retry_min = 1
+retry_max = 4
+"""
+
+
+def _registers_from(provider: Server, line: str) -> int:
+    """REGISTERs the provider answered 200 for ``line`` (its request log)."""
+    return len(re.findall(rf"REGISTER from=sip:{line}@\S+ .* status=200", provider.log()))
+
+
+def test_reload_adds_removes_and_changes_trunks(tmp_path: Path) -> None:
+    """Seen from the provider: a reload registers the new trunk, un-registers the removed
+    one, registers a changed one again (password fixed; expiry changed) and leaves the
+    unchanged one alone — no REGISTER, its binding still counting down. No secret shows
+    anywhere (log, status, --json, metrics, the web API) before or after."""
+    pport, mport, wport = free_port(), free_port(), free_port()
+    cfg = write_config(tmp_path / "provider", realm="provider.test",
+                       lines=["20", "21", "22", "23", "24"],
+                       server={"mode": "proxy", "min_expires": 5, "max_expires": 300,
+                               "default_expires": 120})
+    provider = Server(cfg, pport).start()
+    wrong = "wrong-password-77"
+    before = "".join([_trunk_block("keep", "20", PASSWORDS["20"], pport),
+                      _trunk_block("gone", "21", PASSWORDS["21"], pport),
+                      _trunk_block("fixed", "22", wrong, pport),
+                      _trunk_block("expiry", "24", PASSWORDS["24"], pport)])
+    after = "".join([_trunk_block("keep", "20", PASSWORDS["20"], pport),
+                     _trunk_block("fixed", "22", PASSWORDS["22"], pport),
+                     _trunk_block("expiry", "24", PASSWORDS["24"], pport, expires=30),
+                     _trunk_block("new", "23", PASSWORDS["23"], pport)])
+    web = f'\n[web]\nlisten = "127.0.0.1:{wport}"\n'
+    office_cfg = write_config(tmp_path / "office", server={"mode": "proxy",
+                                                           "metrics": f"127.0.0.1:{mport}"},
+                              extra=before + web)
+    office = Server(office_cfg).start()
+    try:
+        for line in ("20", "21", "24"):
+            _wait(lambda line=line: _bindings(provider, line), 10, f"trunk of line {line}")
+        _wait(lambda: "failed 401" in office.cli("trunks").stdout, 10, "fixed: failed 401")
+        assert not _bindings(provider, "22")
+        keep_doc = next(t for t in _json(office, "trunks")["trunks"] if t["name"] == "keep")
+        keep_binding = _bindings(provider, "20")[0]
+        keep_registers = _registers_from(provider, "20")
+        assert keep_registers >= 1
+        t0 = time.monotonic()
+
+        office_cfg.write_text(office_cfg.read_text().replace(before, after))
+        r = office.cli("reload")
+        assert r.returncode == 0, r.stdout + r.stderr
+        _wait(lambda: _bindings(provider, "23"), 10, "the new trunk's registration")
+        _wait(lambda: not _bindings(provider, "21"), 10, "the removed trunk's un-register")
+        _wait(lambda: _bindings(provider, "22"), 10, "the fixed trunk's registration")
+        _wait(lambda: 0 < _bindings(provider, "24")[0]["expires_in"] <= 30, 10,
+              "the new expiry of the changed trunk")
+        names = {t["name"]: t for t in _json(office, "trunks")["trunks"]}
+        assert set(names) == {"keep", "fixed", "expiry", "new"}
+        assert names["fixed"]["state"] == names["new"]["state"] == "registered"
+        # the unchanged trunk: nothing sent, same flow, the binding counts on down
+        time.sleep(1.0)
+        assert _registers_from(provider, "20") == keep_registers
+        assert names["keep"]["registered_at"] == keep_doc["registered_at"]
+        assert names["keep"]["refreshes"] == keep_doc["refreshes"]
+        now = _bindings(provider, "20")[0]
+        assert now["source"] == keep_binding["source"]
+        elapsed = time.monotonic() - t0
+        assert now["expires_in"] <= keep_binding["expires_in"] - int(elapsed) + 1, (
+            now, keep_binding, elapsed)
+        # secrets: never shown, whichever way one looks
+        import urllib.request
+
+        outputs = [office.log(), office.cli("status").stdout, office.cli("status", "--json").stdout,
+                   office.cli("trunks").stdout, office.cli("trunks", "--json").stdout]
+        for url in (f"http://127.0.0.1:{mport}/metrics", f"http://127.0.0.1:{wport}/api/trunks",
+                    f"http://127.0.0.1:{wport}/api/state"):
+            outputs.append(urllib.request.urlopen(url, timeout=5).read().decode())
+        assert 'sipyard_trunks{state="registered"} 4.0' in outputs[5]
+        assert '"name": "new"' in outputs[6] or '"name":"new"' in outputs[6]
+        for text in outputs:
+            for secret in (wrong, *(PASSWORDS[n] for n in ("20", "21", "22", "23", "24"))):
+                assert secret not in text
+    finally:
+        office.stop()
+        provider.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..calls import Call, disposition_for
@@ -40,6 +41,8 @@ class CallKeeper:
         self._queue: list[dict[str, Any]] = []
         self._writer: asyncio.Task[None] | None = None
         self._sweep: Cancel | None = None
+        #: told about every call that ends (the trunk router drops the call's dialog state)
+        self.on_end: list[Callable[[Call], None]] = []
 
     # -- limits -------------------------------------------------------------------
     def at_limit(self, line: str | None) -> bool:
@@ -111,6 +114,8 @@ class CallKeeper:
         call.status, call.reason, call.hangup = status, reason, who
         if listed:
             self.calls.remove(call)
+        for listener in self.on_end:
+            listener(call)
         self._queue.append(call.cdr())
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._write())

@@ -55,6 +55,7 @@ from ..sip.message import Request, Response, canonical_name
 from ..sip.source import Source
 from ..sip.transaction import ServerTransaction, TransactionLayer
 from ..sip.uri import SipUri, parse_uri
+from ..store.binding import Binding
 from ..trunks.routing import TrunkRouter, TrunkTarget
 from .calls import CallKeeper
 from .chat import ChatHandler
@@ -64,7 +65,6 @@ if TYPE_CHECKING:
     from ..messaging import Sender
     from ..parts import Parts
     from ..services import RedirectServices
-    from ..store.base import Binding
     from .base import Responder
 
 __all__ = ["ProxyHandler", "ProxyCancelHandler"]
@@ -104,6 +104,8 @@ class ProxyHandler:
         self.trunk_of: dict[object, str] = {}
         #: DNS for the forwarder's targets named by a host (a callee's 3xx contact)
         self._lookups: set[asyncio.Task[Source | None]] = set()
+        #: ACKs waiting for a TCP connection to their next hop
+        self._acks: set[asyncio.Task[None]] = set()
         forwarder.resolver = self._resolve_soon
 
     # -- entry ----------------------------------------------------------------------
@@ -165,11 +167,50 @@ class ProxyHandler:
             if method == "BYE":
                 self.keeper.bye(req)
             return None
+        # an outgoing trunk call: the provider's leg has its own identity and CSeq numbers
+        leg = self.trunks.leg_of(req) if self.trunks is not None else None
         if method == "BYE":
             self.keeper.bye(req)
         received = _aliased_contact(received, src)
-        self.fw.fork(req, received, src, tx, [Target(received.uri)], record_route=False)
+        hop = self.trunks.dialog_hop(leg, req) if leg is not None and self.trunks else Hop(None)
+        dest = self._next_dest(received, target, flow)
+        if dest is not None and self._needs_connection(dest):
+            return self._connect_and_fork(req, received, src, tx, hop, dest)
+        self.fw.fork(req, received, src, tx, [Target(received.uri, data=hop)],
+                     record_route=False)
         return None
+
+    def _next_dest(self, received: Request, target: str, flow: Flow | None) -> Source | None:
+        """Where an in-dialog request or ACK goes: its top Route, its flow, its target."""
+        routes = received.get_all("route")
+        udp_local = self.sender_udp_local
+        if routes:
+            return uri_dest(route_uri(routes[0]), udp_local)
+        if flow is not None:
+            return flow_dest(flow, udp_local)
+        return uri_dest(target, udp_local)
+
+    def _needs_connection(self, dest: Source) -> bool:
+        """A TCP next hop we hold no connection with (a Record-Route naming a peer's listening
+        port, e.g. an office whose registration came from another port): connect first."""
+        return (dest.transport == "tcp" and dest.conn_id is None
+                and not self.sender.transports.has_peer(dest.ip, dest.port))
+
+    async def _connect_and_fork(self, req: Request, received: Request, src: Source,
+                                tx: ServerTransaction, hop: Hop, dest: Source) -> None:
+        try:
+            dest = await self.sender.transports.connect_tcp(dest.ip, dest.port)
+        except (OSError, TimeoutError) as exc:
+            log.info("proxy: cannot connect to %s:%d for an in-dialog %s: %s", dest.ip,
+                     dest.port, req.method, exc)  # the fork then fails it: 503 -> 500
+        else:
+            hop = hop._replace(dest=dest)
+        if tx.key in self.cancelled:  # a re-INVITE CANCELed while we connected
+            self.cancelled.discard(tx.key)
+            self.out.respond(tx, req, 487, "Request Terminated")
+            return
+        self.fw.fork(req, received, src, tx, [Target(received.uri, data=hop)],
+                     record_route=False)
 
     def on_ack(self, req: Request, src: Source) -> None:
         """An ACK no transaction of ours absorbed: the ACK of a 2xx, end to end (§16.6)."""
@@ -181,23 +222,34 @@ class ProxyHandler:
             target, flow = split_alias(received.uri)
             if not (popped or flow is not None or trusted(self.current.config, src.ip)):
                 return
-            routes = received.get_all("route")
-            udp_local = self.sender_udp_local
-            if routes:
-                dest = uri_dest(route_uri(routes[0]), udp_local)
-            elif flow is not None:
-                dest = flow_dest(flow, udp_local)
-            else:
-                dest = uri_dest(target, udp_local)
+            dest = self._next_dest(received, target, flow)
             if dest is None:
                 return
+            leg = self.trunks.leg_of(req) if self.trunks is not None else None
+            if leg is not None:  # an outgoing trunk call: the ACK must match the provider's leg
+                received = leg.to_provider(received) if leg.from_caller(req) else (
+                    leg.to_caller(received))
             iface = self.fw.interface(dest.transport, src)
             h = self.fw.loops.request_hash(received)
             fwd = forward_request(received, target=target, via=iface.via(f"z9hG4bK{h}.ack"),
                                   max_forwards=(req.max_forwards or 70) - 1)
+            if self._needs_connection(dest):
+                task = asyncio.ensure_future(self._connect_and_send(fwd.request, dest))
+                self._acks.add(task)
+                task.add_done_callback(self._acks.discard)
+                return
             self.fw.send_stateless(fwd.request, dest)
         except (ParseError, ValueError) as exc:
             log.debug("ACK not forwarded: %s", exc)
+
+    async def _connect_and_send(self, ack: Request, dest: Source) -> None:
+        try:
+            dest = await self.sender.transports.connect_tcp(dest.ip, dest.port)
+        except (OSError, TimeoutError) as exc:
+            log.info("proxy: ACK not forwarded: cannot connect to %s:%d: %s", dest.ip,
+                     dest.port, exc)
+            return
+        self.fw.send_stateless(ack, dest)
 
     def sender_udp_local(self, ip: str) -> tuple[str, int]:
         from ..messaging import udp_local
@@ -341,7 +393,7 @@ class ProxyHandler:
         ready: list[Target] = []
         flow_failed = False
         for t in targets:
-            hop = await self._hop(t)
+            hop = await self._hop(t, received)
             if hop is None:
                 flow_failed = flow_failed or t.data is not None
                 continue
@@ -365,7 +417,7 @@ class ProxyHandler:
         observer: Observer | None = None
         if req.method == "INVITE":
             call = self.keeper.start(req, caller)
-            call.callee_line = callee
+            call.callee_line = callee or self._one_line(targets)
             call.trunk = trunk or next(
                 (t.data.name for t in targets if isinstance(t.data, TrunkTarget)), None)
             keeper = self.keeper
@@ -376,10 +428,19 @@ class ProxyHandler:
         self.fw.fork(req, received, src, tx, ready, observer=observer,
                             record_route=req.method in ("INVITE", "SUBSCRIBE", "REFER", "NOTIFY"))
 
-    async def _hop(self, t: Target) -> Hop | None:
+    def _one_line(self, targets: list[Target]) -> str | None:
+        """The line rung when every target is a binding of that one line (an alias, a DID
+        the provider maps to its customer's account): the CDR's callee_line."""
+        if not targets or not all(isinstance(t.data, Binding) for t in targets):
+            return None
+        lines = {_line_of(self.services, t.data.aor) for t in targets
+                 if isinstance(t.data, Binding)}
+        return lines.pop() if len(lines) == 1 else None
+
+    async def _hop(self, t: Target, req: Request) -> Hop | None:
         """A target's :class:`~sipyard.forwarder.Hop`, or None when it cannot be reached."""
         if isinstance(t.data, TrunkTarget):
-            return await self.trunks.hop(t.data) if self.trunks is not None else None
+            return await self.trunks.hop(t.data, req) if self.trunks is not None else None
         b: Binding | None = t.data  # type: ignore[assignment]
         udp_local = self.sender_udp_local
         tr = self.sender.transports

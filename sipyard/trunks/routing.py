@@ -12,9 +12,14 @@ it is not challenged (the provider does not have our credentials).
 Outbound (:meth:`TrunkRouter.target` / :meth:`hop`): a contact from a ``trunk:NAME``
 rule becomes ``sip:NUMBER@registrar``, sent over the registration's own TCP flow when
 there is one (else a new connection, or UDP), with the trunk's From identity (the
-caller's tag kept), ``P-Asserted-Identity`` when configured, the caller's credentials
-for us removed, and the provider's 401/407 answered once with the trunk's credentials
-(:meth:`TrunkAuth.retry`: new CSeq, same Call-ID, RFC 3261 §22.2).
+caller's tag kept), To ``sip:NUMBER@from_domain``, ``P-Asserted-Identity`` when
+configured, the caller's credentials for us removed, and the provider's 401/407
+answered once with the trunk's credentials (:meth:`TrunkAuth.retry`: new CSeq, same
+Call-ID, RFC 3261 §22.2). The call's :class:`~sipyard.trunks.dialog.TrunkLeg` keeps
+what the rest of the dialog needs (:meth:`leg_of`, :meth:`dialog_hop`): the caller's
+ACK, BYE and re-INVITE get the trunk identity and the CSeq offset, the provider's
+requests and every response the caller's identity back; a provider that challenges an
+in-dialog request gets the trunk's credentials too.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from ..forwarder import Hop
@@ -31,18 +37,20 @@ from ..sip.errors import ParseError
 from ..sip.message import Request, Response, canonical_name
 from ..sip.source import Source
 from ..sip.uri import SipUri, parse_uri
+from .dialog import TrunkLeg, answer_as
 
 if TYPE_CHECKING:
     from ..config import TrunkConfig
     from ..parts import Parts
     from ..redirect.contacts import Contact
 
-__all__ = ["TrunkRouter", "TrunkTarget", "Inbound", "TrunkAuth", "with_header_values"]
+__all__ = ["TrunkRouter", "TrunkTarget", "Inbound", "TrunkAuth", "MAX_LEGS"]
 
 log = logging.getLogger("sipyard.trunks")
 
-_DROP_OUT = frozenset({"proxy-authorization", "authorization", "p-asserted-identity",
-                       "p-preferred-identity"})
+#: outgoing trunk calls whose dialog state is kept; past this the oldest go first (a call
+#: whose end was never seen must not make the map grow without bound)
+MAX_LEGS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,20 +73,6 @@ class Inbound:
                        [canonical_name(n) for n, _ in req.headers], req.body)
 
 
-def with_header_values(req: Request, drop: frozenset[str],
-                       add: list[tuple[str, str]], replace: dict[str, str]) -> Request:
-    """A copy of ``req`` without the ``drop`` headers, ``replace`` values set, ``add`` added."""
-    headers: list[tuple[str, str]] = []
-    for n, v in req.headers:
-        key = canonical_name(n)
-        if key in drop:
-            continue
-        headers.append((n, replace.get(key, v)))
-    headers.extend(add)
-    return Request(req.method, req.uri, req.version, headers,
-                   [canonical_name(n) for n, _ in headers], req.body)
-
-
 def _user_of(value: str) -> str | None:
     try:
         uri = parse_uri(value)
@@ -88,13 +82,17 @@ def _user_of(value: str) -> str | None:
 
 
 class TrunkAuth:
-    """The provider's challenge to one forwarded INVITE, answered once."""
+    """The provider's challenge to one forwarded request, answered once.
 
-    __slots__ = ("client", "used")
+    The request goes again with the next CSeq, so the call's leg (when there is one)
+    moves its offset on: the caller's later requests must count from there."""
 
-    def __init__(self, client: DigestClient) -> None:
+    __slots__ = ("client", "used", "leg")
+
+    def __init__(self, client: DigestClient, leg: TrunkLeg | None = None) -> None:
         self.client = client
         self.used = False
+        self.leg = leg
 
     def retry(self, sent: Request, resp: Response, branch: str) -> Request | None:
         if self.used:
@@ -126,6 +124,8 @@ class TrunkAuth:
             else:
                 headers.append((n, v))
         headers.append((header, value))
+        if self.leg is not None:
+            self.leg.offset += 1
         return Request(sent.method, sent.uri, sent.version, headers,
                        [canonical_name(n) for n, _ in headers], sent.body)
 
@@ -142,6 +142,8 @@ class TrunkRouter:
         self.connect = connect
         self.has_connection = has_connection
         self.udp_local = udp_local
+        #: outgoing trunk calls by Call-ID (dropped by :meth:`forget` when the call ends)
+        self.legs: dict[str, TrunkLeg] = {}
 
     # -- inbound ----------------------------------------------------------------------------
     def inbound(self, req: Request, src: Source) -> Inbound | None:
@@ -179,7 +181,8 @@ class TrunkRouter:
         uri = f"sip:{contact.uri[4:].split('@', 1)[0]}@{hp}" + (f":{tc.port}" if tc.port else "")
         return Target(uri, contact.sort_q, data=TrunkTarget(name, user))
 
-    async def hop(self, t: TrunkTarget) -> Hop | None:
+    async def hop(self, t: TrunkTarget, req: Request) -> Hop | None:
+        """The hop of ``req`` (the caller's INVITE or other request) to trunk ``t``."""
         tc = self.current.config.trunks.get(t.name)
         st = self.board.get(t.name)
         if tc is None:
@@ -189,9 +192,54 @@ class TrunkRouter:
         if dest is None:
             log.warning("trunk %s: provider unreachable for an outgoing call", t.name)
             return None
+        try:
+            leg = TrunkLeg.for_call(tc.name, req, f"<sip:{tc.from_user}@{tc.from_domain}>",
+                                    f"<sip:{t.user}@{tc.from_domain}>", tc.pai)
+        except ParseError:
+            return None
         routes = (f"<{tc.outbound_proxy};lr>",) if tc.outbound_proxy else ()
-        client = DigestClient(tc.username, tc.secret, tc.ha1, tc.realm)
-        return Hop(dest, routes, edit=self._identity(tc), auth=TrunkAuth(client).retry)
+
+        def edit(copy: Request) -> Request:
+            self._keep(leg)  # the copy leaves: its call's dialog now runs through this trunk
+            return leg.to_provider(copy)
+
+        return Hop(dest, routes, edit=edit, auth=TrunkAuth(self._client(tc), leg).retry,
+                   restore=answer_as)
+
+    # -- the rest of an outgoing call's dialog ----------------------------------------------
+    def leg_of(self, req: Request) -> TrunkLeg | None:
+        """The leg of an in-dialog request of an outgoing trunk call, if it is one."""
+        try:
+            leg = self.legs.get(req.call_id)
+        except ParseError:
+            return None
+        if leg is None or leg.from_caller(req) is None:
+            return None
+        return leg
+
+    def dialog_hop(self, leg: TrunkLeg, req: Request) -> Hop:
+        """How an in-dialog request of ``leg`` is forwarded (its address by its Route)."""
+        if leg.from_caller(req):
+            tc = self.current.config.trunks.get(leg.trunk)
+            auth = TrunkAuth(self._client(tc), leg).retry if tc is not None else None
+            return Hop(None, edit=leg.to_provider, auth=auth, restore=answer_as)
+        return Hop(None, edit=leg.to_caller, restore=answer_as)
+
+    def forget(self, call_id: str) -> None:
+        """The call ended: its dialog state goes."""
+        self.legs.pop(call_id, None)
+
+    def _keep(self, leg: TrunkLeg) -> None:
+        legs = self.legs
+        legs.pop(leg.call_id, None)  # a later branch of the same call (failover) wins
+        legs[leg.call_id] = leg
+        if len(legs) > MAX_LEGS:
+            for old in list(islice(legs, len(legs) - MAX_LEGS)):
+                del legs[old]
+
+    @staticmethod
+    def _client(tc: TrunkConfig) -> DigestClient:
+        return DigestClient(tc.username, tc.secret, tc.ha1, tc.realm)
 
     async def _dest(self, tc: TrunkConfig, flow: Source | None,
                     registered: str | None) -> Source | None:
@@ -211,12 +259,3 @@ class TrunkRouter:
             if transport is None:
                 return Source("udp", ip, port, None, self.udp_local(ip))
             return None
-
-    @staticmethod
-    def _identity(tc: TrunkConfig) -> Callable[[Request], Request]:
-        def edit(req: Request) -> Request:
-            tag = req.from_.tag
-            value = f"<sip:{tc.from_user}@{tc.from_domain}>" + (f";tag={tag}" if tag else "")
-            add = [("P-Asserted-Identity", tc.pai)] if tc.pai else []
-            return with_header_values(req, _DROP_OUT, add, {"from": value})
-        return edit
