@@ -54,6 +54,7 @@ from .sip.client_transaction import (
     Action,
     ClientTransaction,
     ClientTransactionLayer,
+    CtxState,
     PassResponse,
     Send,
     Timeout,
@@ -204,7 +205,9 @@ class Forwarder:
         self.max_branches = max_branches
         self._interfaces: dict[str, Interface] = {}
         self._forks: dict[object, Fork] = {}
-        self._heap: list[tuple[float, int, Fork]] = []
+        #: timer C / fork-group deadlines by the fork's key: an entry that outlives its fork
+        #: (timer C is > 3 min) must not keep the fork alive
+        self._heap: list[tuple[float, int, object]] = []
         self._seq = itertools.count()
         self.unmatched = 0
         #: DNS for targets named by a host name (3xx contacts); None = such targets fail
@@ -289,7 +292,11 @@ class Forwarder:
     def next_deadline(self) -> float | None:
         best = self.ctl.next_deadline()
         heap = self._heap
-        while heap and heap[0][2].armed != heap[0][0]:
+        forks = self._forks
+        while heap:
+            fork = forks.get(heap[0][2])
+            if fork is not None and fork.armed == heap[0][0]:
+                break
             heapq.heappop(heap)  # stale: the fork re-armed or ended
         if heap and (best is None or heap[0][0] < best):
             best = heap[0][0]
@@ -299,8 +306,9 @@ class Forwarder:
         self._tx_actions(self.ctl.handle_timer(now), now)
         heap = self._heap
         while heap and heap[0][0] <= now:
-            deadline, _seq, fork = heapq.heappop(heap)
-            if fork.armed != deadline:
+            deadline, _seq, key = heapq.heappop(heap)
+            fork = self._forks.get(key)
+            if fork is None or fork.armed != deadline:
                 continue
             fork.armed = None
             self._run(fork, fork.ctx.handle_timer(now), now)
@@ -318,14 +326,27 @@ class Forwarder:
             fork, bid = user
             ctx = fork.ctx
             if isinstance(t, PassResponse):
+                tx = t.tx
                 if t.response.status in (401, 407) and bid in fork.auth and self._reauth(
-                        fork, bid, t.tx, t.response, now):
+                        fork, bid, tx, t.response, now):
                     continue
                 self._run(fork, ctx.on_response(bid, t.response, now), now)
-            elif isinstance(t, Timeout):
-                self._run(fork, ctx.on_timeout(bid, now), now)
-            elif isinstance(t, TransportFailure):
-                self._run(fork, ctx.on_transport_error(bid, now), now)
+                # a finished branch waits in timer queues (up to 64*T1): it must not keep
+                # the fork and the forwarded request alive all that time (GC and memory)
+                state = tx.state
+                if state is CtxState.ACCEPTED:
+                    tx.request = None  # 2xx retransmissions still go up: keep user
+                elif state is CtxState.TERMINATED or (state is CtxState.COMPLETED
+                                                      and not tx.invite):
+                    tx.user = None
+                    tx.request = None
+            elif isinstance(t, Timeout | TransportFailure):
+                if isinstance(t, Timeout):
+                    self._run(fork, ctx.on_timeout(bid, now), now)
+                else:
+                    self._run(fork, ctx.on_transport_error(bid, now), now)
+                t.tx.user = None  # the transaction has ended
+                t.tx.request = None
 
     def _run(self, fork: Fork, actions: list[ProxyAction], now: float) -> None:
         wire = self.wire
@@ -334,7 +355,7 @@ class Forwarder:
                 self._start_branch(fork, a, now)
             elif isinstance(a, CancelBranch):
                 branch = fork.branches.get(a.branch_id)
-                if branch is not None:
+                if branch is not None and branch.request is not None:
                     cancel = build_cancel(branch.request, a.reason)
                     try:
                         _tx, sends = self.ctl.start(cancel, branch.dest, branch.reliable, now)
@@ -363,17 +384,20 @@ class Forwarder:
             if self._forks.get(fork.tx.key) is fork:
                 del self._forks[fork.tx.key]
             fork.armed = None
+            fork.received = fork.req  # no more branches: the edited copy can go
         else:
             deadline = fork.ctx.next_deadline()
             if deadline is not None and (fork.armed is None or deadline < fork.armed):
                 fork.armed = deadline
-                heapq.heappush(self._heap, (deadline, next(self._seq), fork))
+                heapq.heappush(self._heap, (deadline, next(self._seq), fork.tx.key))
         wire.arm()
 
     def _reauth(self, fork: Fork, bid: int, tx: ClientTransaction, resp: Response,
                 now: float) -> bool:
         """Send the branch again with credentials (RFC 3261 §22.2); False: pass it up."""
         answer = fork.auth.pop(bid)
+        if tx.request is None:
+            return False
         again = answer(tx.request, resp, f"{tx.branch}a")
         if again is None:
             return False

@@ -57,9 +57,30 @@ class Flow(NamedTuple):
 
 
 def is_private(host: str) -> bool:
-    """Whether ``host`` is a private, shared or link-local IP address (a name is not)."""
+    """Whether ``host`` is a private, shared or link-local IP address (a name is not).
+
+    Asked for every Contact the proxy relays: a dotted quad is decided from its
+    first two octets without building an ``ipaddress`` object (same strictness:
+    four decimal octets, no leading zeros); anything else goes the long way.
+    """
+    host = bare_host(host)
+    if ":" not in host:
+        parts = host.split(".")
+        if len(parts) != 4:
+            return False
+        octets = []
+        for part in parts:
+            if not (part.isdigit() and part.isascii()) or len(part) > 3 or (
+                    len(part) > 1 and part[0] == "0"):
+                return False
+            octets.append(int(part))
+        if max(octets) > 255:
+            return False
+        a, b = octets[0], octets[1]
+        return (a == 10 or (a == 172 and 16 <= b <= 31) or (a == 192 and b == 168)
+                or (a == 100 and 64 <= b <= 127) or (a == 169 and b == 254))
     try:
-        addr = ipaddress.ip_address(bare_host(host))
+        addr = ipaddress.ip_address(host)
     except ValueError:
         return False
     return any(addr in n for n in _NETS if n.version == addr.version)

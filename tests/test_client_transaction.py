@@ -227,17 +227,21 @@ def test_ack_of_non_2xx_follows_rfc3261_17_1_1_3() -> None:
 def test_2xx_passed_up_every_time_while_accepted() -> None:
     ctl = layer()
     tx = start(ctl)
-    assert [type(a) for a in ctl.receive_response(response(tx.request, 180), 0.2)] == [PassResponse]
+    sent = tx.request
+    assert sent is not None
+    assert [type(a) for a in ctl.receive_response(response(sent, 180), 0.2)] == [PassResponse]
     for t, tag in ((1.0, "b1"), (1.5, "b1"), (2.0, "fork2")):  # retransmission and a forked 2xx
-        ok = response(tx.request, 200, to_tag=tag)
+        ok = response(sent, 200, to_tag=tag)
         assert ctl.receive_response(ok, t) == [PassResponse(tx, ok)]  # no ACK: end-to-end
     assert tx.state is CtxState.ACCEPTED
-    assert ctl.receive_response(response(tx.request, 180), 2.1) == []
-    assert ctl.receive_response(response(tx.request, 486), 2.2) == []
+    assert ctl.receive_response(response(sent, 180), 2.1) == []
+    assert ctl.receive_response(response(sent, 486), 2.2) == []
     assert ctl.next_deadline() == 1.0 + LONG  # timer M, armed on entering Accepted
     ctl.handle_timer(1.0 + LONG)
     assert tx.state is CtxState.TERMINATED
-    late = response(tx.request, 200)
+    # timer M ended it silently: nothing it pointed to is kept by its timer entries
+    assert tx.request is None and tx.user is None and tx.data == b""
+    late = response(sent, 200)
     assert ctl.receive_response(late, 40.0) == [Unmatched(late)]
 
 

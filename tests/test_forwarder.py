@@ -8,13 +8,13 @@ are built from them as a phone would, and what goes upstream is recorded.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
-from sipyard.forwarder import Forwarder, Hop, Wire
+from sipyard.forwarder import Fork, Forwarder, Hop, Wire
 from sipyard.proxy.actions import Target
 from sipyard.sip.message import Request, Response, build_response, parse_message
 from sipyard.sip.source import Listen, Source
+from sipyard.sip.transaction import ServerTransaction, TxKey
 
 PHONE = Source("udp", "192.0.2.40", 5060, None, ("192.0.2.1", 5060))
 CALLER = Source("udp", "192.0.2.9", 5060, None, ("192.0.2.1", 5060))
@@ -30,7 +30,9 @@ class Harness:
                                  drop=lambda tx: None, clock=lambda: self.now, arm=lambda: None,
                                  udp_local=lambda ip: ("192.0.2.1", 5060)), **kw)
         self.fw.set_addresses([Listen("udp", "192.0.2.1", 5060)], ())
-        self.tx = SimpleNamespace(key=("tx", 1))
+        # a real one: the compiled forwarder checks the type
+        self.tx = ServerTransaction(TxKey("z9hG4bKcaller1", "192.0.2.9:5060", "INVITE"), "INVITE",
+                                    False, CALLER)
 
     def _send(self, dest: Any, data: bytes) -> bool:
         self.sent.append((dest, data))
@@ -51,7 +53,7 @@ class Harness:
                 b"Contact: <sip:alice@192.0.2.9>\r\nContent-Length: 0\r\n\r\n")
         req = parse_message(data)
         assert isinstance(req, Request)
-        self.fw.fork(req, req, CALLER, self.tx,  # type: ignore[arg-type]
+        self.fw.fork(req, req, CALLER, self.tx,
                      [Target("sip:bob@192.0.2.40", data=Hop(PHONE))])
 
     def last(self, method: str) -> Request:
@@ -151,3 +153,19 @@ def test_a_name_that_does_not_resolve_fails_the_branch() -> None:
     pending = _named(h)
     pending[0][1](None)
     assert h.sent == [] and h.upstream == [500]  # a transport error is a 503: §16.7 -> 500
+
+
+def test_a_finished_call_is_not_kept_alive_by_its_timers() -> None:
+    """Timer C (> 3 min) and timer M (32 s) entries outlive the call: they must not hold
+    the fork, its requests and contexts (memory, and the GC walking them all)."""
+    h = Harness(timer_c=181.0)
+    h.invite()
+    h.phone(180, "Ringing")
+    h.phone(200, "OK")
+    assert h.upstream == [180, 200]
+    assert h.fw.active == 0  # the fork is done and forgotten
+    assert not any(isinstance(entry[2], Fork) for entry in h.fw._heap)
+    txs = list(h.fw.ctl._txs.values())
+    assert txs and all(tx.request is None for tx in txs)  # Accepted: 2xx still relayed
+    h.phone(200, "OK")  # a retransmitted 2xx still goes up (RFC 6026)
+    assert h.upstream == [180, 200, 200]

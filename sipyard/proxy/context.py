@@ -162,9 +162,15 @@ class ResponseContext:
         self.max_branches = max_branches
         self._branches: dict[int, Branch] = {}
         self._seen: list[Uri | str] = []
-        # at most max_branches targets are ever kept (or compared: _is_new is linear)
-        self._pending = group_by_q(itertools.islice(
-            (t for t in targets if self._is_new(t.uri)), max_branches))
+        # at most max_branches targets are ever kept (or compared: _is_new is linear); a
+        # plain loop, since mypyc turns a generator argument into a list, comparing them all
+        kept: list[Target] = []
+        for t in targets:
+            if len(kept) >= max_branches:
+                break
+            if self._is_new(t.uri):
+                kept.append(t)
+        self._pending = group_by_q(kept)
         if not self._pending:
             raise ValueError("a response context needs at least one target")
         self._group_deadline: float | None = None

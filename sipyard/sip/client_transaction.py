@@ -209,7 +209,9 @@ class ClientTransaction:
     def __init__(self, request: Request, branch: str, data: bytes, dest: object,
                  reliable: bool) -> None:
         self.key = (branch, request.method)
-        self.request = request
+        #: released (None, b"") once no retransmission, CANCEL or ACK can need them: a
+        #: finished transaction still sits in a timer queue for up to 64*T1
+        self.request: Request | None = request
         self.data = data
         self.dest = dest
         self.reliable = reliable
@@ -401,6 +403,8 @@ class ClientTransactionLayer:
         """Forget ``tx`` silently (shutdown, or a proxy branch given up). Idempotent."""
         if tx.state is not _S.TERMINATED:
             self._free(tx)
+        tx.request = None
+        tx.user = None
 
     def get(self, branch: str, method: str) -> ClientTransaction | None:
         """The live transaction with this key, if any."""
@@ -472,6 +476,9 @@ class ClientTransactionLayer:
                 out.append(TransportFailure(tx))
         if new is not tx.state:
             self._enter(tx, new, now)
+            if new is _S.TERMINATED and not out:  # timer K, D or M: nothing goes to the TU
+                tx.request = None
+                tx.user = None
         return out
 
     def _rearm(self, tx: ClientTransaction, event: CtxEvent, now: float) -> None:
@@ -490,6 +497,8 @@ class ClientTransactionLayer:
         of the left state go stale by themselves (see the module docstring).
         """
         tx.state = new
+        if new is not _S.CALLING and new is not _S.PROCEEDING and new is not _S.TRYING:
+            tx.data = b""  # nothing is retransmitted any more (the TU may still read request)
         if new is _S.COMPLETED:
             duration = self.timer_d if tx.invite else self.t4
             if tx.reliable or duration <= 0.0:
@@ -510,6 +519,9 @@ class ClientTransactionLayer:
 
     def _free(self, tx: ClientTransaction) -> None:
         tx.state = _S.TERMINATED
+        # its timer entries may hold it for up to 64*T1 more; request and user are the
+        # TU's to read in the reports returned with this step, and dropped by it after
+        tx.data = b""
         if self._txs.get(tx.key) is tx:
             del self._txs[tx.key]
 
@@ -517,6 +529,7 @@ class ClientTransactionLayer:
         """The ACK of a non-2xx final, built once per To value and cached."""
         to = response.get("to") or ""
         if tx.ack is None or tx.ack_to != to:
+            assert tx.request is not None  # kept in COMPLETED for an INVITE
             tx.ack = build_ack(tx.request, response).to_bytes()
             tx.ack_to = to
         return tx.ack
