@@ -26,7 +26,6 @@ sees it, so the caller's in-dialog requests find the callee's flow.
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import itertools
 import logging
 import secrets
@@ -34,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .nat import Flow, alias_contact_value, split_alias
+from .nat import Flow, alias_contact_value, is_ip, split_alias
 from .proxy.actions import (
     AbandonBranch,
     CancelBranch,
@@ -150,9 +149,7 @@ def uri_dest(uri: str, udp_local: Callable[[str], tuple[str, int]]) -> Source | 
     if not isinstance(parsed, SipUri):
         return None
     host = parsed.host.strip("[]")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
+    if not is_ip(host):
         return None
     transport = (parsed.param("transport") or "udp").lower()
     if parsed.scheme.lower() == "sips" or transport not in ("udp", "tcp"):

@@ -56,25 +56,46 @@ class Flow(NamedTuple):
     port: int
 
 
+def _ipv4_octets(host: str) -> list[int] | None:
+    """The four octets of a dotted quad, or None (same strictness as ``ipaddress``: four
+    decimal octets up to 255, no leading zeros), without building an address object."""
+    parts = host.split(".")
+    if len(parts) != 4:
+        return None
+    octets = []
+    for part in parts:
+        if not (part.isdigit() and part.isascii()) or len(part) > 3 or (
+                len(part) > 1 and part[0] == "0"):
+            return None
+        n = int(part)
+        if n > 255:
+            return None
+        octets.append(n)
+    return octets
+
+
+def is_ip(host: str) -> bool:
+    """Whether ``host`` (brackets allowed) is an IPv4 or IPv6 address rather than a name."""
+    host = bare_host(host)
+    if ":" not in host:
+        return _ipv4_octets(host) is not None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def is_private(host: str) -> bool:
     """Whether ``host`` is a private, shared or link-local IP address (a name is not).
 
     Asked for every Contact the proxy relays: a dotted quad is decided from its
-    first two octets without building an ``ipaddress`` object (same strictness:
-    four decimal octets, no leading zeros); anything else goes the long way.
+    first two octets; anything else goes through ``ipaddress``.
     """
     host = bare_host(host)
     if ":" not in host:
-        parts = host.split(".")
-        if len(parts) != 4:
-            return False
-        octets = []
-        for part in parts:
-            if not (part.isdigit() and part.isascii()) or len(part) > 3 or (
-                    len(part) > 1 and part[0] == "0"):
-                return False
-            octets.append(int(part))
-        if max(octets) > 255:
+        octets = _ipv4_octets(host)
+        if octets is None:
             return False
         a, b = octets[0], octets[1]
         return (a == 10 or (a == 172 and 16 <= b <= 31) or (a == 192 and b == 168)

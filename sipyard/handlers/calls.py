@@ -30,6 +30,9 @@ __all__ = ["CallKeeper"]
 
 log = logging.getLogger("sipyard.calls")
 
+#: how long an ended call's CDR waits for others to share its write + fsync (seconds)
+CDR_COMMIT_WINDOW = 0.01
+
 
 class CallKeeper:
     """Reports from the proxy handler become call records and, at the end, CDRs."""
@@ -140,6 +143,9 @@ class CallKeeper:
         loop = asyncio.get_running_loop()
         cdr = self.parts.cdr
         while self._queue:
+            # group commit: the calls that end in the next few ms share one write + fsync
+            # (at 2 000 calls/s that is ~20 records per fsync instead of ~2)
+            await asyncio.sleep(CDR_COMMIT_WINDOW)
             batch, self._queue = self._queue, []
             try:
                 await loop.run_in_executor(None, cdr.write_batch, batch)

@@ -116,7 +116,7 @@ class Message:
     lower-case name of each, kept in step by every mutator below.
     """
 
-    __slots__ = ("headers", "_keys", "body", "version", "_vias", "_from", "_to", "_cseq",
+    __slots__ = ("headers", "_keys", "body", "version", "_vias", "_top", "_from", "_to", "_cseq",
                  "_call_id", "_contacts")
 
     def __init__(self, headers: list[tuple[str, str]], keys: list[str], body: bytes,
@@ -126,6 +126,7 @@ class Message:
         self.body = body
         self.version = version
         self._vias: list[Via] | None = None
+        self._top: Via | None = None  # the top Via alone (a response needs no other)
         self._from: NameAddr | None = None
         self._to: NameAddr | None = None
         self._cseq: tuple[int, str] | None = None
@@ -180,6 +181,7 @@ class Message:
     def _invalidate(self, key: str) -> None:
         if key in _CACHED_KEYS:
             self._vias = None
+            self._top = None
             self._from = None
             self._to = None
             self._cseq = None
@@ -228,6 +230,7 @@ class Message:
             line = value
         self.headers[i] = (name, line)
         self._vias = None
+        self._top = None
 
     # -- typed access ---------------------------------------------------------
     def _single(self, key: str, label: str) -> str:
@@ -314,7 +317,26 @@ class Message:
 
     @property
     def top_via(self) -> Via:
-        return self.vias[0]
+        """The topmost via-parm, parsed without the others (they may never be needed)."""
+        vias = self._vias
+        if vias is not None:
+            return vias[0]
+        top = self._top
+        if top is None:
+            keys = self._keys
+            if "via" not in keys:
+                raise ParseError(400, "Missing Via header")
+            line = self.headers[keys.index("via")][1]
+            try:
+                if "," in line:
+                    values = split_values(line)
+                    if not values:
+                        raise ParseError(400, "Bad Via header")
+                    line = values[0]
+                top = self._top = parse_via(line)
+            except ParseError:
+                raise ParseError(400, "Bad Via header") from None
+        return top
 
     @property
     def max_forwards(self) -> int | None:

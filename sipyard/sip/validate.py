@@ -60,7 +60,7 @@ def validate_response(resp: Response) -> None:
     the CSeq method, so those, and the other mandatory headers, must parse
     (RFC 4475 scalarlg: CSeq above 2**32-1 → discard).
     """
-    resp.vias  # noqa: B018
+    resp.top_via  # noqa: B018 - the rest are the next hop's (a proxy passes them on as is)
     resp.check_from_to()
     resp.call_id  # noqa: B018
     resp.cseq  # noqa: B018
