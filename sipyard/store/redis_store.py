@@ -256,6 +256,11 @@ class RedisStore(LocationStore):
         keys = self.keys
         setkey = keys.ids(aor)
         bprefix = keys.binding_prefix(aor)
+        if not self._known.get(aor):
+            # Perhaps a new AOR: list it before it exists, so that a crash after the EXEC
+            # leaves no binding unlisted. Here, not inside the transaction: that holds a
+            # pooled connection, and a second one taken there could wait for ever.
+            await self._call(self._redis().sadd(keys.index, aor))
         for attempt in range(MAX_ATTEMPTS):
             client = self._redis()
             async with client.pipeline(transaction=True) as pipe:
@@ -277,8 +282,6 @@ class RedisStore(LocationStore):
                     final.pop(rid, None)
                 final.update((b.binding_id, b) for b in puts)
                 fresh = not existing and bool(final)
-                if fresh:  # listed before it exists: a crash after EXEC leaves it findable
-                    await self._call(client.sadd(keys.index, aor))
                 self._queue_writes(pipe, aor, existing, puts, removes, final)
                 try:
                     await pipe.execute()
