@@ -2,14 +2,16 @@
 
 A binding is reached where its REGISTER came from (RFC 3581: source address,
 port and transport, the same TCP connection while it lives), because the
-Contact of a phone behind NAT is often unreachable.
+Contact of a phone behind NAT is often unreachable — unless that flow lives on
+another host sharing the store: then the request goes there, with the
+binding's Path as its Route set (:mod:`sipyard.flowtoken`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .sip.source import Source
@@ -41,6 +43,8 @@ class Sender:
         self.uac = uac
         self.store = store
         self.current = current
+        #: proxy mode: (first hop, Route set) for a binding whose flow is another host's
+        self.via_path: Callable[[Binding], tuple[Source, tuple[str, ...]] | None] | None = None
 
     async def binding_dest(self, b: Binding) -> Source:
         tr = self.transports
@@ -55,8 +59,13 @@ class Sender:
                               headers: Sequence[tuple[str, str]], body: bytes = b"",
                               from_uri: str | None = None, call_id: str | None = None,
                               timeout: float | None = None) -> int:
+        elsewhere = self.via_path(b) if self.via_path is not None else None
         try:
-            dest = await self.binding_dest(b)
+            if elsewhere is not None:
+                dest, path = elsewhere
+                headers = [*(("Route", v) for v in path), *headers]
+            else:
+                dest = await self.binding_dest(b)
         except (TimeoutError, OSError, ConnectionError, socket.gaierror):
             return 503
         cfg = self.current.config
