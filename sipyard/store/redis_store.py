@@ -16,7 +16,8 @@ Expiry. Redis deletes expired hashes silently, so ``release`` events need a
 source. This store keeps a *known set*: the bindings it wrote, plus everything
 present at :meth:`open` (a restarted single worker still reports bindings
 registered before the restart). :meth:`expire` takes the known bindings
-whose time has come and, in one Lua call, *claims* each one: a claim succeeds
+whose time has come and, in one Lua call per AOR (pipelined), *claims* each
+one: a claim succeeds
 if the binding's hash is gone or still holds that same version, and a
 ``SET … NX`` on its ``end:`` marker is won. So of several workers knowing a
 binding exactly one reports it; a version that was refreshed by another
