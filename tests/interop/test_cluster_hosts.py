@@ -288,6 +288,9 @@ def test_phones_behind_nat_on_two_hosts_call_each_other(tmp_path: Path, lab: Nat
         for line in ("10", "11"):
             assert _wait(phones[line], {"CALL_CLOSED"}, line, hosts) == "CALL_CLOSED"
         bye = re.compile(r"BYE from=\S+ to=\S+ src=\S+ status=200")
+        end = time.monotonic() + 5  # a host logs a request once its final answer went out
+        while time.monotonic() < end and not (bye.search(a.log()) and bye.search(b.log())):
+            time.sleep(0.05)
         assert bye.search(a.log()) and bye.search(b.log())  # the callee's BYE crossed both
         for h in hosts:
             assert "Traceback" not in h.log()
