@@ -27,7 +27,9 @@ active calls (limits)  Redis ``calls:<node>``  each process publishes its per-li
 transactions, dialogs  per process (owner)     Call-ID ownership sends every packet of a
                                                call to the process that holds them
 trunk registrations    worker 0 only           ``OpsContext.primary`` (one per site)
-TCP connections        per process             a connection is a socket of one process
+TCP connections        per process             a connection is a socket of one process;
+                                               the workers of a host announce theirs and
+                                               write for each other (cluster.handoff)
 =====================  ======================  ==========================================
 """
 
