@@ -188,7 +188,7 @@ class App:
         proxy.edge = self.register_handler.edge = EdgePath(
             FlowTokens(lambda: parts.auth.secret), fw.reach_interface,
             lambda uri: fw.local.is_our_uri(uri))
-        self.sender.via_path = proxy.via_path
+        self.sender.edge = proxy.edge
         proxy.trunks = TrunkRouter(parts, self.transports.connect_tcp,
                                    self.transports.has_connection,
                                    lambda ip: udp_local(self.transports, ip))

@@ -174,6 +174,13 @@ class EdgePath:
             return path_value(self.interface(local), token)
         return make
 
+    def elsewhere(self, path_value: str) -> bool:
+        """Whether a Path value is another host's of this cluster (a token we could have
+        minted, at an address that is not ours): the flow lives there."""
+        uri = _uri_of(path_value)
+        return (uri is not None and bool(uri.user) and not self.is_ours(uri)
+                and self.tokens.decode(uri.user or "") is not None)
+
     def own(self, route_value: str) -> tuple[bool, FlowToken | None]:
         """(names us, our token in it or None) for one Route / Path value."""
         uri = _uri_of(route_value)

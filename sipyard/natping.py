@@ -80,11 +80,11 @@ class NatPinger:
     async def round(self) -> None:
         """Ping every binding behind NAT once; drop the ones that failed too often."""
         now = self.now()
-        via_path = self.sender.via_path
+        edge = self.sender.edge
         targets = [b for b in await self.parts.store.all(now)
                    if behind_nat(b.contact, b.source_ip,
                                  outbound=b.reg_id is not None and b.instance is not None)
-                   and (via_path is None or via_path(b) is None)]  # another host's flow
+                   and not (edge is not None and b.path and edge.elsewhere(b.path[0]))]
         live = {_key(b) for b in targets}
         for k in [k for k in self.failures if k not in live]:
             del self.failures[k]  # re-registered, expired or removed meanwhile

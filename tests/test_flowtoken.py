@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from sipyard.flowtoken import EdgePath, FlowToken, FlowTokens, flow_bound, path_value
+from sipyard.messaging import Sender
 from sipyard.nat import Flow
 from sipyard.proxy.addresses import Interface, LocalAddresses
+from sipyard.sip.source import Listen
 
 KEY = b"k" * 32
 IFACE = Interface("192.0.2.1", 5060, "udp")
@@ -76,3 +80,25 @@ def test_edge_path_names_this_host_and_the_flow() -> None:
     assert edge.own("<sip:192.0.2.1:5060;lr>") == (True, None)
     assert path_value(Interface("192.0.2.1", 5070, "tcp"), "T") == (
         "<sip:T@192.0.2.1:5070;lr;ob;transport=tcp>")
+
+
+def test_server_requests_follow_the_path_to_the_host_holding_the_flow() -> None:
+    """MESSAGE, NOTIFY, pick-up SUBSCRIBE, NAT pings: our own Path value goes, another
+    host's (or an edge proxy's) is the first hop with the Path as Route set."""
+    edge = EdgePath(tokens(), lambda near: IFACE, LocalAddresses([IFACE]).is_our_uri)
+    ours = edge.for_register(Flow("udp", "203.0.113.7", 41000), None, ("192.0.2.1", 5060))(
+        "sip:a@10.0.0.5", False)
+    theirs = path_value(Interface("192.0.2.2", 5060), tokens().encode(
+        FlowToken(Flow("udp", "203.0.113.8", 42000), None, False)))
+    assert ours is not None
+    sender = Sender(SimpleNamespace(bound=[Listen("udp", "192.0.2.1", 5060)]),  # type: ignore[arg-type]
+                    None, None, None)  # type: ignore[arg-type]
+    sender.edge = edge
+    assert sender.route((ours, "<sip:edge.example.com;lr>")) == (
+        None, ("<sip:edge.example.com;lr>",))
+    hop, routes = sender.route((theirs,))
+    assert hop is not None and (hop.transport, hop.ip, hop.port) == ("udp", "192.0.2.2", 5060)
+    assert routes == (theirs,)
+    assert edge.elsewhere(theirs) and not edge.elsewhere(ours)
+    assert not edge.elsewhere("<sip:edge.example.com;lr>")  # a proxy, not a host of ours
+    assert sender.route(()) == (None, ())

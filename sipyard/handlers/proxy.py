@@ -462,14 +462,6 @@ class ProxyHandler:
                 return None
         return Hop(dest, rest) if dest is not None else None
 
-    def via_path(self, b: Binding) -> tuple[Source, tuple[str, ...]] | None:
-        """Where a request of the server's own to ``b`` goes when its flow lives on another
-        host (the first Path value, and the Path as Route set); None: reach it here."""
-        if not b.path or self.edge is None or self.edge.own(b.path[0])[0]:
-            return None
-        dest = uri_dest(route_uri(b.path[0]), self.sender_udp_local)
-        return (dest, b.path) if dest is not None else None
-
     def _resolve_soon(self, uri: str, done: Callable[[Source | None], None]) -> None:
         """The forwarder's resolver: look ``uri`` up (and connect, for TCP) in a task."""
         async def work() -> Source | None:
