@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import __version__
 from .adminops import ADMIN_COMMANDS, run_admin
 from .eager import resume_started
+from .flowtoken import EdgePath, FlowTokens
 from .forwarder import Forwarder, Wire
 from .handlers.admin import AdminChatHandler
 from .handlers.base import Cancel, Handle
@@ -157,7 +158,8 @@ class App:
         redirect = RedirectHandler(parts, self, chat).handle
         table: dict[str, Handle] = {m: redirect for m in REDIRECTED}
         table["*"] = redirect
-        table["REGISTER"] = RegisterHandler(parts, self).handle
+        self.register_handler = RegisterHandler(parts, self)
+        table["REGISTER"] = self.register_handler.handle
         table["CANCEL"] = CancelHandler(parts, self.txl, self).handle
         table["NOTIFY"] = NotifyHandler(self.routes, self).handle
         if self.config.server.mode == "proxy":
@@ -181,6 +183,12 @@ class App:
         for m in (*REDIRECTED, "*", "BYE", "ACK", "NOTIFY", "INFO", "UPDATE", "PRACK"):
             out[m] = proxy.handle
         out["CANCEL"] = ProxyCancelHandler(parts, self.txl, self, fw, proxy).handle
+        # the edge proxy of the phones registering here: a Path naming their flow, so
+        # another host sharing the store routes their calls through us (sipyard.flowtoken)
+        proxy.edge = self.register_handler.edge = EdgePath(
+            FlowTokens(lambda: parts.auth.secret), fw.reach_interface,
+            lambda uri: fw.local.is_our_uri(uri))
+        self.sender.edge = proxy.edge
         proxy.trunks = router = TrunkRouter(parts, self.transports.connect_tcp,
                                             self.transports.has_connection,
                                             lambda ip: udp_local(self.transports, ip))

@@ -88,6 +88,12 @@ class Authenticator:
             self._digest_params = params
         self._ha1: dict[tuple[str, str], str | None] = {}
 
+    @property
+    def secret(self) -> bytes:
+        """The nonce secret (shared by the cluster once :meth:`share` ran); flow tokens
+        are keyed from it too (:mod:`sipyard.flowtoken`)."""
+        return self._secret
+
     def share(self, secret: bytes, node: int) -> None:
         """Join processes that share ``secret`` (from the shared store) as ``node``.
 

@@ -26,6 +26,7 @@ sees it, so the caller's in-dialog requests find the callee's flow.
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import itertools
 import logging
 import secrets
@@ -63,7 +64,7 @@ from .sip.client_transaction import (
 )
 from .sip.errors import ParseError
 from .sip.message import Message, Request, Response, canonical_name
-from .sip.source import Listen, Source
+from .sip.source import Listen, Source, bare_host
 from .sip.transaction import ServerTransaction
 from .sip.uri import SipUri, parse_uri
 
@@ -132,6 +133,13 @@ class Fork:
         self.auth: dict[int, Callable[[Request, Response, str], Request | None]] = {}
         #: branches whose responses must be made to match the request again (Hop.restore)
         self.restore: dict[int, Callable[[Request, Response], Response]] = {}
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(bare_host(host))
+    except ValueError:
+        return None
 
 
 def uri_dest(uri: str, udp_local: Callable[[str], tuple[str, int]]) -> Source | None:
@@ -215,14 +223,24 @@ class Forwarder:
         self.timer_c, self.group_timeout, self.max_branches = timer_c, group_timeout, max_branches
 
     def set_addresses(self, bound: Iterable[Listen], aliases: Iterable[str]) -> None:
-        """Our listening sockets (after binding) and the names that mean us."""
+        """Our listening sockets (after binding) and the names that mean us.
+
+        An alias that is an IP address counts only when we could be listening on it
+        (we are bound to it or to a wildcard): the domains of a cluster name every
+        host's address, and another host's ``IP:port`` must never be taken for us
+        (its Record-Route popped here, its Path taken for our own).
+        """
         interfaces = []
+        bound_ips: set[ipaddress.IPv4Address | ipaddress.IPv6Address | None] = set()
         for b in bound:
             host = f"[{b.host}]" if ":" in b.host else b.host
             iface = Interface(host, b.port, b.transport)
             interfaces.append(iface)
             self._interfaces.setdefault(b.transport, iface)
-        self.local = LocalAddresses(interfaces, aliases)
+            bound_ips.add(_ip(b.host))
+        wildcard = any(ip is not None and ip.is_unspecified for ip in bound_ips)
+        names = [a for a in aliases if wildcard or _ip(a) is None or _ip(a) in bound_ips]
+        self.local = LocalAddresses(interfaces, names)
         self.loops = LoopDetector(self.local, self.loops._key)
 
     def interface(self, transport: str, near: Source | None = None) -> Interface:
@@ -232,6 +250,12 @@ class Forwarder:
             local = near.local[0]
             iface = Interface(f"[{local}]" if ":" in local else local, iface.port, transport)
         return iface
+
+    def reach_interface(self, local: tuple[str, int]) -> Interface:
+        """Where another host of ours reaches us (a Path we store): UDP when we listen
+        on it, else TCP, at the address a flow came to when we are bound to a wildcard."""
+        transport = "udp" if "udp" in self._interfaces else "tcp"
+        return self.interface(transport, Source(transport, "", 0, None, local))
 
     @property
     def active(self) -> int:
@@ -407,11 +431,13 @@ class Forwarder:
     def _start_branch(self, fork: Fork, a: StartBranch, now: float) -> None:
         target = a.target
         hop = target.data if isinstance(target.data, Hop) else Hop(None)
-        uri, flow = split_alias(target.uri)
         dest = hop.dest
         received = fork.received if hop.edit is None else hop.edit(fork.received)
+        routes = list(hop.route_set) or received.get_all("route")
+        # An alias is resolved by the last hop only: with a Route left it belongs to the
+        # host that Route leads to (the other host of a cluster, where the flow lives).
+        uri, flow = (target.uri, None) if routes else split_alias(target.uri)
         if dest is None:
-            routes = list(hop.route_set) or received.get_all("route")
             if routes:
                 dest = uri_dest(route_uri(routes[0]), self.wire.udp_local)
             elif flow is not None:

@@ -2,7 +2,9 @@
 
 A binding is reached where its REGISTER came from (RFC 3581: source address,
 port and transport, the same TCP connection while it lives), because the
-Contact of a phone behind NAT is often unreachable.
+Contact of a phone behind NAT is often unreachable — unless that flow lives on
+another host sharing the store (or behind an edge proxy): then the request goes
+there, with the binding's Path as its Route set (:mod:`sipyard.flowtoken`).
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .forwarder import uri_dest
+from .proxy.routing import route_uri
+from .sip.errors import ParseError
 from .sip.source import Source
 from .store.base import Binding, LocationStore
 from .transport import Transports
 from .uac import Uac
 
 if TYPE_CHECKING:
+    from .flowtoken import EdgePath
     from .parts import Current
 
 __all__ = ["Sender", "udp_local"]
@@ -41,6 +47,8 @@ class Sender:
         self.uac = uac
         self.store = store
         self.current = current
+        #: proxy mode: this host as edge proxy (which Path values are ours; set by the app)
+        self.edge: EdgePath | None = None
 
     async def binding_dest(self, b: Binding) -> Source:
         tr = self.transports
@@ -51,14 +59,35 @@ class Sender:
             return Source("tcp", b.source_ip, b.source_port, cid, tr.local_for("tcp", 5060))
         return await tr.connect_tcp(b.source_ip, b.source_port)
 
+    def route(self, path: Sequence[str]) -> tuple[Source | None, tuple[str, ...]]:
+        """For a request of ours to a binding with this Path: (its first hop when that is
+        another host or proxy, else None: the binding's flow; the Route set it carries).
+
+        Our own Path value on top is dropped (we hold the flow); anything else in front
+        of the phone is visited first, with the Path as the Route set (RFC 3327).
+        """
+        edge = self.edge
+        if not path or edge is None:
+            return None, tuple(path)
+        if edge.own(path[0])[0]:
+            return None, tuple(path[1:])
+        try:
+            first = route_uri(path[0])
+        except ParseError:
+            return None, tuple(path)
+        return uri_dest(first, lambda ip: udp_local(self.transports, ip)), tuple(path)
+
     async def send_to_binding(self, b: Binding, method: str, *,
                               headers: Sequence[tuple[str, str]], body: bytes = b"",
                               from_uri: str | None = None, call_id: str | None = None,
                               timeout: float | None = None) -> int:
+        hop, routes = self.route(b.path)
         try:
-            dest = await self.binding_dest(b)
+            dest = hop if hop is not None else await self.binding_dest(b)
         except (TimeoutError, OSError, ConnectionError, socket.gaierror):
             return 503
+        if routes:
+            headers = [*(("Route", v) for v in routes), *headers]
         cfg = self.current.config
         result = await self.uac.request(
             method, b.contact, dest,

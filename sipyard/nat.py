@@ -16,7 +16,10 @@ Rules (issue #12):
   other binding is reached at its Contact, so a registration made on behalf
   of another address keeps working.
 * A Contact in a dialog-forming request or response that fails the same test
-  against the message's source gets an ``alias`` URI parameter naming the flow
+  against the message's source, or that came over TCP (the connection is the
+  way back in: a TCP phone's Contact port is rarely one anyone can connect to,
+  and the in-dialog request then reuses the flow as RFC 5626 would), gets an
+  ``alias`` URI parameter naming the flow
   (``alias=IP~PORT~T``, T = 1 for UDP, 2 for TCP, as Kamailio's
   ``set_contact_alias``). The other side then sends its in-dialog requests to
   ``…;alias=…``; :func:`split_alias` takes the parameter off again and says
@@ -131,12 +134,13 @@ def behind_nat(contact: str, source_ip: str, *, outbound: bool = False) -> bool:
 def needs_alias(contact_uri: str, flow: Flow) -> bool:
     """Whether a Contact seen on ``flow`` must carry an alias to be routable.
 
-    The same test as :func:`behind_nat`, on the message's own source; a Contact
-    that already has an alias is left alone.
+    The same test as :func:`behind_nat`, on the message's own source, or any
+    Contact that came over TCP; a Contact that already has an alias (a host
+    nearer the phone added it) is left alone.
     """
     if ";alias=" in contact_uri:
         return False
-    return behind_nat(contact_uri, flow.ip)
+    return flow.transport.lower() != "udp" or behind_nat(contact_uri, flow.ip)
 
 
 def add_alias(contact_uri: str, flow: Flow) -> str:

@@ -12,7 +12,8 @@ mapping is open; only silence or a flow that cannot be reached is a failure). Pi
 one round go out in parallel and wait at most the interval (never more than 64*T1 =
 32 s) for an answer, so a round takes that long whatever the number of dead phones; a round never overlaps the next. A
 binding is keyed by (AOR, binding id, registration Call-ID and CSeq): a re-REGISTER
-resets its count. Off by default (0): sites without NAT pay nothing.
+resets its count. Off by default (0): sites without NAT pay nothing. A binding whose flow
+lives on another host sharing the store (its Path names that host) is that host's to ping.
 """
 
 from __future__ import annotations
@@ -79,9 +80,11 @@ class NatPinger:
     async def round(self) -> None:
         """Ping every binding behind NAT once; drop the ones that failed too often."""
         now = self.now()
+        edge = self.sender.edge
         targets = [b for b in await self.parts.store.all(now)
                    if behind_nat(b.contact, b.source_ip,
-                                 outbound=b.reg_id is not None and b.instance is not None)]
+                                 outbound=b.reg_id is not None and b.instance is not None)
+                   and not (edge is not None and b.path and edge.elsewhere(b.path[0]))]
         live = {_key(b) for b in targets}
         for k in [k for k in self.failures if k not in live]:
             del self.failures[k]  # re-registered, expired or removed meanwhile

@@ -218,7 +218,7 @@ async def registry_doc(ctx: OpsContext, want: Any = None) -> dict[str, Any]:
             "bindings": [{
                 "contact": b.contact, "source": f"{b.source_ip}:{b.source_port}/{b.transport}",
                 "user_agent": b.user_agent, "expires_in": max(0, int(b.expires_at - now)),
-                "q": b.q} for b in bs]})
+                "q": b.q, "path": list(b.path)} for b in bs]})
     return {"lines": lines}
 
 

@@ -26,7 +26,11 @@ Choices where the RFC leaves room (documented in the README):
   ``+sip.instance``, and at most one contact may carry one (RFC 5626 §6).
 * Path (RFC 3327) is stored and echoed only when the REGISTER says
   ``Supported: path``; otherwise it is ignored rather than refused with 420,
-  which some phones never recover from.
+  which some phones never recover from. In proxy mode this server is also the
+  phone's edge proxy: ``edge`` (:class:`sipyard.flowtoken.EdgePath`) may put
+  its own Path value, naming the phone's flow, on top of what is stored for a
+  Contact; that value is not echoed (the phone did not ask for it and must not
+  route by it).
 * ``Contact: *`` needs ``Expires: 0`` and no other contact.
 """
 
@@ -161,12 +165,14 @@ class Registrar:
             after = await self.store.update(plan.aor, now, plan.fn)
         return plan.reply(after, now)
 
-    def plan(self, req: Request, line: str, src: Source, now: float) -> Plan:
+    def plan(self, req: Request, line: str, src: Source, now: float,
+             edge: Edge | None = None) -> Plan:
         """Everything a REGISTER asks, checked, as an update for the store.
 
         Split from :meth:`register` so a caller can hand ``plan.fn`` to the
         store without a coroutine (``LocationStore.update_soon``) and build
-        the 200 with :meth:`Plan.reply` once the write committed.
+        the 200 with :meth:`Plan.reply` once the write committed. ``edge(contact,
+        outbound)``: our own Path value for that Contact's binding, or None.
         """
         cfg = self.config
         srv = cfg.server
@@ -201,7 +207,7 @@ class Registrar:
                 # RFC 5626 §6: one flow per REGISTER.
                 raise Reject(400, "Bad Contact header: more than one reg-id")
             fn = _apply(wants, call_id, cseq, now, src, path, ua, aor, max_contacts, overflow,
-                        seen) if wants else None
+                        seen, edge) if wants else None
         return Plan(aor, line, fn, wants, path, seen)
 
     def _want(self, c: NameAddr, header_exp: int | None, srv: Any) -> _Want:
@@ -305,6 +311,8 @@ def _fmt_q(q: float) -> str:
 
 
 Fn = Callable[[list[Binding]], tuple[list[Binding], list[str]]]
+#: (contact URI, asks for outbound) -> this server's Path value for that binding, or None
+Edge = Callable[[str, bool], str | None]
 
 
 def _check_order(existing: Binding, call_id: str, cseq: int) -> None:
@@ -323,12 +331,17 @@ def _remove_all(call_id: str, cseq: int, seen: list[int]) -> Fn:
 
 def _apply(wants: list[_Want], call_id: str, cseq: int, now: float, src: Source,
            path: tuple[str, ...], ua: str, aor: str, max_contacts: int, overflow: str,
-           seen: list[int]) -> Fn:
+           seen: list[int], edge: Edge | None = None) -> Fn:
     """The update of one AOR for a REGISTER's contacts (RFC 3261 §10.3 steps 6-7).
 
     Runs inside the store's atomic update, on the bindings as they are at
     commit time; ``seen`` receives how many there were (for activate hooks).
     """
+    paths: dict[str, tuple[str, ...]] = {}
+    for w in wants:
+        own = edge(w.uri, w.reg_id is not None) if edge is not None else None
+        paths[w.binding_id] = (own, *path) if own is not None else path
+
     def fn(current: list[Binding]) -> tuple[list[Binding], list[str]]:
         seen[:] = [len(current)]
         by_id = {b.binding_id: b for b in current}
@@ -350,7 +363,7 @@ def _apply(wants: list[_Want], call_id: str, cseq: int, now: float, src: Source,
                 call_id=call_id, cseq=cseq, source_ip=src.ip, source_port=src.port,
                 transport=src.transport,
                 conn_id=str(src.conn_id) if src.conn_id is not None else None,
-                path=path, user_agent=ua, instance=w.instance, reg_id=w.reg_id))
+                path=paths[w.binding_id], user_agent=ua, instance=w.instance, reg_id=w.reg_id))
         put = list(puts.values())
         gone = set(remove)
         keep = [b for b in current if b.binding_id not in puts and b.binding_id not in gone]

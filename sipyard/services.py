@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .messaging import Sender, udp_local
+from .sip.headers import split_values
 from .sip.message import Request
 from .sip.source import Source
 from .sip.uri import SipUri
@@ -90,8 +91,17 @@ class RedirectServices:
             return 503
         tr = self.sender.transports
         ip, port, transport = dest
+        # A Route from a binding's Path: our own value goes, another host's is the first hop
+        path = [v for n, v in headers if n.lower() == "route" for v in split_values(v)]
+        hop: Source | None = None
+        if path:
+            hop, routes = self.sender.route(path)
+            headers = [*(h for h in headers if h[0].lower() != "route"),
+                       *(("Route", v) for v in routes)]
         try:
-            if transport.lower() == "udp":
+            if hop is not None:
+                src = hop
+            elif transport.lower() == "udp":
                 src = Source("udp", ip, port, None, udp_local(tr, ip))
             else:
                 # reuses the phone's own connection (the flow it registered over) while it lives

@@ -37,19 +37,34 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .sip.errors import ParseError
 from .sip.framing import PING, PONG, StreamFramer
 from .sip.source import Listen, Source
 
-__all__ = ["Source", "Listen", "Transports", "net_of"]
+__all__ = ["Source", "Listen", "Transports", "Elsewhere", "net_of"]
 
 log = logging.getLogger("sipyard.transport")
 
 
 Handler = Callable[[bytes, Source], None]
 ErrorHandler = Callable[[ParseError, Source], None]
+
+
+class Elsewhere(Protocol):
+    """The TCP connections other processes of this host hold (``--workers N``).
+
+    A connection is a socket of one worker; another worker that must send on
+    it (a response, a request down a phone's flow) asks the holder to write
+    (:class:`sipyard.cluster.handoff.ConnDirectory`).
+    """
+
+    def has(self, conn_id: int) -> bool: ...
+    def conn_of_peer(self, ip: str, port: int) -> int | None: ...
+    def write(self, conn_id: int, data: bytes) -> bool: ...
+    def opened(self, conn_id: int, peer: tuple[str, int]) -> None: ...
+    def closed(self, conn_id: int, peer: tuple[str, int]) -> None: ...
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -186,6 +201,8 @@ class _Tcp(asyncio.Protocol):
             return
         self.owner._conns[self.conn_id] = self
         self.owner._by_peer.setdefault(self.peer, self.conn_id)
+        if self.owner.elsewhere is not None:
+            self.owner.elsewhere.opened(self.conn_id, self.peer)
         if self.ready is not None and not self.ready.done():
             self.ready.set_result(None)
 
@@ -222,7 +239,8 @@ class _Tcp(asyncio.Protocol):
         owner = self.owner
         if self.pending_net is not None:
             owner._handshake_done(self)
-        owner._conns.pop(self.conn_id, None)
+        if owner._conns.pop(self.conn_id, None) is not None and owner.elsewhere is not None:
+            owner.elsewhere.closed(self.conn_id, self.peer)
         if owner._by_peer.get(self.peer) == self.conn_id:
             del owner._by_peer[self.peer]
             for other in owner._conns.values():
@@ -330,6 +348,8 @@ class Transports:
         self.bound: list[Listen] = []
         #: SO_REUSEPORT on the listening sockets: set by a worker before start()
         self.reuse_port = False
+        #: the other workers' TCP connections (set by a worker): sends go through their holder
+        self.elsewhere: Elsewhere | None = None
 
     def set_conn_id_base(self, base: int) -> None:
         """Number TCP connections from ``base`` + 1 (workers: ids unique across processes)."""
@@ -480,23 +500,48 @@ class Transports:
             cid = self._by_peer.get((src.ip, src.port))
             conn = self._conns.get(cid) if cid is not None else None
         if conn is None:
+            el = self.elsewhere
+            if el is None:
+                return False
+            cid = src.conn_id if src.conn_id is not None and el.has(src.conn_id) else (
+                el.conn_of_peer(src.ip, src.port))
+            return cid is not None and el.write(cid, data)
+        conn.write(data)
+        return True
+
+    def write_conn(self, conn_id: int, data: bytes) -> bool:
+        """Write on our own connection ``conn_id`` (another worker's send); False if gone."""
+        conn = self._conns.get(conn_id)
+        if conn is None:
             return False
         conn.write(data)
         return True
 
+    def tcp_peers(self) -> list[tuple[int, tuple[str, int]]]:
+        """Our open connections: (id, peer)."""
+        return [(cid, c.peer) for cid, c in self._conns.items()]
+
     def has_connection(self, conn_id: int | None) -> bool:
-        return conn_id is not None and conn_id in self._conns
+        if conn_id is None:
+            return False
+        return conn_id in self._conns or (self.elsewhere is not None and
+                                          self.elsewhere.has(conn_id))
 
     def has_peer(self, ip: str, port: int) -> bool:
         """Whether a TCP connection to or from ``ip:port`` is open (a NAT flow, RFC 5626)."""
-        return (ip, port) in self._by_peer
+        return (ip, port) in self._by_peer or (
+            self.elsewhere is not None and self.elsewhere.conn_of_peer(ip, port) is not None)
 
     async def connect_tcp(self, ip: str, port: int, timeout: float = 5.0) -> Source:
-        """An outbound TCP connection (for requests to a TCP binding whose flow is gone)."""
+        """An outbound TCP connection (for requests to a TCP binding whose flow is gone);
+        an open one to that peer, ours or another worker's, is used instead."""
         cid = self._by_peer.get((ip, port))
         if cid is not None and cid in self._conns:
             c = self._conns[cid]
             return Source("tcp", ip, port, cid, c.local)
+        cid = self.elsewhere.conn_of_peer(ip, port) if self.elsewhere is not None else None
+        if cid is not None:
+            return Source("tcp", ip, port, cid, self.local_for("tcp", 0))
         loop = asyncio.get_running_loop()
         local = self.local_for("tcp", 0)
         _, proto = await asyncio.wait_for(

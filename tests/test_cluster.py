@@ -36,7 +36,12 @@ def test_new_call_id_hashes_to_this_worker() -> None:
 def test_handoff_frames_round_trip_and_refuse_garbage() -> None:
     src = Source("udp", "192.0.2.7", 5062, None, ("127.0.0.2", 5060))
     got = handoff.decode(handoff.encode(b"OPTIONS x", src))
-    assert got == (b"OPTIONS x", src)
+    assert got is not None and (got.kind, got.data, got.src) == (handoff.KIND_UDP, b"OPTIONS x",
+                                                                 src)
+    tcp = Source("tcp", "192.0.2.7", 40001, (1 << 40) | 3, ("127.0.0.2", 5060))
+    got = handoff.decode(handoff.encode(b"BYE x", tcp, handoff.KIND_TCP, (1 << 40) | 3))
+    assert got is not None and (got.kind, got.src, got.conn) == (handoff.KIND_TCP, tcp,
+                                                                 (1 << 40) | 3)
     frame = handoff.encode(b"OPTIONS x", src)
     assert handoff.decode(frame[:8]) is None
     assert handoff.decode(b"XXXX" + frame[4:]) is None
@@ -73,3 +78,62 @@ def test_register_rate_is_shared_between_workers() -> None:
     g = Guard(register_rate=10)
     g.rate_share = 2
     assert sum(g.rate_ok("192.0.2.1", 5.0) for _ in range(20)) == 5
+
+
+class _FakeHandOff:
+    """What ConnDirectory needs of a HandOff: who we are and a way to send frames."""
+
+    def __init__(self, index: int, count: int) -> None:
+        self.index, self.count = index, count
+        self.frames: list[tuple[int, handoff.Frame]] = []
+
+    def send_frame(self, worker: int, frame: bytes) -> bool:
+        got = handoff.decode(frame)
+        assert got is not None
+        self.frames.append((worker, got))
+        return True
+
+
+def test_conn_directory_learns_writes_and_forgets() -> None:
+    """Worker 0 and 1 of two: each learns the other's connections from its announcements,
+    a write to worker 1's connection goes to worker 1, and a restarted worker 1 (HELLO)
+    makes worker 0 forget the old ones and announce its own."""
+    shift = 40
+    written: list[tuple[int, bytes]] = []
+
+    def write_local(conn_id: int, data: bytes) -> bool:
+        written.append((conn_id, data))
+        return True
+
+    h0, h1 = _FakeHandOff(0, 2), _FakeHandOff(1, 2)
+    mine = [(5, ("192.0.2.5", 40000))]
+    d0 = handoff.ConnDirectory(h0, shift, write_local, lambda: mine)  # type: ignore[arg-type]
+    d1 = handoff.ConnDirectory(h1, shift, lambda c, b: False, lambda: [])  # type: ignore[arg-type]
+    c1 = (1 << shift) | 7
+    d1.opened(c1, ("192.0.2.9", 41000))
+    (to, f), = h1.frames
+    assert to == 0 and f.kind == handoff.KIND_UP
+    d0.on_frame(1, f)
+    assert d0.has(c1) and d0.conn_of_peer("192.0.2.9", 41000) == c1
+    assert d0.write(c1, b"SIP/2.0 200 OK")
+    (to, w), = h0.frames
+    assert to == 1 and w.kind == handoff.KIND_WRITE and w.data == b"SIP/2.0 200 OK"
+    d1.on_frame(0, w)  # worker 1's connection is gone: counted, not written
+    assert d1.lost_writes == 1
+    d0.on_frame(1, handoff.Frame(handoff.KIND_UP, b"", Source("tcp", "192.0.2.1", 1, None,
+                                                                ("", 0)), 3))
+    assert not d0.has(3)  # a worker speaks for its own connections only
+    h1.frames.clear()
+    d1.hello()
+    (to, hello), = h1.frames
+    h0.frames.clear()
+    d0.on_frame(1, hello)
+    assert not d0.has(c1)
+    (to, up), = h0.frames
+    assert to == 1 and up.kind == handoff.KIND_UP and up.conn == 5
+    d1.on_frame(0, up)
+    assert d1.conn_of_peer("192.0.2.5", 40000) == 5
+    d1.on_frame(0, handoff.Frame(handoff.KIND_DOWN, b"", up.src, 5))
+    assert not d1.has(5) and d1.conn_of_peer("192.0.2.5", 40000) is None
+    d0.on_frame(1, handoff.Frame(handoff.KIND_WRITE, b"x", up.src, 5))
+    assert written == [(5, b"x")]

@@ -394,6 +394,21 @@ def test_clock_jumping_back_does_not_reopen_pruned_nonce() -> None:
     assert s.verify(answer(old), "REGISTER", T0 + 1, Lookup()).status is STALE
 
 
+def test_nonce_minted_in_the_millisecond_of_the_start_is_not_stale() -> None:
+    """A server built at T (``not_before``) and asked within the same millisecond:
+    its nonce must pass (the flaky 401 stale=true of test_registrar_redis), while a
+    predecessor's nonce of that same millisecond stays stale (no replay across a restart)."""
+    start = T0 + 0.0003  # not_before has sub-millisecond precision, nonces do not
+    before = server(not_before=start - 10)
+    [old] = before.challenge(start - 0.0002)  # the predecessor, same millisecond
+    s = server(not_before=start)
+    [ch] = s.challenge(start + 0.0004)  # still millisecond T0 + 0.000
+    assert s.verify(answer(ch), "REGISTER", start + 0.001, Lookup()).status is OK
+    assert s.verify(answer(old), "REGISTER", start + 0.001, Lookup()).status is STALE
+    [late] = s.challenge(start + 2)
+    assert s.verify(answer(late), "REGISTER", start + 2, Lookup()).status is OK
+
+
 def test_forged_and_garbled_nonces_invalid() -> None:
     s = server()
     [ch] = s.challenge(T0)

@@ -169,3 +169,34 @@ def test_a_finished_call_is_not_kept_alive_by_its_timers() -> None:
     assert txs and all(tx.request is None for tx in txs)  # Accepted: 2xx still relayed
     h.phone(200, "OK")  # a retransmitted 2xx still goes up (RFC 6026)
     assert h.upstream == [180, 200, 200]
+
+
+def test_ip_domains_of_other_hosts_are_not_taken_for_us() -> None:
+    """A cluster lists every host's address among its domains: only the ones we are bound
+    to (or any, on a wildcard bind) mean us; names always do."""
+    h = Harness()
+    h.fw.set_addresses([Listen("udp", "192.0.2.1", 5060)],
+                       ("192.0.2.1", "192.0.2.2", "sip.example.com"))
+    assert h.fw.local.is_our_uri("sip:192.0.2.1:5060;lr")
+    assert not h.fw.local.is_our_uri("sip:192.0.2.2:5060;lr")  # host B, same port
+    assert h.fw.local.is_our_uri("sip:sip.example.com:5060;lr")
+    h.fw.set_addresses([Listen("udp", "0.0.0.0", 5060)], ("192.0.2.2",))
+    assert h.fw.local.is_our_uri("sip:192.0.2.2:5060;lr")  # could be ours: we cannot tell
+
+
+def test_an_alias_is_kept_while_a_route_leads_to_another_host() -> None:
+    """In a cluster the alias belongs to the host where the flow lives: a hop that still
+    has a Route to follow passes the Request-URI on as it is."""
+    h = Harness()
+    data = (b"BYE sip:alice@10.0.0.5;alias=203.0.113.7~40000~1 SIP/2.0\r\n"
+            b"Via: SIP/2.0/UDP 192.0.2.40:5060;branch=z9hG4bKbye1\r\n"
+            b"Route: <sip:192.0.2.2:5060;lr>\r\n"
+            b"Max-Forwards: 70\r\nFrom: <sip:bob@192.0.2.1>;tag=b1\r\n"
+            b"To: <sip:alice@192.0.2.1>;tag=a1\r\nCall-ID: c2@192.0.2.9\r\nCSeq: 2 BYE\r\n"
+            b"Content-Length: 0\r\n\r\n")
+    req = parse_message(data)
+    assert isinstance(req, Request)
+    h.fw.fork(req, req, PHONE, h.tx, [Target(req.uri)], record_route=False)  # type: ignore[arg-type]
+    dest, sent = h.sent[-1]
+    assert (dest.ip, dest.port) == ("192.0.2.2", 5060)  # to the Route, not to the alias
+    assert sent.startswith(b"BYE sip:alice@10.0.0.5;alias=203.0.113.7~40000~1 SIP/2.0")

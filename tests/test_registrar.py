@@ -477,6 +477,30 @@ def test_path_stored_and_echoed_only_with_supported_path(h: Harness) -> None:
         "<sip:edge.example.com;lr>",)
 
 
+def test_edge_path_goes_on_top_of_the_stored_path_and_is_not_echoed(h: Harness) -> None:
+    """Proxy mode: this server's own Path value (naming the phone's flow) is stored per
+    Contact on top of the phone's Path, but the 200 echoes only what the phone sent."""
+    asked: list[tuple[str, bool]] = []
+
+    def edge(contact: str, outbound: bool) -> str | None:
+        asked.append((contact, outbound))
+        return None if "direct" in contact else "<sip:TOKEN@192.0.2.9:5060;lr;ob>"
+
+    req = h.request(["<sip:nat@10.0.0.5>", f"<sip:direct@192.0.2.1>;{INST};reg-id=1"],
+                    expires=600, headers=[("Path", "<sip:edge.example.com;lr>"),
+                                          ("Supported", "path")])
+    plan = h.reg.plan(req, "10", SRC, NOW, edge)
+    assert plan.fn is not None
+    after = h.run(h.store.update(plan.aor, NOW, plan.fn))
+    reply = plan.reply(after, NOW)
+    assert asked == [("sip:nat@10.0.0.5", False), ("sip:direct@192.0.2.1", True)]
+    assert [v for k, v in reply.headers if k == "Path"] == ["<sip:edge.example.com;lr>"]
+    paths = {b.contact: b.path for b in h.bindings()}
+    assert paths == {"sip:nat@10.0.0.5": ("<sip:TOKEN@192.0.2.9:5060;lr;ob>",
+                                          "<sip:edge.example.com;lr>"),
+                     "sip:direct@192.0.2.1": ("<sip:edge.example.com;lr>",)}
+
+
 # -- what is stored ----------------------------------------------------------------------
 
 def test_binding_records_source_call_id_and_user_agent(h: Harness) -> None:

@@ -430,10 +430,11 @@ def test_redis_key_layout(redis_server: RedisServer, tmp_path: Path) -> None:
             await store.update(AOR, now, put(mk("b1", exp=now + 100)))
             await store.set_state("runstate", "night")
         port = redis_server.port
-        assert _redis_cmd(port, "EXISTS", f"sipyard:b:{AOR}:b1") == b":1\r\n"
-        ttl = int(_redis_cmd(port, "PTTL", f"sipyard:b:{AOR}:b1")[1:])
+        # the AOR is the hash tag of each of its keys (one Redis Cluster slot)
+        assert _redis_cmd(port, "EXISTS", f"sipyard:b:{{{AOR}}}:b1") == b":1\r\n"
+        ttl = int(_redis_cmd(port, "PTTL", f"sipyard:b:{{{AOR}}}:b1")[1:])
         assert 95_000 < ttl <= 100_000
-        assert b"b1" in _redis_cmd(port, "SMEMBERS", f"sipyard:aor:{AOR}")
+        assert b"b1" in _redis_cmd(port, "SMEMBERS", f"sipyard:aor:{{{AOR}}}")
         assert AOR.encode() in _redis_cmd(port, "SMEMBERS", "sipyard:aors")
         assert b"night" in _redis_cmd(port, "GET", "sipyard:state:runstate")
 

@@ -17,6 +17,20 @@ themselves, so only the server's own user can inject frames; a frame whose
 sender is not a hand-off socket of that directory is dropped, as is any frame
 that does not decode.
 
+TCP. A connection is a socket of the worker that accepted (or opened) it, but
+its messages belong to calls like any other: a message read from a connection
+whose Call-ID another worker owns is handed to that owner as well, naming the
+connection, and whatever the owner sends on that connection (the response, a
+request down the phone's flow) comes back as a *write* frame that the
+connection's worker writes. So every packet of a call — a CANCEL on another
+connection, the callee's responses on its own — reaches the process holding
+the transaction, over UDP or TCP. To answer "is this connection (or a
+connection to this peer) still open?" without a round trip, each worker
+announces its connections as they open and close (:class:`ConnDirectory`); a
+worker that (re)starts asks the others for theirs and they forget what the
+previous one had. A write to a connection that closed meanwhile is dropped
+like a packet the network lost: the transaction's timer covers it.
+
 Why datagrams: one packet is one frame (no framing state, no head-of-line
 blocking), a full receiver drops rather than stalls the sender (the UDP peer
 retransmits), and a dead owner shows as ECONNREFUSED/ENOENT at once, in which
@@ -34,37 +48,53 @@ import socket
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from ..sip.source import Source
 
-__all__ = ["HandOff", "socket_path"]
+__all__ = ["HandOff", "ConnDirectory", "Frame", "socket_path"]
 
 log = logging.getLogger("sipyard.cluster")
 
-_MAGIC = b"SYH1"
-_HEAD = struct.Struct("!4sBHHBB")  # magic, kind, src port, local port, len(src ip), len(local ip)
-KIND_UDP = 1
+_MAGIC = b"SYH2"
+#: magic, kind, port, local port, len(ip), len(local ip), connection id
+_HEAD = struct.Struct("!4sBHHBBQ")
+KIND_UDP = 1  # a packet from the network, UDP
+KIND_TCP = 2  # a message read from the sender's TCP connection ``conn``
+KIND_WRITE = 3  # write ``data`` on the receiver's connection ``conn``
+KIND_UP = 4  # the sender opened connection ``conn`` to peer ip:port
+KIND_DOWN = 5  # ... and it closed
+KIND_HELLO = 6  # the sender (re)started: forget its connections, announce yours to it
+_KINDS = frozenset(range(KIND_UDP, KIND_HELLO + 1))
 #: AF_UNIX datagrams this large pass with the default buffers (max_message_size ≤ 64 KiB)
 _MAX_FRAME = 70_000
+_NO_ADDR = ("", 0)
 
 
 def socket_path(run_dir: Path, index: int) -> Path:
     return run_dir / f"h{index}.sock"
 
 
-def encode(data: bytes, src: Source) -> bytes:
+class Frame(NamedTuple):
+    kind: int
+    data: bytes
+    src: Source  # UDP/TCP: where the packet came from and to; UP/DOWN: the peer
+    conn: int
+
+
+def encode(data: bytes, src: Source, kind: int = KIND_UDP, conn: int = 0) -> bytes:
     ip = src.ip.encode("ascii")
     lip = src.local[0].encode("ascii")
-    return b"".join((_HEAD.pack(_MAGIC, KIND_UDP, src.port, src.local[1], len(ip), len(lip)),
+    return b"".join((_HEAD.pack(_MAGIC, kind, src.port, src.local[1], len(ip), len(lip), conn),
                      ip, lip, data))
 
 
-def decode(frame: bytes) -> tuple[bytes, Source] | None:
-    """The packet and its (UDP) source, or None for anything malformed."""
+def decode(frame: bytes) -> Frame | None:
+    """The frame's parts, or None for anything malformed."""
     if len(frame) < _HEAD.size:
         return None
-    magic, kind, port, lport, n_ip, n_lip = _HEAD.unpack_from(frame)
-    if magic != _MAGIC or kind != KIND_UDP:
+    magic, kind, port, lport, n_ip, n_lip, conn = _HEAD.unpack_from(frame)
+    if magic != _MAGIC or kind not in _KINDS:
         return None
     at = _HEAD.size
     try:
@@ -73,9 +103,15 @@ def decode(frame: bytes) -> tuple[bytes, Source] | None:
     except UnicodeDecodeError:
         return None
     data = frame[at + n_ip + n_lip:]
-    if len(ip) != n_ip or len(lip) != n_lip or not data or not port:
+    if len(ip) != n_ip or len(lip) != n_lip:
         return None
-    return data, Source("udp", ip, port, None, (lip, lport))
+    if kind in (KIND_UDP, KIND_TCP, KIND_WRITE) and not data:
+        return None
+    if kind in (KIND_UDP, KIND_TCP, KIND_UP, KIND_DOWN) and not port:
+        return None
+    transport = "udp" if kind == KIND_UDP else "tcp"
+    return Frame(kind, data, Source(transport, ip, port, conn if kind == KIND_TCP else None,
+                                    (lip, lport)), conn)
 
 
 class HandOff:
@@ -88,7 +124,9 @@ class HandOff:
         self.count = count
         self.deliver = deliver
         self._paths = [str(socket_path(run_dir, i)) for i in range(count)]
-        self._peers = frozenset(self._paths)
+        self._peers = {p: i for i, p in enumerate(self._paths)}
+        #: TCP: the connections of the other workers (set by the worker role)
+        self.directory: ConnDirectory | None = None
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: counters for status and tests
@@ -131,17 +169,27 @@ class HandOff:
             os.unlink(self._paths[self.index])
 
     def send(self, owner: int, data: bytes, src: Source) -> bool:
-        """Pass a packet to its owner. False: the owner is not there, handle it here."""
+        """Pass a packet (UDP, or a message read from one of our TCP connections) to its
+        owner. False: the owner is not there, handle it here."""
+        if src.transport == "udp":
+            return self.send_frame(owner, encode(data, src))
+        if src.conn_id is None:
+            return False
+        return self.send_frame(owner, encode(data, src, KIND_TCP, src.conn_id))
+
+    def send_frame(self, owner: int, frame: bytes) -> bool:
         sock = self._sock
         if sock is None:
             return False
         try:
-            sock.sendto(encode(data, src), self._paths[owner])
+            sock.sendto(frame, self._paths[owner])
         except (BlockingIOError, InterruptedError):
             self.dropped += 1  # the owner is swamped: drop, the peer retransmits
             return True
         except (ConnectionRefusedError, FileNotFoundError):
             self.local_fallback += 1  # restarting: its transactions are gone anyway
+            if self.directory is not None:
+                self.directory.forget(owner)  # and its connections with them
             return False
         except (OSError, UnicodeEncodeError) as exc:
             log.debug("hand-off to worker %d failed: %s", owner, exc)
@@ -163,7 +211,8 @@ class HandOff:
             except OSError as exc:
                 log.debug("hand-off receive failed: %s", exc)
                 return
-            if sender not in self._peers:
+            peer = self._peers.get(sender)
+            if peer is None or peer == self.index:
                 self.dropped += 1
                 continue
             got = decode(frame)
@@ -172,7 +221,102 @@ class HandOff:
                 continue
             self.received += 1
             try:
-                deliver(*got)
+                if got.kind in (KIND_UDP, KIND_TCP):
+                    deliver(got.data, got.src)
+                elif self.directory is not None:
+                    self.directory.on_frame(peer, got)
             except Exception:
                 log.exception("handling a handed-off packet failed")
             sock = self._sock
+
+
+class ConnDirectory:
+    """The TCP connections of the other workers of this host, and writing on them.
+
+    Duck-types what :class:`~sipyard.transport.Transports` asks of ``elsewhere``.
+    A connection id names its worker (``id >> shift``, see
+    :mod:`sipyard.cluster.worker`), so a write needs no lookup; the tables
+    answer whether a connection, or one to a peer, is open somewhere.
+    """
+
+    def __init__(self, handoff: HandOff, shift: int,
+                 write_local: Callable[[int, bytes], bool],
+                 local_conns: Callable[[], list[tuple[int, tuple[str, int]]]]) -> None:
+        self.handoff = handoff
+        self.shift = shift
+        self._write_local = write_local
+        self._local_conns = local_conns
+        self._conns: dict[int, tuple[str, int]] = {}
+        self._by_peer: dict[tuple[str, int], int] = {}
+        #: frames asking us to write on a connection that was already gone
+        self.lost_writes = 0
+
+    # -- what the transports ask ------------------------------------------------------
+    def has(self, conn_id: int) -> bool:
+        return conn_id in self._conns
+
+    def conn_of_peer(self, ip: str, port: int) -> int | None:
+        return self._by_peer.get((ip, port))
+
+    def write(self, conn_id: int, data: bytes) -> bool:
+        """Hand ``data`` to the worker holding ``conn_id``; False when none does."""
+        if conn_id not in self._conns:
+            return False
+        frame = encode(data, Source("tcp", "", 0, None, _NO_ADDR), KIND_WRITE, conn_id)
+        return self.handoff.send_frame(conn_id >> self.shift, frame)
+
+    def opened(self, conn_id: int, peer: tuple[str, int]) -> None:
+        self._announce(KIND_UP, conn_id, peer)
+
+    def closed(self, conn_id: int, peer: tuple[str, int]) -> None:
+        self._announce(KIND_DOWN, conn_id, peer)
+
+    def hello(self) -> None:
+        """At start: the others forget what our predecessor had and tell us theirs."""
+        frame = encode(b"", Source("tcp", "", 0, None, _NO_ADDR), KIND_HELLO)
+        for i in range(self.handoff.count):
+            if i != self.handoff.index:
+                self.handoff.send_frame(i, frame)
+
+    # -- what the other workers tell us --------------------------------------------------
+    def on_frame(self, sender: int, f: Frame) -> None:
+        if f.kind == KIND_WRITE:
+            if (f.conn >> self.shift) != self.handoff.index or not self._write_local(f.conn, f.data):
+                self.lost_writes += 1
+        elif f.kind in (KIND_UP, KIND_DOWN):
+            if (f.conn >> self.shift) != sender:
+                return  # a worker speaks for its own connections only
+            peer = (f.src.ip, f.src.port)
+            if f.kind == KIND_UP:
+                self._conns[f.conn] = peer
+                self._by_peer[peer] = f.conn
+            else:
+                self._drop(f.conn)
+        elif f.kind == KIND_HELLO:
+            self.forget(sender)
+            for conn_id, peer in self._local_conns():
+                self._send(sender, KIND_UP, conn_id, peer)
+
+    def forget(self, worker: int) -> None:
+        for conn_id in [c for c in self._conns if (c >> self.shift) == worker]:
+            self._drop(conn_id)
+
+    def _drop(self, conn_id: int) -> None:
+        peer = self._conns.pop(conn_id, None)
+        if peer is not None and self._by_peer.get(peer) == conn_id:
+            del self._by_peer[peer]
+            other = next((c for c, p in self._conns.items() if p == peer), None)
+            if other is not None:
+                self._by_peer[peer] = other
+
+    def _announce(self, kind: int, conn_id: int, peer: tuple[str, int]) -> None:
+        for i in range(self.handoff.count):
+            if i != self.handoff.index:
+                self._send(i, kind, conn_id, peer)
+
+    def _send(self, worker: int, kind: int, conn_id: int, peer: tuple[str, int]) -> None:
+        try:
+            frame = encode(b"", Source("tcp", peer[0], peer[1], None, _NO_ADDR), kind, conn_id)
+        except UnicodeEncodeError:
+            return
+        self.handoff.send_frame(worker, frame)

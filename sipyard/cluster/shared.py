@@ -12,7 +12,8 @@ state                  where                   why
 bindings               Redis (the store)       write-through, WATCH/MULTI per AOR
 run state, presence    Redis (store state)     a change is polled by every process and
                                                applied with a reload (≤ 1 s)
-digest nonce secret    Redis ``cluster:secret``  every process must take every nonce as ours
+digest nonce secret    Redis ``cluster:secret``  every process must take every nonce as ours;
+                                               also keys the flow tokens (Path, RFC 5626)
 nonce counts (replay)  per process, by design  a nonce names its issuer (random 16-bit
                                                node id); another node answers it STALE,
                                                so each count lives in exactly one table
@@ -26,7 +27,9 @@ active calls (limits)  Redis ``calls:<node>``  each process publishes its per-li
 transactions, dialogs  per process (owner)     Call-ID ownership sends every packet of a
                                                call to the process that holds them
 trunk registrations    worker 0 only           ``OpsContext.primary`` (one per site)
-TCP connections        per process             a connection is a socket of one process
+TCP connections        per process             a connection is a socket of one process;
+                                               the workers of a host announce theirs and
+                                               write for each other (cluster.handoff)
 =====================  ======================  ==========================================
 """
 
@@ -149,13 +152,22 @@ class SharedState:
     async def _unban(self, ip: str | None) -> None:
         try:
             if ip is not None:
-                await self.redis.delete(self.prefix + "ban:" + ip, self.prefix + "fail:" + ip)
-                return
-            keys = [k async for k in self.redis.scan_iter(self.prefix + "ban:*", count=1000)]
-            if keys:
-                await self.redis.delete(*keys)
+                keys = [self.prefix + "ban:" + ip, self.prefix + "fail:" + ip]
+            else:
+                keys = [k async for k in self.redis.scan_iter(self.prefix + "ban:*", count=1000)]
+            await self._each(keys, "delete")
         except (RedisError, OSError) as exc:
             log.debug("shared unban: %s", exc)
+
+    async def _each(self, keys: list[str], command: str) -> list[Any]:
+        """``command`` on each key, pipelined, one key per command: keys of different
+        hash slots never share a command (Redis Cluster, see sipyard.store.redis_keys)."""
+        if not keys:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for k in keys:
+                getattr(pipe, command)(k)
+            return list(await pipe.execute())
 
     # -- the background mirror --------------------------------------------------------------
     async def _loop(self) -> None:
@@ -180,7 +192,7 @@ class SharedState:
         now = self.ctx.now()
         plen = len(self.prefix) + 4
         keys = [k async for k in self.redis.scan_iter(self.prefix + "ban:*", count=1000)]
-        values = await self.redis.mget(keys) if keys else []
+        values = await self._each(keys, "get")
         seen: set[str] = set()
         for k, v in zip(keys, values, strict=True):
             if not v:

@@ -14,8 +14,11 @@ from here so the request path of a lone server stays as it is:
 * only worker 0 runs the site-wide singletons (web page, metrics, and the
   hook for trunk registrations, ``OpsContext.primary``).
 
-TCP is not handed off: a connection is accepted by one worker and every
-message on it is handled there (its replies must leave on that connection).
+TCP messages are handed off the same way: the connection stays with the
+worker that accepted it, the message goes to the Call-ID's owner, and what
+the owner sends on the connection comes back to the holder to write
+(:class:`~sipyard.cluster.handoff.ConnDirectory`, which also tells every
+worker which connections the others hold).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..sip.source import Source
-from .handoff import HandOff
+from .handoff import ConnDirectory, HandOff
 from .ownership import IDENTITY, owner_of
 
 __all__ = ["WorkerRole", "from_env", "ENV_WORKER", "ENV_RUN"]
@@ -87,27 +90,32 @@ class WorkerRole:
         handoff.open()
         if self.count > 1:
             transports.handler = self.ingress
+            directory = handoff.directory = ConnDirectory(
+                handoff, _CONN_ID_SHIFT, transports.write_conn, transports.tcp_peers)
+            transports.elsewhere = directory
+            directory.hello()
         self.app.ops.ctx.status_extra = self.status
         parent = os.getppid()
         self._watch = asyncio.ensure_future(self._watch_parent(parent))
 
     def ingress(self, data: bytes, src: Source) -> None:
-        """Every packet from the transports: UDP packets of another worker go to it."""
-        if src.transport == "udp":
-            owner = owner_of(data, self.count)
-            if owner is not None and owner != self.index:
-                handoff = self.handoff
-                if handoff is not None and handoff.send(owner, data, src):
-                    return
+        """Every packet from the transports: one of another worker's calls goes to it."""
+        owner = owner_of(data, self.count)
+        if owner is not None and owner != self.index:
+            handoff = self.handoff
+            if handoff is not None and handoff.send(owner, data, src):
+                return
         inner = self._inner
         assert inner is not None
         inner(data, src)
 
     def status(self) -> dict[str, Any]:
         h = self.handoff
+        d = h.directory if h else None
         return {"worker": self.index, "handoff": {
             "sent": h.sent if h else 0, "received": h.received if h else 0,
-            "dropped": h.dropped if h else 0, "local_fallback": h.local_fallback if h else 0}}
+            "dropped": h.dropped if h else 0, "local_fallback": h.local_fallback if h else 0,
+            "lost_writes": d.lost_writes if d else 0}}
 
     async def _watch_parent(self, parent: int) -> None:
         """A worker whose supervisor is gone (kill -9) stops instead of living on alone."""

@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..eager import resume_started
+from ..flowtoken import EdgePath, FlowToken
 from ..forwarder import Fork, Forwarder, Hop, Observer, contact_aliased, flow_dest, uri_dest
 from ..nat import Flow, behind_nat, split_alias
 from ..proxy.actions import Target
@@ -47,7 +48,7 @@ from ..proxy.checks import (
     check_max_forwards,
     route_set_too_large,
 )
-from ..proxy.routing import forward_request, preprocess_routes, route_uri
+from ..proxy.routing import DIALOG_CREATING, forward_request, preprocess_routes, route_uri
 from ..redirect.pipeline import line_aor
 from ..redirect.redirectors._rules import trunk_of
 from ..sip.errors import ParseError
@@ -107,6 +108,9 @@ class ProxyHandler:
         #: ACKs waiting for a TCP connection to their next hop
         self._acks: set[asyncio.Task[None]] = set()
         forwarder.resolver = self._resolve_soon
+        #: this host as edge proxy (Path + flow token, set by the app): which Path values
+        #: are ours, and the flows our tokens name
+        self.edge: EdgePath | None = None
 
     # -- entry ----------------------------------------------------------------------
     def handle(self, req: Request, src: Source, tx: ServerTransaction) -> Awaitable[None] | None:
@@ -118,7 +122,10 @@ class ProxyHandler:
         try:
             uri = req.ruri
             ours = self.fw.local
-            has_route = bool(req.get_all("route"))
+            routes = req.get_all("route")
+            has_route = bool(routes)
+            # a Path of ours on top: another host of the cluster routes to a flow of ours
+            token = self.edge.own(routes[0])[1] if has_route and self.edge is not None else None
             to_us = (not has_route and isinstance(uri, SipUri) and not uri.user
                      and (ours.is_our_uri(uri) or self.current.config.is_our_domain(
                          uri.host_lower)))
@@ -144,14 +151,35 @@ class ProxyHandler:
             return None
         if to_tag is not None:
             return self._in_dialog(req, received, src, tx, popped)
+        if token is not None:
+            return self._to_flow(req, received, src, tx, token)
         return self._new(req, received, src, tx, popped)
+
+    async def _to_flow(self, req: Request, received: Request, src: Source,
+                       tx: ServerTransaction, token: FlowToken) -> None:
+        """Down the flow our token names (RFC 5626 §5.3): the host that sent it has done
+        the caller's authentication, the chain and the call record; we are a hop."""
+        if req.method == "INVITE":
+            self.out.respond(tx, req, 100, "Trying")
+        hop = await self._flow_hop(token.flow, token.conn_id, token.fallback, received.uri, ())
+        if tx.key in self.cancelled:
+            self.cancelled.discard(tx.key)
+            self.out.respond(tx, req, 487, "Request Terminated")
+            return
+        if hop is None:
+            self.out.respond(tx, req, 430, "Flow Failed")
+            return
+        self.fw.fork(req, received, src, tx, [Target(received.uri, data=hop)],
+                     record_route=req.method in DIALOG_CREATING)
 
     # -- in-dialog ----------------------------------------------------------------------
     def _in_dialog(self, req: Request, received: Request, src: Source, tx: ServerTransaction,
                    popped: bool) -> Awaitable[None] | None:
         out = self.out
         method = req.method
-        target, flow = split_alias(received.uri)
+        # an alias is ours only when no Route is left (else the next host's: a cluster)
+        target, flow = ((received.uri, None) if received.get_all("route")
+                        else split_alias(received.uri))
         cfg = self.current.config
         if not (popped or flow is not None or trusted(cfg, src.ip)):
             if method == "NOTIFY":
@@ -218,8 +246,10 @@ class ProxyHandler:
             if (req.max_forwards or 1) <= 0:
                 return
             received = preprocess_routes(req, self.fw.local)
-            popped = len(received.get_all("route")) < len(req.get_all("route"))
-            target, flow = split_alias(received.uri)
+            routes = received.get_all("route")
+            popped = len(routes) < len(req.get_all("route"))
+            # with a Route left, the alias is the next host's to resolve: keep it
+            target, flow = (received.uri, None) if routes else split_alias(received.uri)
             if not (popped or flow is not None or trusted(self.current.config, src.ip)):
                 return
             dest = self._next_dest(received, target, flow)
@@ -426,7 +456,7 @@ class ProxyHandler:
                 keeper.upstream(call, status, reason, resp, fork.ctx.cancelled)
 
         self.fw.fork(req, received, src, tx, ready, observer=observer,
-                            record_route=req.method in ("INVITE", "SUBSCRIBE", "REFER", "NOTIFY"))
+                     record_route=req.method in DIALOG_CREATING)
 
     def _one_line(self, targets: list[Target]) -> str | None:
         """The line rung when every target is a binding of that one line (an alias, a DID
@@ -444,6 +474,15 @@ class ProxyHandler:
         b: Binding | None = t.data  # type: ignore[assignment]
         udp_local = self.sender_udp_local
         tr = self.sender.transports
+        if b is not None and b.path and self.edge is not None:
+            if not self.edge.own(b.path[0])[0]:
+                return Hop(None, b.path)  # the flow lives on another host: through it
+            # our own Path: the binding's flow is here (the stored record is ours to trust)
+            outbound = b.reg_id is not None and b.instance is not None
+            cid = int(b.conn_id) if b.conn_id and b.conn_id.isdigit() else None
+            return await self._flow_hop(
+                Flow(b.transport, b.source_ip, b.source_port), cid,
+                not behind_nat(b.contact, b.source_ip, outbound=outbound), t.uri, b.path[1:])
         if b is not None:
             outbound = b.reg_id is not None and b.instance is not None
             if behind_nat(b.contact, b.source_ip, outbound=outbound):
@@ -466,6 +505,25 @@ class ProxyHandler:
             except (OSError, TimeoutError):
                 return None
         return Hop(dest, b.path if b is not None else ())
+
+    async def _flow_hop(self, flow: Flow, conn_id: int | None, fallback: bool, uri: str,
+                        rest: tuple[str, ...]) -> Hop | None:
+        """A hop down one of our flows; a TCP flow that is gone is replaced by a connection
+        to the Contact when ``fallback`` (reachable directly), else None (430, RFC 5626)."""
+        tr = self.sender.transports
+        if flow.transport == "udp":
+            return Hop(flow_dest(flow, self.sender_udp_local), rest)
+        if conn_id is not None and tr.has_connection(conn_id):
+            return Hop(Source(flow.transport, flow.ip, flow.port, conn_id, ("", 0)), rest)
+        if not fallback:
+            return None
+        dest = uri_dest(uri, self.sender_udp_local) or await self._resolve(uri)
+        if dest is not None and dest.transport == "tcp" and dest.conn_id is None:
+            try:
+                dest = await tr.connect_tcp(dest.ip, dest.port)
+            except (OSError, TimeoutError):
+                return None
+        return Hop(dest, rest) if dest is not None else None
 
     def _resolve_soon(self, uri: str, done: Callable[[Source | None], None]) -> None:
         """The forwarder's resolver: look ``uri`` up (and connect, for TCP) in a task."""

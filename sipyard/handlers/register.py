@@ -14,7 +14,9 @@ from collections.abc import Awaitable
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
+from ..flowtoken import EdgePath
 from ..hooks import iso_time
+from ..nat import Flow
 from ..registrar import Plan, Reject, Reply
 from ..security import log_safe
 from ..sip.errors import ParseError
@@ -36,7 +38,8 @@ log = logging.getLogger("sipyard")
 class RegisterHandler:
     """RFC 3261 §10.3 on the wire; the rules themselves are the registrar's."""
 
-    __slots__ = ("current", "guard", "auth", "registrar", "store", "hooks", "stats", "out")
+    __slots__ = ("current", "guard", "auth", "registrar", "store", "hooks", "stats", "out",
+                 "edge")
 
     def __init__(self, parts: Parts, out: Responder) -> None:
         self.current = parts.current
@@ -47,6 +50,9 @@ class RegisterHandler:
         self.hooks = parts.hooks
         self.stats = parts.stats
         self.out = out
+        #: proxy mode: this server is the edge proxy of the phones registering here
+        #: (a Path naming their flow, :mod:`sipyard.flowtoken`); None in redirect mode
+        self.edge: EdgePath | None = None
 
     def handle(self, req: Request, src: Source, tx: ServerTransaction) -> Awaitable[None] | None:
         out = self.out
@@ -106,7 +112,11 @@ class RegisterHandler:
             if user not in cfg.lines:
                 self.out.respond(tx, req, 404, "Not Found")
                 return None
-        return registrar.plan(req, line, src, now)
+        edge = self.edge
+        if edge is None:
+            return registrar.plan(req, line, src, now)
+        return registrar.plan(req, line, src, now, edge.for_register(
+            Flow(src.transport, src.ip, src.port), src.conn_id, src.local))
 
     async def _update(self, req: Request, src: Source, tx: ServerTransaction, plan: Plan,
                       now: float) -> None:

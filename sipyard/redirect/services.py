@@ -48,7 +48,9 @@ class Services(Protocol):
       out-of-dialog request and return the final status (408 on timeout). ``headers`` carries
       From (with tag), To and Call-ID — the app must use these as given (NOTIFYs are routed by
       that Call-ID) — plus the method's own headers; the app adds Via, Max-Forwards, CSeq,
-      Contact, User-Agent and Content-Length.
+      Contact, User-Agent and Content-Length. A ``Route`` among them (a binding's Path) is
+      followed as the app's own requests to bindings are: this host's own Path value is
+      dropped, another host's or proxy's is the first hop (``messaging.Sender.route``).
     * ``register_notify(call_id, callback)`` / ``unregister_notify(call_id)``: the app answers
       in-dialog NOTIFYs with that Call-ID 200 and hands each to the callback.
     """

@@ -366,7 +366,7 @@ class DigestServer:
     __slots__ = (
         "realm", "nonce_ttl", "max_skew", "max_tracked", "_algs", "_mask", "_mac",
         "_prefix", "_suffixes", "_opaque", "_dummy", "_ctr", "_nc", "_order",
-        "_floor", "_offer_cache", "node",
+        "_floor", "_offer_cache", "node", "_min_ms",
     )
 
     def __init__(self, secret: bytes, realm: str, *, nonce_ttl: float = 300.0,
@@ -412,6 +412,13 @@ class DigestServer:
         self._order: deque[tuple[float, bytes]] = deque()  # (nonce ts, MAC), insertion order
         # highest timestamp of any nonce dropped from _nc (or issued before we started)
         self._floor = -math.inf if not_before is None else float(not_before)
+        # Our nonces carry milliseconds, ``not_before`` does not: one minted in the
+        # millisecond we were built in would read as issued at or before the floor and
+        # be answered STALE at once (a phone registering 1 ms after a (re)start, or
+        # after the secret became the cluster's). So they are stamped no earlier than the
+        # next millisecond; the predecessor's nonces of that millisecond stay stale.
+        self._min_ms = 0 if not_before is None else min(
+            _MAX_MS, max(0, math.floor(float(not_before) * 1000.0) + 1))
 
     @property
     def algorithms(self) -> tuple[str, ...]:
@@ -451,7 +458,7 @@ class DigestServer:
 
     def _nonce(self, now: float, mask: int) -> str:
         ms = int(now * 1000.0) if math.isfinite(now) else 0
-        ms = 0 if ms < 0 else min(ms, _MAX_MS)
+        ms = self._min_ms if ms < self._min_ms else min(ms, _MAX_MS)
         self._ctr = (self._ctr + 1) & _CTR_MASK
         if self.node is not None:
             self._ctr = (self.node << _NODE_SHIFT) | (self._ctr & _NODE_LOW)

@@ -1,20 +1,9 @@
 """Redis location store: several workers or hosts share one set of bindings.
 
-Keys (prefix ``sipyard:`` by default, ``?key_prefix=`` in the URL changes it):
-
-* ``sipyard:b:<aor>:<binding_id>`` — a hash per binding (one field per
-  :class:`Binding` field; None fields absent), ``PEXPIREAT`` at its expiry, so
-  redis itself drops expired bindings and no sweeper is needed.
-* ``sipyard:aor:<aor>`` — set of the AOR's binding ids, ``PEXPIREAT`` at the
-  latest expiry of its bindings; ids whose hash has expired are pruned lazily
-  by reads (a Lua script reads set and hashes in one round trip).
-* ``sipyard:aors`` — set of AORs, for :meth:`RedisStore.all`; pruned lazily.
-* ``sipyard:state:<key>`` — state values.
-* ``sipyard:end:<aor>:<binding_id>:<expires_at>`` — short-lived "someone has
-  reported the end of this binding version" markers (see Expiry).
-
-Scripts touch keys they compute from ``ARGV``: fine for a standalone redis or
-a replicated primary, not for Redis Cluster.
+Keys: see :mod:`sipyard.store.redis_keys` (one hash slot per AOR, so a Redis
+Cluster can hold them; the index of AORs is maintained outside the AOR's
+transactions for the same reason). A database still in the layout of
+earlier versions is migrated by :meth:`RedisStore.open`.
 
 Atomicity. :meth:`update` is optimistic: ``WATCH`` the AOR's id set, read the
 bindings, run ``fn``, then ``MULTI … EXEC`` the delta, always touching the id
@@ -27,7 +16,8 @@ Expiry. Redis deletes expired hashes silently, so ``release`` events need a
 source. This store keeps a *known set*: the bindings it wrote, plus everything
 present at :meth:`open` (a restarted single worker still reports bindings
 registered before the restart). :meth:`expire` takes the known bindings
-whose time has come and, in one Lua call, *claims* each one: a claim succeeds
+whose time has come and, in one Lua call per AOR (pipelined), *claims* each
+one: a claim succeeds
 if the binding's hash is gone or still holds that same version, and a
 ``SET … NX`` on its ``end:`` marker is won. So of several workers knowing a
 binding exactly one reports it; a version that was refreshed by another
@@ -53,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import random
 import time
@@ -78,6 +67,7 @@ from redis.exceptions import (
 
 from .base import Binding, LocationStore, StoreError, UpdateFn, normalize_update, sort_key
 from .cache import BindingCache, KeyedLocks
+from .redis_keys import CLAIM, COUNT, LAYOUT, READ, Keys, Script
 
 __all__ = ["RedisStore"]
 
@@ -88,80 +78,8 @@ MAX_CONNECTIONS = 32
 MAX_ATTEMPTS = 64
 #: how long an ``end:`` marker outlives the binding version it settles (ms)
 END_MARKER_MS = 600_000
-#: AORs per script call in all()/count()/open()
+#: AORs per pipeline (one script call each) in all()/count()/expire()/open()
 CHUNK = 256
-
-_READ_LUA = """
-local prefix, prune = ARGV[1], ARGV[2] == '1'
-local out = {}
-for i = 3, #ARGV do
-  local aor = ARGV[i]
-  local setkey = prefix .. 'aor:' .. aor
-  local hashes = {}
-  for _, id in ipairs(redis.call('SMEMBERS', setkey)) do
-    local h = redis.call('HGETALL', prefix .. 'b:' .. aor .. ':' .. id)
-    if #h > 0 then
-      hashes[#hashes + 1] = h
-    elseif prune then
-      redis.call('SREM', setkey, id)
-    end
-  end
-  if prune and #hashes == 0 then
-    redis.call('SREM', KEYS[1], aor)
-  end
-  out[#out + 1] = hashes
-end
-return out
-"""
-
-_COUNT_LUA = """
-local prefix, now = ARGV[1], tonumber(ARGV[2])
-local n = 0
-for i = 3, #ARGV do
-  local aor = ARGV[i]
-  for _, id in ipairs(redis.call('SMEMBERS', prefix .. 'aor:' .. aor)) do
-    local exp = redis.call('HGET', prefix .. 'b:' .. aor .. ':' .. id, 'expires_at')
-    if exp and tonumber(exp) > now then n = n + 1 end
-  end
-end
-return n
-"""
-
-_CLAIM_LUA = """
-local prefix, ttl = ARGV[1], ARGV[2]
-local out = {}
-for i = 3, #ARGV, 3 do
-  local aor, id, exp = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local bkey = prefix .. 'b:' .. aor .. ':' .. id
-  local setkey = prefix .. 'aor:' .. aor
-  local cur = redis.call('HGET', bkey, 'expires_at')
-  local won = 0
-  if (not cur or cur == exp)
-      and redis.call('SET', prefix .. 'end:' .. aor .. ':' .. id .. ':' .. exp, '1',
-                     'NX', 'PX', ttl) then
-    won = 1
-    if cur then redis.call('DEL', bkey) end
-    redis.call('SREM', setkey, id)
-    if redis.call('SCARD', setkey) == 0 then redis.call('SREM', KEYS[1], aor) end
-  end
-  out[#out + 1] = won
-end
-return out
-"""
-
-
-class _Script:
-    __slots__ = ("src", "sha")
-
-    def __init__(self, src: str) -> None:
-        self.src = src
-        self.sha = hashlib.sha1(src.encode()).hexdigest()
-
-
-_READ = _Script(_READ_LUA)
-_COUNT = _Script(_COUNT_LUA)
-_CLAIM = _Script(_CLAIM_LUA)
-
 
 def _encode(b: Binding) -> dict[str, str]:
     d = {
@@ -222,14 +140,16 @@ class RedisStore(LocationStore):
         self.url = urlunsplit(parts._replace(
             query=urlencode([(k, v) for k, v in query if k != "key_prefix"])))
         self.prefix = key_prefix if key_prefix is not None else prefix or "sipyard:"
+        self.keys = Keys(self.prefix)
         self.track_expiry = track_expiry
-        self._aors_key = self.prefix + "aors"
         self._client: aioredis.Redis | None = None
         self._known = BindingCache()
         self._locks = KeyedLocks()
         self._expire_lock = asyncio.Lock()
         #: optimistic transactions retried because another process won (tests, metrics)
         self.conflicts = 0
+        #: bindings moved from the layout of earlier versions by open()
+        self.migrated = 0
 
     # -- life cycle ----------------------------------------------------------
 
@@ -251,6 +171,7 @@ class RedisStore(LocationStore):
         self._client = client
         try:
             await self._call(client.ping())
+            await self._migrate()
             known = BindingCache()
             if self.track_expiry:
                 known.load(await self.all(time.time()))
@@ -269,33 +190,41 @@ class RedisStore(LocationStore):
     # -- reads -----------------------------------------------------------------
 
     async def lookup(self, aor: str, now: float) -> list[Binding]:
-        raw = await self._eval(self._redis(), _READ, [self._aors_key], [self.prefix, "1", aor])
-        return self._visible(raw[0], now)
+        keys = self.keys
+        raw = await self._eval(self._redis(), READ, [keys.ids(aor)],
+                               [keys.binding_prefix(aor), "1"])
+        return self._visible(raw, now)
 
     async def all(self, now: float) -> list[Binding]:
         out: list[Binding] = []
+        keys = self.keys
         for chunk in await self._aor_chunks():
-            raw = await self._eval(self._redis(), _READ, [self._aors_key],
-                                   [self.prefix, "1", *chunk])
-            for hashes in raw:
-                out.extend(self._visible(hashes, now))
+            raws = await self._eval_many(READ, [
+                ([keys.ids(aor)], [keys.binding_prefix(aor), "1"]) for aor in chunk])
+            empty = [aor for aor, raw in zip(chunk, raws, strict=True) if not raw]
+            for raw in raws:
+                out.extend(self._visible(raw, now))
+            if empty:
+                await self._unindex(empty)
+        out.sort(key=sort_key)
         return out
 
     async def count(self, now: float) -> int:
         n = 0
+        keys = self.keys
         for chunk in await self._aor_chunks():
-            n += int(await self._eval(self._redis(), _COUNT, [],
-                                      [self.prefix, repr(now), *chunk]))
+            n += sum(int(x) for x in await self._eval_many(COUNT, [
+                ([keys.ids(aor)], [keys.binding_prefix(aor), repr(now)]) for aor in chunk]))
         return n
 
     async def get_state(self, key: str) -> str | None:
         client = self._redis()
-        value: str | None = await self._call(client.get(self.prefix + "state:" + key))
+        value: str | None = await self._call(client.get(self.keys.state(key)))
         return value
 
     async def set_state(self, key: str, value: str | None) -> None:
         client = self._redis()
-        name = self.prefix + "state:" + key
+        name = self.keys.state(key)
         await self._call(client.delete(name) if value is None else client.set(name, value))
 
     # -- writes ----------------------------------------------------------------
@@ -320,23 +249,30 @@ class RedisStore(LocationStore):
 
     async def _transact(self, aor: str, now: float,
                         fn: UpdateFn) -> tuple[list[Binding], list[Binding]]:
-        """WATCH / read / fn / MULTI-EXEC until it commits.
+        """WATCH / read / fn / MULTI-EXEC until it commits, then the index.
 
         Returns (the bindings fn saw, the AOR's unexpired bindings afterwards).
+        Every command between WATCH and EXEC names keys of this AOR's slot only.
         """
-        setkey = self.prefix + "aor:" + aor
+        keys = self.keys
+        setkey = keys.ids(aor)
+        bprefix = keys.binding_prefix(aor)
+        if not self._known.get(aor):
+            # Perhaps a new AOR: list it before it exists, so that a crash after the EXEC
+            # leaves no binding unlisted. Here, not inside the transaction: that holds a
+            # pooled connection, and a second one taken there could wait for ever.
+            await self._call(self._redis().sadd(keys.index, aor))
         for attempt in range(MAX_ATTEMPTS):
             client = self._redis()
             async with client.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(setkey)
-                    raw = await self._eval(pipe, _READ, [self._aors_key],
-                                           [self.prefix, "0", aor], wrap=False)
+                    raw = await self._eval(pipe, READ, [setkey], [bprefix, "0"], wrap=False)
                 except WatchError as exc:
                     raise StoreError(f"redis: {exc}") from exc
                 except (RedisError, OSError) as exc:
                     raise StoreError(f"redis: {exc}") from exc
-                existing = {b.binding_id: b for b in map(_decode, raw[0])}
+                existing = {b.binding_id: b for b in map(_decode, raw)}
                 current = sorted((b for b in existing.values() if b.expires_at > now),
                                  key=sort_key)
                 puts, removes = normalize_update(aor, fn(list(current)))
@@ -346,7 +282,8 @@ class RedisStore(LocationStore):
                 for rid in removes:
                     final.pop(rid, None)
                 final.update((b.binding_id, b) for b in puts)
-                self._queue_writes(pipe, aor, setkey, existing, puts, removes, final)
+                fresh = not existing and bool(final)
+                self._queue_writes(pipe, aor, existing, puts, removes, final)
                 try:
                     await pipe.execute()
                 except WatchError as exc:
@@ -357,23 +294,33 @@ class RedisStore(LocationStore):
                     continue
                 except (RedisError, OSError) as exc:
                     raise StoreError(f"redis: {exc}") from exc
+            # The index after the commit: a failure here costs a listing (readers prune
+            # and writers re-add), never the answer for a write that is stored.
+            with contextlib.suppress(StoreError):
+                if fresh:  # after too: a remover that looked before our EXEC cannot undo it
+                    await self._call(client.sadd(keys.index, aor))
+                elif not final:
+                    await self._unindex([aor])
             if self.track_expiry:
                 self._known.apply(aor, puts, removes)
             after = sorted((b for b in final.values() if b.expires_at > now), key=sort_key)
             return current, after
         raise StoreError(f"redis: update of {aor!r} lost {MAX_ATTEMPTS} races in a row")
 
-    def _queue_writes(self, pipe: Any, aor: str, setkey: str, existing: dict[str, Binding],
+    def _queue_writes(self, pipe: Any, aor: str, existing: dict[str, Binding],
                       puts: Iterable[Binding], removes: Iterable[str],
                       final: dict[str, Binding]) -> None:
-        bprefix = self.prefix + "b:" + aor + ":"
+        """The MULTI block of one update: keys of ``aor``'s slot only."""
+        keys = self.keys
+        setkey = keys.ids(aor)
+        bprefix = keys.binding_prefix(aor)
         pipe.multi()
         for rid in removes:
             pipe.delete(bprefix + rid)
             pipe.srem(setkey, rid)
             old = existing.get(rid)
             if old is not None:  # settle this version: no worker reports it as expired
-                pipe.set(self._end_key(old), "1",
+                pipe.set(keys.end(aor, old.binding_id, old.expires_at), "1",
                          pxat=max(_ms(old.expires_at), _ms(time.time())) + END_MARKER_MS)
         for b in puts:
             key = bprefix + b.binding_id
@@ -384,32 +331,115 @@ class RedisStore(LocationStore):
         # Always write the id set: that is what makes concurrent EXECs of this AOR abort.
         if final:
             pipe.pexpireat(setkey, max(_ms(b.expires_at) for b in final.values()))
-            pipe.sadd(self._aors_key, aor)
         else:
             pipe.delete(setkey)
-            pipe.srem(self._aors_key, aor)
+
+    async def _unindex(self, aors: Sequence[str]) -> None:
+        """Take AORs without bindings out of the index, safely against a concurrent writer.
+
+        Remove first, then look at each AOR's id set and put back those that
+        have one again: a writer whose EXEC came before the look is seen; one
+        whose EXEC comes after adds the AOR itself (``_transact``: ``fresh``).
+        """
+        client = self._redis()
+        keys = self.keys
+        try:
+            await client.srem(keys.index, *aors)
+            async with client.pipeline(transaction=False) as pipe:
+                for aor in aors:
+                    pipe.exists(keys.ids(aor))
+                alive = await pipe.execute()
+            back = [aor for aor, n in zip(aors, alive, strict=True) if int(n)]
+            if back:
+                await client.sadd(keys.index, *back)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
 
     async def expire(self, now: float) -> list[Binding]:
         self._redis()
+        keys = self.keys
         async with self._expire_lock:
             due = self._known.expired(now)
+            by_aor: dict[str, list[Binding]] = {}
+            for b in due:
+                by_aor.setdefault(b.aor, []).append(b)
+            groups = list(by_aor.items())
             won: list[Binding] = []
             settled: list[Binding] = []
-            for i in range(0, len(due), CHUNK):
-                chunk = due[i:i + CHUNK]
-                args: list[str] = [self.prefix, str(END_MARKER_MS)]
-                for b in chunk:
-                    args += (b.aor, b.binding_id, repr(b.expires_at))
+            for i in range(0, len(groups), CHUNK):
+                chunk = groups[i:i + CHUNK]
+                calls = []
+                for aor, bs in chunk:
+                    args = [keys.binding_prefix(aor), keys.end_prefix(aor), str(END_MARKER_MS)]
+                    for b in bs:
+                        args += (b.binding_id, repr(b.expires_at))
+                    calls.append(([keys.ids(aor)], args))
                 try:
-                    res = await self._eval(self._redis(), _CLAIM, [self._aors_key], args)
+                    results = await self._eval_many(CLAIM, calls)
                 except StoreError:
                     if not settled:
                         raise
                     break  # report what was claimed; the rest is retried next tick
-                won.extend(b for b, r in zip(chunk, res, strict=True) if int(r) == 1)
-                settled.extend(chunk)
+                emptied = []
+                for (aor, bs), res in zip(chunk, results, strict=True):
+                    won.extend(b for b, r in zip(bs, res[:-1], strict=True) if int(r) == 1)
+                    settled.extend(bs)
+                    if int(res[-1]) == 0:
+                        emptied.append(aor)
+                if emptied:
+                    with contextlib.suppress(StoreError):  # all() prunes it later
+                        await self._unindex(emptied)
             self._known.discard(settled)
             return won
+
+    # -- layout 1 → 2 ------------------------------------------------------------
+
+    async def _migrate(self) -> None:
+        """Move bindings written by versions before the hash-tag layout (once per database).
+
+        Each AOR's old bindings are rewritten in the new layout in one MULTI
+        (WATCHing the new id set: bindings a new process already wrote win)
+        and the old keys deleted. Expired ones are dropped. Idempotent: two
+        processes opening at once both end with the same data.
+        """
+        client = self._redis()
+        keys = self.keys
+        if await self._call(client.get(keys.layout)) == LAYOUT:
+            return
+        now = time.time()
+        for chunk in await self._aor_chunks():
+            for aor in chunk:
+                old_ids = keys.v1_ids(aor)
+                if not await self._call(client.exists(old_ids)):
+                    continue
+                # plain commands, one key each: layout 1 never was one slot per AOR
+                hashes = [await self._call(client.hgetall(keys.v1_binding(aor, bid)))
+                          for bid in await self._call(client.smembers(old_ids))]
+                old = [b for b in (_decode([x for kv in h.items() for x in kv])
+                                   for h in hashes if h) if b.expires_at > now]
+                await self._move_v1(aor, old)
+        await self._call(client.set(keys.layout, LAYOUT))
+
+    async def _move_v1(self, aor: str, old: list[Binding]) -> None:
+        client = self._redis()
+        keys = self.keys
+        setkey = keys.ids(aor)
+        async with client.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(setkey)
+                if old and not await pipe.exists(setkey):
+                    final = {b.binding_id: b for b in old}
+                    self._queue_writes(pipe, aor, {}, old, (), final)
+                    await pipe.execute()
+                    self.migrated += len(old)
+            except WatchError:
+                pass  # a new process wrote this AOR meanwhile: its bindings are newer
+            except (RedisError, OSError) as exc:
+                raise StoreError(f"redis: {exc}") from exc
+        ids = await self._call(client.smembers(keys.v1_ids(aor)))
+        await self._call(client.delete(keys.v1_ids(aor)))
+        for bid in ids:
+            await self._call(client.delete(keys.v1_binding(aor, bid)))
 
     # -- plumbing --------------------------------------------------------------
 
@@ -418,9 +448,6 @@ class RedisStore(LocationStore):
         if client is None:
             raise StoreError("redis: store is not open")
         return client
-
-    def _end_key(self, b: Binding) -> str:
-        return f"{self.prefix}end:{b.aor}:{b.binding_id}:{b.expires_at!r}"
 
     def _visible(self, hashes: Sequence[Sequence[str]], now: float) -> list[Binding]:
         out = [b for b in map(_decode, hashes) if b.expires_at > now]
@@ -431,14 +458,14 @@ class RedisStore(LocationStore):
         client = self._redis()
         seen: set[str] = set()
         try:
-            async for aor in client.sscan_iter(self._aors_key, count=1000):
+            async for aor in client.sscan_iter(self.keys.index, count=1000):
                 seen.add(aor)
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {exc}") from exc
         aors = sorted(seen)
         return [aors[i:i + CHUNK] for i in range(0, len(aors), CHUNK)]
 
-    async def _eval(self, client: Any, script: _Script, keys: list[str], args: list[str],
+    async def _eval(self, client: Any, script: Script, keys: list[str], args: list[str],
                     *, wrap: bool = True) -> Any:
         """EVALSHA, falling back to EVAL when the server does not know the script yet."""
         try:
@@ -450,6 +477,24 @@ class RedisStore(LocationStore):
             if not wrap:
                 raise
             raise StoreError(f"redis: {exc}") from exc
+
+    async def _eval_many(self, script: Script,
+                         calls: Sequence[tuple[list[str], list[str]]]) -> list[Any]:
+        """One script call per AOR, pipelined (not a transaction: each call is one slot)."""
+        client = self._redis()
+        for attempt in (0, 1):
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    for keys, args in calls:
+                        pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    return list(await pipe.execute())
+            except NoScriptError:
+                if attempt:
+                    raise StoreError("redis: script not loaded") from None
+                await self._call(client.script_load(script.src))
+            except (RedisError, OSError) as exc:
+                raise StoreError(f"redis: {exc}") from exc
+        raise AssertionError("unreachable")
 
     async def _call(self, awaitable: Any) -> Any:
         try:

@@ -155,6 +155,11 @@ class NatLab:
             self.lans.append(Lan(lan, router, f"192.168.{net}.2", public_ip, (lo, hi)))
         return self
 
+    def add_server_address(self, ip: str) -> str:
+        """Another address on the public bridge (a second server host on the same LAN)."""
+        self._in(self.pub, "ip", "addr", "add", f"{ip}/24", "dev", "br0")
+        return ip
+
     def remove(self) -> None:
         """Delete every namespace made (their veths, bridge and NAT rules go with them)."""
         for name in reversed(self.made):
