@@ -291,6 +291,25 @@ class Forwarder:
         return self.wire.send(dest, fwd.to_bytes())
 
     # -- responses and timers ----------------------------------------------------------
+    def _from_the_ua(self, resp: Response) -> bool:
+        """Whether ``resp`` came straight from the UA (no proxy record-routed below us).
+
+        Only then is its Contact ours to alias: a proxy nearer the phone (an office
+        behind a trunk, the host holding the flow in a cluster) makes its own Contact
+        routable, and an alias we added would be resolved by it, wrongly. Proxies put
+        their Record-Route on top, so the top entry is ours unless one came after us.
+        """
+        try:
+            rr = resp.get_all("record-route")
+        except ParseError:
+            return False
+        if not rr:
+            return True
+        try:
+            return self.local.is_our_uri(route_uri(rr[0]))
+        except (ParseError, ValueError):
+            return False
+
     def on_response(self, resp: Response, src: Source) -> bool:
         """A response from downstream; False when no client transaction of ours matches."""
         if 100 < resp.status < 300:
@@ -298,7 +317,7 @@ class Forwarder:
                 method = resp.cseq[1]
             except ParseError:
                 method = ""
-            if method in ("INVITE", "SUBSCRIBE", "REFER"):
+            if method in ("INVITE", "SUBSCRIBE", "REFER") and self._from_the_ua(resp):
                 value = contact_aliased(resp, Flow(src.transport, src.ip, src.port))
                 if value is not None:
                     resp = _with_contact(resp, value)

@@ -615,6 +615,8 @@ def _aliased_contact(req: Request, src: Source) -> Request:
     """``req`` with its Contact made routable when the sender is behind NAT (see sipyard.nat)."""
     if req.method not in ("INVITE", "SUBSCRIBE", "REFER", "NOTIFY", "UPDATE"):
         return req
+    if len(req.vias) > 1:  # it came through a proxy: the Contact is that proxy's to alias
+        return req
     value = contact_aliased(req, Flow(src.transport, src.ip, src.port))
     if value is None:
         return req
