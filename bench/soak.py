@@ -21,6 +21,12 @@ no failures in this mix (README "Benchmarks": 1 500 REGISTER/s or redirected
 INVITE/s, 4 000 OPTIONS/s, 750 µs per authenticated REGISTER). Loopback only.
 
     SOAK_SECONDS=600 SOAK_RATE=600 SOAK_INTERVAL=10 .venv/bin/python bench/soak.py
+
+To see *what* grows, ``SOAK_TRACE=60,120,300`` runs the server under
+tracemalloc (``bench/traced_serve.py``) and has it write a heap snapshot at the
+first sample at or after each of those times, into ``OUT/heap``; compare two
+with ``bench/traced_serve.py compare A B``. ``SOAK_NONCE_TTL`` shortens the
+server's ``nonce_ttl`` (300 s) to see its plateau sooner.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ INTERVAL = float(os.environ.get("SOAK_INTERVAL", "10"))
 USERS = int(os.environ.get("SOAK_USERS", "1000"))
 PORT = int(os.environ.get("PORT", "5090"))
 OUT = Path(os.environ.get("OUT", f"/tmp/sipyard-soak/{time.strftime('%Y%m%d-%H%M%S')}"))
+TRACE = [float(t) for t in os.environ.get("SOAK_TRACE", "").split(",") if t.strip()]
+NONCE_TTL = os.environ.get("SOAK_NONCE_TTL")
 MIX = ("register_auth", "register", "invite_redirect", "options")
 FIRST = 100000
 SPARK = "▁▂▃▄▅▆▇█"
@@ -49,7 +57,8 @@ SPARK = "▁▂▃▄▅▆▇█"
 def write_config(d: Path) -> Path:
     lines = ["[server]", 'realm = "127.0.0.1"', 'domains = ["localhost"]', 'data_dir = "data"',
              'hooks_dir = "hooks"', f'extensions = "{FIRST}-{FIRST + USERS - 1}"',
-             "max_expires = 3600", "[logging]", 'level = "warning"', "[security]",
+             "max_expires = 3600", *([f"nonce_ttl = {NONCE_TTL}"] if NONCE_TTL else []),
+             "[logging]", 'level = "warning"', "[security]",
              "register_rate = 0", "max_auth_failures = 0", "[store]", 'synchronous = "normal"',
              "[redirect]", "require_auth = false"]
     for i in range(USERS):
@@ -152,10 +161,13 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     cfg = write_config(OUT)
     log = open(OUT / "sipyard.log", "w")  # noqa: SIM115 - lives as long as the server
+    start = ([sys.executable, str(ROOT / "bench" / "traced_serve.py")] if TRACE
+             else [sys.executable, "-m", "sipyard.cli"])
     server = subprocess.Popen(
-        [sys.executable, "-m", "sipyard.cli", "serve", "-c", str(cfg), "--log-level", "warning",
+        [*start, "serve", "-c", str(cfg), "--log-level", "warning",
          "--listen", f"udp:127.0.0.1:{PORT}", "--listen", f"tcp:127.0.0.1:{PORT}"],
-        stdout=subprocess.PIPE, stderr=log, text=True, cwd=str(ROOT))
+        stdout=subprocess.PIPE, stderr=log, text=True, cwd=str(ROOT),
+        env={**os.environ, "TRACE_DIR": str(OUT / "heap")})
     try:
         assert server.stdout is not None
         seen = 0
@@ -184,6 +196,9 @@ def main() -> int:
                 return 1
             s = (time.monotonic() - t0, *sample(server.pid))
             samples.append(s)
+            if TRACE and s[0] >= TRACE[0]:
+                TRACE.pop(0)
+                server.send_signal(signal.SIGUSR2)
             print(f"{s[0]:6.0f} {s[1]:9d} {s[2]:5d}", flush=True)
             if s[0] > SECONDS + 60:
                 for p in procs:

@@ -106,7 +106,8 @@ class App:
             on_framing_error=self._on_framing_error, on_oversize=self._on_oversize)
         #: parse caches emptied, quiet-time collections (issue #16: memory comes back)
         self.housekeeper = Housekeeper(config.security.sweep_interval,
-                                       load=lambda: len(self.txl))
+                                       load=lambda: len(self.txl),
+                                       sweeps=[lambda: self.parts.auth.sweep(self.now())])
         self.uac = Uac(self.transports.send, server_header=self.server_header)
         self.sender = Sender(self.transports, self.uac, self.parts.store, self.parts.current)
         self.routes = NotifyRoutes()

@@ -104,6 +104,10 @@ class Authenticator:
         self._digest_params = None
         self.configure(self.config)
 
+    def sweep(self, now: float) -> None:
+        """Forget nonce counts older than ``nonce_ttl`` (housekeeping calls this)."""
+        self.digest.sweep(now)
+
     def _lookup(self, username: str, algorithm: str) -> str | None:
         key = (username, algorithm)
         try:

@@ -20,6 +20,7 @@ from sipyard.sip.digest import (
     compute_ha1,
     parse_credentials,
 )
+from sipyard.sip.noncecount import PAGE, NonceCounts
 
 OK = VerdictStatus.OK
 MISSING = VerdictStatus.MISSING
@@ -371,18 +372,38 @@ def test_replay_table_is_pruned_by_age() -> None:
 
 
 def test_replay_table_cap_evicts_oldest_and_never_reopens_it() -> None:
-    s = server(max_tracked=3)
-    challenges = [s.challenge(T0 + i)[0] for i in range(5)]
-    for i, ch in enumerate(challenges[:4]):
-        assert s.verify(answer(ch), "REGISTER", T0 + 10 + i, Lookup()).status is OK
-    assert s.tracked == 3
+    # The table drops whole pages of consecutive nonces, oldest first (noncecount.py).
+    cap = 2 * PAGE
+    s = server(max_tracked=cap)
+    challenges = [s.challenge(T0 + i / 100)[0] for i in range(4 * PAGE + 1)]
+    for i, ch in enumerate(challenges[:-1]):
+        assert s.verify(answer(ch), "REGISTER", T0 + 10 + i / 100, Lookup()).status is OK
+        assert s.tracked <= cap
+    assert s.tracked >= cap - PAGE
     # the evicted nonce cannot be replayed: it is treated as stale (client re-challenged)
     assert s.verify(answer(challenges[0]), "REGISTER", T0 + 20, Lookup()).status is STALE
     # still-tracked nonces keep their counts
-    assert s.verify(answer(challenges[3]), "REGISTER", T0 + 20, Lookup()).status is REPLAY
+    assert s.verify(answer(challenges[-2]), "REGISTER", T0 + 20, Lookup()).status is REPLAY
     # a newer, never used nonce is fine
-    assert s.verify(answer(challenges[4]), "REGISTER", T0 + 20, Lookup()).status is OK
-    assert s.tracked == 3
+    assert s.verify(answer(challenges[-1]), "REGISTER", T0 + 20, Lookup()).status is OK
+    assert s.tracked <= cap
+
+
+def test_replay_table_is_compact_and_swept_without_traffic() -> None:
+    # A registrar at 150 authenticated REGISTERs/s keeps 45 000 nonces for nonce_ttl:
+    # they must cost pages of 32-bit counts, not an object each (issue #16, make soak).
+    s = server(nonce_ttl=300.0)
+    n = 4000
+    for i in range(n):
+        [used] = s.challenge(T0 + i / 300)
+        s.challenge(T0 + i / 300)  # the unanswered challenge of a plain REGISTER
+        assert s.verify(answer(used), "REGISTER", T0 + i / 300, Lookup()).status is OK
+    assert s.tracked == n
+    assert s._counts.pages <= 2 * n // PAGE + 2  # white-box: half of each page used
+    s.sweep(T0 + 299)
+    assert s.tracked == n
+    s.sweep(T0 + n / 300 + 301)  # nobody authenticated since: the table empties anyway
+    assert s.tracked == 0 and s._counts.pages == 0
 
 
 def test_clock_jumping_back_does_not_reopen_pruned_nonce() -> None:
@@ -608,3 +629,42 @@ def test_single_character_corruption_never_passes(which: int, pos: int, char: in
             return scheme.lower(), {k: val.lower() if k in ("algorithm", "qop", "response")
                                     else val for k, val in params.items() if k in SIGNIFICANT}
         assert norm(bad) == norm(good)
+
+
+# --- the nonce-count table ----------------------------------------------------------------
+
+def test_nonce_counts_pages_by_sequence_and_age() -> None:
+    t = NonceCounts(ttl=10.0, max_tracked=1000)
+    base = 7 * PAGE
+    assert t.seen(base, T0) == 0
+    t.accept(base, T0, 1, T0)
+    t.accept(base + 1, T0, 3, T0)
+    t.accept(base + 1, T0, 4, T0)  # a higher nc of a tracked nonce: no new entry
+    t.accept(base + PAGE, T0 + 5, 1, T0 + 5)
+    assert (len(t), t.pages) == (3, 2)
+    assert (t.seen(base, T0), t.seen(base + 1, T0), t.seen(base + 2, T0)) == (1, 4, 0)
+    assert t.sweep(T0 + 10) == 0  # at the ttl boundary a nonce is still fresh
+    assert t.sweep(T0 + 10.5) == 1
+    assert (len(t), t.pages, t.floor) == (1, 1, T0)
+    # forgotten, and never used nonces as old as the forgotten page: stale, not reopened
+    assert t.seen(base + 1, T0) is None and t.seen(base + 9, T0 - 1) is None
+    assert t.seen(base + PAGE, T0 + 5) == 1
+    assert t.seen(base + PAGE + 1, T0 + 5) == 0
+
+
+def test_nonce_counts_cap_drops_oldest_page_and_raises_floor() -> None:
+    t = NonceCounts(ttl=300.0, max_tracked=PAGE)
+    for i in range(PAGE):
+        t.accept(i, T0 + i, 1, T0 + i)
+    assert len(t) == PAGE
+    t.accept(PAGE, T0 + PAGE, 1, T0 + PAGE)
+    assert (len(t), t.pages, t.floor) == (1, 1, T0 + PAGE - 1)
+    assert t.seen(3, T0 + 3) is None
+    assert t.seen(PAGE, T0 + PAGE) == 1
+    assert t.seen(PAGE + 1, T0 + PAGE + 1) == 0
+
+
+def test_nonce_counts_hold_any_nc() -> None:
+    t = NonceCounts(ttl=300.0, max_tracked=10)
+    t.accept(5, T0, 0xFFFFFFFF, T0)
+    assert t.seen(5, T0) == 0xFFFFFFFF

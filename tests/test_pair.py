@@ -8,6 +8,8 @@ from pathlib import Path
 
 from pair import Pair
 
+from sipyard.sip.digest import client_response
+
 CONFIG = """[server]
 realm = "127.0.0.1"
 data_dir = "data"
@@ -106,5 +108,33 @@ def test_options_and_junk_methods_leave_no_keys(tmp_path: Path) -> None:
                         f"CSeq: 1 JUNK{i}\r\nContent-Length: 0\r\n\r\n").encode()
                 assert [_status(r) for r in await p.request(data, settle=0)] == [501]
             assert p.app.stats.requests == {"other": 200}
+
+    asyncio.run(main())
+
+
+def test_housekeeping_forgets_nonce_counts_without_traffic(tmp_path: Path) -> None:
+    # The nonce-count table is swept as nonces are used; once nobody authenticates any
+    # more, the housekeeping tick must still empty it after nonce_ttl (issue #16).
+    config = CONFIG.replace("open_registration = true", "open_registration = false").replace(
+        'hooks_dir = "hooks"', 'hooks_dir = "hooks"\nnonce_ttl = 60\nextensions = "10-19"'
+    ) + '[lines.10]\nsecret = "pw"\n'
+
+    async def main() -> None:
+        async with Pair(tmp_path, config) as p:
+            assert p.app is not None
+            [challenge] = await p.request(_register("a1"))
+            assert _status(challenge) == 401
+            nonce = _header(challenge, b"WWW-Authenticate")[0].split(b'nonce="')[1].split(b'"')[0]
+            auth = client_response("10", "127.0.0.1", "pw", "REGISTER", "sip:127.0.0.1",
+                                   nonce.decode())
+            [ok] = await p.request(_register("a2", cseq=2).replace(
+                b"Expires:", f"Authorization: {auth}\r\nExpires:".encode()))
+            assert _status(ok) == 200
+            assert p.app.parts.auth.digest.tracked == 1
+            p.app.housekeeper.run_once()
+            assert p.app.parts.auth.digest.tracked == 1  # still fresh: a replay is refused
+            p.clock.advance(61)
+            p.app.housekeeper.run_once()
+            assert p.app.parts.auth.digest.tracked == 0
 
     asyncio.run(main())

@@ -59,6 +59,10 @@ class FakeBinding:
     source_port: int = 5060
     transport: str = "udp"
 
+    @property
+    def binding_id(self) -> str:
+        return f"c:{self.contact}"  # as the registrar names a binding without an instance
+
 
 class FakeServices:
     def __init__(self, config: Any) -> None:

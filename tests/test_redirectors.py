@@ -59,6 +59,10 @@ class FakeBinding:
     source_port: int = 5060
     transport: str = "udp"
 
+    @property
+    def binding_id(self) -> str:
+        return f"c:{self.contact}"  # as the registrar names a binding without an instance
+
 
 @dataclass
 class Sent:
@@ -185,6 +189,31 @@ def test_registrations_q_order_and_path_as_route(tmp_path: Path) -> None:
         return out
     first, second, third = asyncio.run(twice())
     assert first == second and len(first) == 2 and third == ["<sip:12@10.0.0.6:5062>"]
+
+
+def test_registrations_cache_keeps_no_superseded_binding(tmp_path: Path) -> None:
+    # Every re-REGISTER gives the store a new binding object; the per-binding cache must
+    # hold the current one per device, not every one it ever saw (issue #16, make soak).
+    config = make_config(tmp_path)
+    s = Services(config)
+    chain = build_chain(config, s, ["registrations"])
+    server = RedirectServer(config, s, chain=chain)
+    aors = [f"sip:{n}@example.com" for n in (12, 13)]
+
+    async def rounds(n: int) -> list[list[str]]:
+        seen = []
+        for i in range(n):
+            for aor in aors:
+                s.bindings[aor] = [FakeBinding(aor, aor.replace("example.com", "10.0.0.6"),
+                                               q=0.5 + i % 2 / 4)]
+                seen.append(contacts(await server.redirect(make_request(aor))))
+        return seen
+
+    seen = asyncio.run(rounds(50))
+    assert seen[-2:] == [["<sip:12@10.0.0.6>;q=0.75"], ["<sip:13@10.0.0.6>;q=0.75"]]
+    cache = chain[0]._cache  # type: ignore[attr-defined]  # white-box: what it keeps
+    assert len(cache) == 2
+    assert {b for b, _ in cache.values()} == {s.bindings[a][0] for a in aors}
 
 
 def test_subscribe_strips_q(tmp_path: Path) -> None:

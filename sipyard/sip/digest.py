@@ -36,14 +36,17 @@ Decisions, and why:
   and accepting it would be a downgrade); ``auth-int`` gives ``UNSUPPORTED``.
 * **Replay.** Per nonce the highest accepted ``nc`` is kept; ``nc`` at or below
   it gives ``REPLAY`` (so the same Authorization sent twice is refused; SIP
-  retransmissions never reach us, the transaction layer absorbs them). Entries
-  are dropped once their nonce is older than ``nonce_ttl`` (it would be STALE
-  anyway) and, oldest first, when more than ``max_tracked`` are held. Every
-  dropped nonce raises a *floor*: a nonce not in the table whose timestamp is
-  at or below the floor is treated as stale, so eviction under a flood (or a
-  clock jumping back) can never reopen a nonce for replay; the honest client
-  just gets a fresh nonce. The table is per process: several nodes sharing a
-  secret each check replays only for what they saw.
+  retransmissions never reach us, the transaction layer absorbs them). Only
+  nonces that authenticated someone are tracked, by their counter, in the
+  compact pages of :class:`~sipyard.sip.noncecount.NonceCounts` (a few bytes a
+  nonce: a busy registrar uses one per REGISTER). Pages are dropped once their
+  nonces are older than ``nonce_ttl`` (they would be STALE anyway) and, oldest
+  first, when more than ``max_tracked`` nonces are held. Every dropped page
+  raises a *floor*: a nonce not in the table whose timestamp is at or below the
+  floor is treated as stale, so eviction under a flood (or a clock jumping
+  back) can never reopen a nonce for replay; the honest client just gets a
+  fresh nonce. The table is per process: several nodes sharing a secret each
+  check replays only for what they saw.
 * **Which credentials count.** Another realm's credentials are not ours
   (RFC 3261 §22.4): ``MISSING``, like an unknown scheme (RFC 4475 regaut01),
   so the caller simply challenges. The ``uri`` parameter must be present but is
@@ -80,10 +83,11 @@ import hashlib
 import hmac
 import math
 import secrets
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
+
+from .noncecount import NonceCounts
 
 __all__ = [
     "ALGORITHMS",
@@ -365,8 +369,8 @@ class DigestServer:
 
     __slots__ = (
         "realm", "nonce_ttl", "max_skew", "max_tracked", "_algs", "_mask", "_mac",
-        "_prefix", "_suffixes", "_opaque", "_dummy", "_ctr", "_nc", "_order",
-        "_floor", "_offer_cache", "node", "_min_ms",
+        "_prefix", "_suffixes", "_opaque", "_dummy", "_ctr", "_counts",
+        "_offer_cache", "node", "_min_ms",
     )
 
     def __init__(self, secret: bytes, realm: str, *, nonce_ttl: float = 300.0,
@@ -408,10 +412,9 @@ class DigestServer:
         self._algs, self._mask = self._offer(algorithms)
         self.node = node
         self._ctr = secrets.randbits(56)
-        self._nc: dict[bytes, int] = {}  # nonce MAC -> highest nc accepted
-        self._order: deque[tuple[float, bytes]] = deque()  # (nonce ts, MAC), insertion order
-        # highest timestamp of any nonce dropped from _nc (or issued before we started)
-        self._floor = -math.inf if not_before is None else float(not_before)
+        # nonce counter -> highest nc accepted; its floor starts at our start time
+        self._counts = NonceCounts(self.nonce_ttl, max_tracked,
+                                   -math.inf if not_before is None else float(not_before))
         # Our nonces carry milliseconds, ``not_before`` does not: one minted in the
         # millisecond we were built in would read as issued at or before the floor and
         # be answered STALE at once (a phone registering 1 ms after a (re)start, or
@@ -428,7 +431,14 @@ class DigestServer:
     @property
     def tracked(self) -> int:
         """Number of nonces whose nonce count is being remembered."""
-        return len(self._nc)
+        return len(self._counts)
+
+    def sweep(self, now: float) -> None:
+        """Forget the counts of nonces older than ``nonce_ttl``.
+
+        Verifying does this too; a periodic call also empties the table when
+        nobody authenticates any more (after a burst of registrations)."""
+        self._counts.sweep(now)
 
     def _offer(self, algorithms: Sequence[str]) -> tuple[tuple[_Alg, ...], int]:
         key = tuple(algorithms)
@@ -467,8 +477,11 @@ class DigestServer:
         mac.update(body)
         return base64.urlsafe_b64encode(body + mac.digest()[:_MAC_LEN]).decode("ascii")
 
-    def _open_nonce(self, nonce: str) -> tuple[float, int, bytes] | None:
-        """(timestamp s, offered mask, MAC) of a nonce we minted, else None."""
+    def _open_nonce(self, nonce: str) -> tuple[float, int, int] | None:
+        """(timestamp s, offered mask, counter) of a nonce we minted, else None.
+
+        The counter identifies the nonce: one issuer never mints it twice (56
+        bits from a random start), and the MAC says it was minted with our secret."""
         if len(nonce) != _NONCE_LEN or not nonce.isascii() or "+" in nonce or "/" in nonce:
             return None  # "+" and "/" would decode like "-" and "_": one spelling only
         try:
@@ -483,9 +496,10 @@ class DigestServer:
         mac.update(body)
         if not hmac.compare_digest(mac.digest()[:_MAC_LEN], tag):
             return None
-        if self.node is not None and int.from_bytes(body[7:9], "big") != self.node:
-            return -math.inf, body[6], tag  # another node's nonce: stale here
-        return int.from_bytes(body[:6], "big") / 1000.0, body[6], tag
+        seq = int.from_bytes(body[7:], "big")
+        if self.node is not None and seq >> _NODE_SHIFT != self.node:
+            return -math.inf, body[6], seq  # another node's nonce: stale here
+        return int.from_bytes(body[:6], "big") / 1000.0, body[6], seq
 
     def challenge(self, now: float, *, algorithms: Sequence[str] | None = None,
                   stale: bool = False) -> list[str]:
@@ -559,7 +573,7 @@ class DigestServer:
         opened = self._open_nonce(nonce)
         if opened is None:
             return Verdict(VerdictStatus.INVALID, username, alg.name)
-        issued, mask, tag = opened
+        issued, mask, seq = opened
         if not mask & alg.bit:
             return Verdict(VerdictStatus.UNSUPPORTED, username, alg.name)
 
@@ -579,29 +593,13 @@ class DigestServer:
         age = now - issued
         if age > self.nonce_ttl or age < -self.max_skew:
             return Verdict(VerdictStatus.STALE, username, alg.name)
-        seen = self._nc.get(tag)
+        seen = self._counts.seen(seq, issued)
         if seen is None:
-            if issued <= self._floor:
-                return Verdict(VerdictStatus.STALE, username, alg.name)
-            self._track(tag, issued, count, now)
-        elif count <= seen:
+            return Verdict(VerdictStatus.STALE, username, alg.name)
+        if count <= seen:
             return Verdict(VerdictStatus.REPLAY, username, alg.name)
-        else:
-            self._nc[tag] = count
+        self._counts.accept(seq, issued, count, now)
         return Verdict(VerdictStatus.OK, username, alg.name)
-
-    def _track(self, tag: bytes, issued: float, count: int, now: float) -> None:
-        """Remember a new nonce's count; drop expired and surplus entries."""
-        order = self._order
-        table = self._nc
-        cutoff = now - self.nonce_ttl
-        while order and (order[0][0] < cutoff or len(table) >= self.max_tracked):
-            ts, old = order.popleft()
-            del table[old]
-            if ts > self._floor:
-                self._floor = ts
-        table[tag] = count
-        order.append((issued, tag))
 
 
 def client_response(username: str, realm: str, password: str, method: str, uri: str,

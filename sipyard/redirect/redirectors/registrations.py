@@ -23,8 +23,11 @@ __all__ = ["Registrations", "with_uri_header"]
 
 #: hnv-unreserved (RFC 3261 §25.1): kept as is in a URI header value.
 HNV_SAFE: Final = "[]/?:+$"
-#: Contacts remembered per binding object (the store's cache hands out the same immutable
-#: objects), so a hot line's 302 costs a dict lookup per binding; cleared when full.
+#: Contacts remembered per binding (the store's cache hands out the same immutable objects),
+#: so a hot line's 302 costs a dict lookup per binding; cleared when full. Keyed by the
+#: binding's id within its AOR, so a re-registration's binding takes its predecessor's
+#: entry: keyed by the object, every REGISTER added one, and up to this many superseded
+#: bindings (≈ 800 bytes each with what they hold) stayed alive (issue #16, make soak).
 _CACHE_MAX: Final = 8192
 
 
@@ -39,8 +42,8 @@ class Registrations(Redirector):
 
     def __init__(self, config: Config, services: Services) -> None:
         super().__init__(config, services)
-        # id(binding) -> (binding, contact); holding the binding keeps its id from being reused
-        self._cache: dict[int, tuple[BindingLike, Contact]] = {}
+        # (aor, binding_id) -> (binding, contact); a hit must be the very binding object
+        self._cache: dict[tuple[str, str], tuple[BindingLike, Contact]] = {}
 
     def process(self, ctx: RedirectContext) -> Result | ErrorDescriptor:
         bindings = ctx.bindings
@@ -49,7 +52,8 @@ class Registrations(Redirector):
         add = ctx.contacts.add
         cache = self._cache
         for b in bindings:
-            hit = cache.get(id(b))
+            key = (b.aor, b.binding_id)
+            hit = cache.get(key)
             if hit is not None and hit[0] is b:
                 add(hit[1])
                 continue
@@ -59,6 +63,6 @@ class Registrations(Redirector):
             contact = Contact(uri, b.q, source="registrations", binding=b)
             if len(cache) >= _CACHE_MAX:
                 cache.clear()
-            cache[id(b)] = (b, contact)
+            cache[key] = (b, contact)
             add(contact)
         return Result.SUCCESS
