@@ -25,7 +25,7 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,6 +104,8 @@ class Call:
     reason: str | None = None
     hangup: str | None = None  # caller | callee | proxy
     trunk: str | None = None  # the provider trunk the call came in or went out through
+    #: stops the call's ringing branches (CANCEL them, 487 to the caller), set by the proxy
+    cancel: Callable[[], object] | None = None
     id: str = field(default_factory=lambda: next(_IDS))
 
     def cdr(self) -> dict[str, Any]:

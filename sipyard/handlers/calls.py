@@ -134,7 +134,12 @@ class CallKeeper:
         limit = self.parts.current.config.proxy.max_call_seconds
         for call in self.calls.expired(self.out.now(), limit):
             status = call.status or 408
+            ringing = call.state == "ringing"
             self._end(call, "expired", status, call.reason or "Request Timeout", "proxy")
+            if ringing and call.cancel is not None:
+                # ended first, so the 487 this causes does not end it a second time
+                call.cancel()
+            call.cancel = None
         if len(self.calls):
             self._arm_sweep()
 

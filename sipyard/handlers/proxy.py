@@ -454,6 +454,11 @@ class ProxyHandler:
 
             def observer(fork: Fork, status: int, reason: str, resp: Response | None) -> None:
                 keeper.upstream(call, status, reason, resp, fork.ctx.cancelled)
+                if status >= 200:
+                    call.cancel = None  # nothing rings any more
+
+            fw = self.fw
+            call.cancel = lambda: fw.cancel(tx)  # max_call_seconds on a ringing call
 
         self.fw.fork(req, received, src, tx, ready, observer=observer,
                      record_route=req.method in DIALOG_CREATING)

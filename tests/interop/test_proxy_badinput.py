@@ -102,6 +102,9 @@ def test_hung_calls_end_as_expired_after_max_call_seconds(tmp_path: Path) -> Non
             if status is not None:
                 assert r["status"] == status and r["answer"] is not None
             caller.close()
+        # the call that was still ringing is stopped too: its callee gets a CANCEL
+        assert wait_for(lambda: rings.first("CANCEL") is not None, timeout=4.0)
+        assert not answers.first("CANCEL")
     finally:
         for p in phones:
             p.close()
