@@ -180,8 +180,9 @@ def load(p):
     return out
 k, s = load(sys.argv[1]), load(sys.argv[2])
 s.update(load(sys.argv[3]))  # register_auth: its own sipyard run (numeric lines with secrets)
-# issue #11/#12 targets: registrar scenarios <= 1.5 x Kamailio, whole proxied calls <= 2.5 x
-TARGET = {"proxy_call": 2.5}
+# issue #11's bar: <= 2.5 x Kamailio (3 x for register_auth; the aim beyond it is 1.5 x);
+# issue #12's: whole proxied calls <= 2.5 x
+TARGET = {"proxy_call": "2.5", "register_auth": "3 (aim 1.5)"}
 WHAT = {"register_auth": "per authenticated registration (401 + digest REGISTER)",
         "proxy_call": "per whole call through the proxy (INVITE/100/180/200/ACK/BYE/200)"}
 for scen, ks in k.items():
@@ -195,7 +196,7 @@ for scen, ks in k.items():
         r = "n/a"
     print(f"{scen:16s} kamailio {ks.get('server_us_call', 'n/a'):>7s} us/call  sipyard "
           f"{ss.get('server_us_call', 'n/a'):>7s} us/call  ratio {r} (target <= "
-          f"{TARGET.get(scen, 1.5)})  (sipyard failed={ss.get('failed')} "
+          f"{TARGET.get(scen, '2.5 (aim 1.5)')})  (sipyard failed={ss.get('failed')} "
           f"retrans={ss.get('retrans')}; kamailio failed={ks.get('failed')} "
           f"retrans={ks.get('retrans')})")
     if scen in WHAT:
