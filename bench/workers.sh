@@ -15,6 +15,7 @@ SHARED="${SHARED:-$ROOT/../shared/bench}"
 RATE="${RATE:-2000}"
 COUNT="${COUNT:-20000}"
 SCENS="${SCENS:-register,invite_redirect}"
+TRANSPORT="${TRANSPORT:-u1}"  # sipp: u1 = one socket (one worker gets all), un = one per call
 PORT="${PORT:-5090}"
 RPORT="${RPORT:-6390}"
 OUT="${OUT:-/tmp/sipyard-bench/workers-$(date +%Y%m%d-%H%M%S)}"
@@ -62,7 +63,8 @@ TOML
     kill -0 "$pid" 2>/dev/null || { echo "sipyard did not start, see $d/log" >&2; exit 1; }
     sleep 0.1
   done
-  "$WORK/run_anchor.sh" -S none -p "$pid" -t "127.0.0.1:$PORT" -s "$SCENS" -r "$RATE" \
+  "$WORK/run_anchor.sh" -S none -p "$pid" -t "127.0.0.1:$PORT" -s "$SCENS" -r "$RATE" -T "$TRANSPORT" \
+      ${SIPP_X:+-x "$SIPP_X"} \
       -m "$COUNT" -o "$d/sipp" | sed "s/target=/workers=$n target=/" | tee "$d/result.txt"
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 }

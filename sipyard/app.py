@@ -132,6 +132,10 @@ class App:
         self.forwarder: Forwarder | None = None
         self.proxy: ProxyHandler | None = None
         self.keeper: CallKeeper | None = None
+        #: a CANCEL or ACK that matches no transaction here goes to this hook first: with
+        #: several workers the INVITE may live in another (sipyard.cluster.worker); True =
+        #: passed on, nothing to answer here
+        self.unmatched: Callable[[Request, Source], bool] | None = None
         self._natping: asyncio.Task[None] | None = None
         #: the status page and /metrics listeners ([web] listen, [server] metrics)
         self.web: Web | None = None
@@ -419,13 +423,20 @@ class App:
             # ACK (which carries our tag) finds its INVITE.
             key = make_key(branch, sent_by, method, fallback=(
                 req.uri, req.from_.tag or "", req.call_id, str(req.cseq[0]), via.raw))
+        unmatched = self.unmatched
+        if (unmatched is not None and method == "CANCEL" and txl.find_invite(key) is None
+                and unmatched(req, src)):
+            return
         now = self._clock()
         outcome, tx, cached = txl.receive_request(key, method, src.reliable, dest, now)
         if outcome is not Outcome.NEW or tx is None:
             if outcome is Outcome.RETRANSMISSION and cached is not None:
                 self.transports.send(dest, cached)
-            elif outcome is Outcome.ACK_UNMATCHED and self.proxy is not None:
-                self.proxy.on_ack(req, src)  # the ACK of a 2xx: end to end, along the route set
+            elif outcome is Outcome.ACK_UNMATCHED:
+                if self.proxy is not None:
+                    self.proxy.on_ack(req, src)  # a 2xx's ACK: end to end, along the route set
+                elif unmatched is not None:
+                    unmatched(req, src)
             return  # ACK absorbed or stray ACK: hop-by-hop, nothing to do
         if method != "ACK" and method != "CANCEL" and req.has("require"):
             bad = unsupported_requires(req, SUPPORTED)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from sipyard.cluster import handoff
 from sipyard.cluster.ownership import IDENTITY, call_id_of, new_call_id, owner_of
+from sipyard.cluster.worker import WorkerRole
 from sipyard.security import Guard
 from sipyard.sip.digest import DigestServer, VerdictStatus, client_response, compute_ha1
 from sipyard.sip.headers import parse_auth
@@ -47,6 +52,58 @@ def test_handoff_frames_round_trip_and_refuse_garbage() -> None:
     assert handoff.decode(b"XXXX" + frame[4:]) is None
     assert handoff.decode(frame[:handoff._HEAD.size + 3]) is None  # truncated address
     assert handoff.decode(frame[:len(frame) - 9]) is None  # no payload
+
+
+def test_probe_frames_carry_how_many_workers_are_left() -> None:
+    src = Source("udp", "192.0.2.7", 5062, None, ("127.0.0.2", 5060))
+    got = handoff.decode(handoff.encode(b"CANCEL x", src, handoff.KIND_PROBE_UDP, 0, 5))
+    assert got is not None and (got.kind, got.data, got.src, got.left) == (
+        handoff.KIND_PROBE_UDP, b"CANCEL x", src, 5)
+    tcp = Source("tcp", "192.0.2.7", 40001, (2 << 40) | 9, ("127.0.0.2", 5060))
+    got = handoff.decode(handoff.encode(b"ACK x", tcp, handoff.KIND_PROBE_TCP, (2 << 40) | 9,
+                                        255))
+    assert got is not None and (got.src, got.conn, got.left) == (tcp, (2 << 40) | 9, 255)
+    with pytest.raises(ValueError):
+        handoff.encode(b"ACK x", src, handoff.KIND_PROBE_UDP, 0, 256)
+    # an empty probe is garbage like an empty packet
+    assert handoff.decode(handoff.encode(b"", src, handoff.KIND_PROBE_UDP, 0, 1)) is None
+
+
+class _Prober:
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, bytes, int]] = []
+
+    def send_probe(self, worker: int, data: bytes, src: Source, left: int) -> bool:
+        self.sent.append((worker, data, left))
+        return True
+
+
+def test_an_unmatched_cancel_goes_round_every_other_worker_once(tmp_path: Path) -> None:
+    """Worker 1 of 3 got the CANCEL: 2 then 0 try it, and 0 answers it (481)."""
+    src = Source("udp", "192.0.2.7", 5062, None, ("127.0.0.1", 5060))
+    roles = [WorkerRole(None, i, 3, tmp_path) for i in range(3)]
+    probers = [_Prober() for _ in roles]
+    for role, prober in zip(roles, probers, strict=True):
+        role.handoff = prober  # type: ignore[assignment]
+    hops: list[int] = []
+
+    def inner_of(i: int) -> Any:
+        def inner(data: bytes, got: Source) -> None:
+            hops.append(i)
+            if not roles[i].unmatched(None, got):
+                hops.append(-1)  # answered here
+        return inner
+
+    for i, role in enumerate(roles):
+        role._inner = inner_of(i)
+    roles[1]._handle(b"CANCEL x", src, -1)  # from the network
+    assert probers[1].sent == [(2, b"CANCEL x", 1)]
+    roles[2]._probe(b"CANCEL x", src, 1)
+    assert probers[2].sent == [(0, b"CANCEL x", 0)]
+    roles[0]._probe(b"CANCEL x", src, 0)
+    assert probers[0].sent == []
+    assert hops == [1, 2, 0, -1]
+    assert roles[0].unmatched(None, src) is False  # outside a packet: nothing to pass on
 
 
 def _authorize(server: DigestServer, now: float, nc: int = 1) -> str:

@@ -275,3 +275,55 @@ def test_shared_state_commands_touch_one_slot(redis_server: RedisServer) -> None
     finally:
         mon.close()
         ctl.close()
+
+
+def test_a_refresh_is_one_script_call_and_a_stale_guess_is_redone(
+        redis_server: RedisServer) -> None:
+    """The write path's commands: a new AOR is its index entry, the UPDATE script and the
+    entry again (one pipeline); a refresh of what this process wrote is the script alone;
+    a binding rewritten by another process meanwhile makes the script refuse, and the
+    update is decided again on what redis returned (nothing of the other write lost)."""
+    ctl = socket.create_connection(("127.0.0.1", redis_server.port), timeout=5)
+    assert _resp(ctl, "FLUSHALL") == "OK"
+    mon = Monitor(redis_server.port)
+
+    def top(lines: list[tuple[str, list[str]]]) -> list[str]:
+        return [a[0].upper() for c, a in lines if c != "lua" and a]
+
+    try:
+        async def body() -> None:
+            now = time.time()
+            one, two = RedisStore(redis_server.url), RedisStore(redis_server.url)
+            await one.open()
+            await two.open()
+            try:
+                mon.take()
+                await one.update(AOR, now, put(mk("a1", exp=now + 60, cseq=1)))
+                got = top(mon.take())
+                if "SCRIPT" in got:  # the first use of UPDATE on this server loads it
+                    got = got[got.index("SCRIPT") + 1:]
+                assert got == ["SADD", "EVALSHA", "SADD"]
+                await one.update(AOR, now, put(mk("a1", exp=now + 61, cseq=2)))
+                assert top(mon.take()) == ["EVALSHA"]
+                # two never saw this AOR: it guesses "empty", is refused, and sees cseq 2
+                seen: list[int] = []
+
+                def bump(cur: list[Any]) -> tuple[list[Any], list[str]]:
+                    seen.append(max((b.cseq for b in cur), default=0))
+                    return [mk("a1", exp=now + 62, cseq=seen[-1] + 1)], []
+
+                await two.update(AOR, now, bump)
+                assert seen == [0, 2] and two.conflicts == 1
+                # one's guess (cseq 2) is stale now: refused once, redone on cseq 3
+                before = one.conflicts
+                await one.update(AOR, now, bump)
+                assert seen[-2:] == [2, 3] and one.conflicts == before + 1
+                assert [b.cseq for b in await one.lookup(AOR, now)] == [4]
+            finally:
+                await one.close()
+                await two.close()
+
+        asyncio.run(body())
+    finally:
+        mon.close()
+        ctl.close()

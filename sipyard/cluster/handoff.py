@@ -65,7 +65,15 @@ KIND_WRITE = 3  # write ``data`` on the receiver's connection ``conn``
 KIND_UP = 4  # the sender opened connection ``conn`` to peer ip:port
 KIND_DOWN = 5  # ... and it closed
 KIND_HELLO = 6  # the sender (re)started: forget its connections, announce yours to it
-_KINDS = frozenset(range(KIND_UDP, KIND_HELLO + 1))
+#: a CANCEL or ACK that matched nothing at the sender (UDP, or read from its TCP
+#: connection ``conn``): try it here; ``left`` more workers to try after this one
+KIND_PROBE_UDP = 7
+KIND_PROBE_TCP = 8
+_KINDS = frozenset(range(KIND_UDP, KIND_PROBE_TCP + 1))
+_PACKETS = frozenset({KIND_UDP, KIND_TCP, KIND_PROBE_UDP, KIND_PROBE_TCP})
+#: a probe's ``left`` rides in the top byte of the connection id field
+_LEFT_SHIFT = 56
+_CONN_MASK = (1 << _LEFT_SHIFT) - 1
 #: AF_UNIX datagrams this large pass with the default buffers (max_message_size ≤ 64 KiB)
 _MAX_FRAME = 70_000
 _NO_ADDR = ("", 0)
@@ -80,11 +88,17 @@ class Frame(NamedTuple):
     data: bytes
     src: Source  # UDP/TCP: where the packet came from and to; UP/DOWN: the peer
     conn: int
+    left: int = 0  # probes: how many workers remain to be tried after the receiver
 
 
-def encode(data: bytes, src: Source, kind: int = KIND_UDP, conn: int = 0) -> bytes:
+def encode(data: bytes, src: Source, kind: int = KIND_UDP, conn: int = 0,
+           left: int = 0) -> bytes:
     ip = src.ip.encode("ascii")
     lip = src.local[0].encode("ascii")
+    if kind in (KIND_PROBE_UDP, KIND_PROBE_TCP):
+        if not 0 <= left < 256 or conn > _CONN_MASK:
+            raise ValueError("probe out of range")
+        conn |= left << _LEFT_SHIFT
     return b"".join((_HEAD.pack(_MAGIC, kind, src.port, src.local[1], len(ip), len(lip), conn),
                      ip, lip, data))
 
@@ -105,24 +119,30 @@ def decode(frame: bytes) -> Frame | None:
     data = frame[at + n_ip + n_lip:]
     if len(ip) != n_ip or len(lip) != n_lip:
         return None
-    if kind in (KIND_UDP, KIND_TCP, KIND_WRITE) and not data:
+    if (kind in _PACKETS or kind == KIND_WRITE) and not data:
         return None
-    if kind in (KIND_UDP, KIND_TCP, KIND_UP, KIND_DOWN) and not port:
+    if (kind in _PACKETS or kind in (KIND_UP, KIND_DOWN)) and not port:
         return None
-    transport = "udp" if kind == KIND_UDP else "tcp"
-    return Frame(kind, data, Source(transport, ip, port, conn if kind == KIND_TCP else None,
-                                    (lip, lport)), conn)
+    left = 0
+    if kind in (KIND_PROBE_UDP, KIND_PROBE_TCP):
+        left, conn = conn >> _LEFT_SHIFT, conn & _CONN_MASK
+    transport = "udp" if kind in (KIND_UDP, KIND_PROBE_UDP) else "tcp"
+    tcp_conn = conn if kind in (KIND_TCP, KIND_PROBE_TCP) else None
+    return Frame(kind, data, Source(transport, ip, port, tcp_conn, (lip, lport)), conn, left)
 
 
 class HandOff:
     """This worker's hand-off socket: receives frames for it, sends frames to the others."""
 
     def __init__(self, run_dir: Path, index: int, count: int,
-                 deliver: Callable[[bytes, Source], None]) -> None:
+                 deliver: Callable[[bytes, Source], None],
+                 probe: Callable[[bytes, Source, int], None] | None = None) -> None:
         self.run_dir = run_dir
         self.index = index
         self.count = count
         self.deliver = deliver
+        #: receives probes (``left`` as third argument); without it they are delivered
+        self.probe = probe
         self._paths = [str(socket_path(run_dir, i)) for i in range(count)]
         self._peers = {p: i for i, p in enumerate(self._paths)}
         #: TCP: the connections of the other workers (set by the worker role)
@@ -134,6 +154,7 @@ class HandOff:
         self.received = 0
         self.dropped = 0
         self.local_fallback = 0
+        self.probed = 0
 
     def open(self) -> None:
         path = self._paths[self.index]
@@ -176,6 +197,20 @@ class HandOff:
         if src.conn_id is None:
             return False
         return self.send_frame(owner, encode(data, src, KIND_TCP, src.conn_id))
+
+    def send_probe(self, worker: int, data: bytes, src: Source, left: int) -> bool:
+        """Pass a CANCEL or ACK that matched nothing here to ``worker``, with ``left`` more
+        to try after it. False: it cannot go there, answer it here."""
+        if src.transport == "udp":
+            frame = encode(data, src, KIND_PROBE_UDP, 0, left)
+        elif src.conn_id is None or src.conn_id > _CONN_MASK:
+            return False
+        else:
+            frame = encode(data, src, KIND_PROBE_TCP, src.conn_id, left)
+        if not self.send_frame(worker, frame):
+            return False
+        self.probed += 1
+        return True
 
     def send_frame(self, owner: int, frame: bytes) -> bool:
         sock = self._sock
@@ -223,6 +258,11 @@ class HandOff:
             try:
                 if got.kind in (KIND_UDP, KIND_TCP):
                     deliver(got.data, got.src)
+                elif got.kind in (KIND_PROBE_UDP, KIND_PROBE_TCP):
+                    if self.probe is not None:
+                        self.probe(got.data, got.src, got.left)
+                    else:
+                        deliver(got.data, got.src)
                 elif self.directory is not None:
                     self.directory.on_frame(peer, got)
             except Exception:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["Keys", "Script", "READ", "COUNT", "CLAIM", "LAYOUT"]
+__all__ = ["Keys", "Script", "READ", "COUNT", "CLAIM", "UPDATE", "LAYOUT"]
 
 #: the value of ``<prefix>layout`` once the database is in this layout
 LAYOUT = "2"
@@ -144,4 +144,71 @@ for i = 4, #ARGV, 2 do
 end
 out[#out + 1] = redis.call('SCARD', KEYS[1])
 return out
+""")
+
+#: KEYS[1] = the AOR's id set. One optimistic write of an AOR in one round trip (what
+#: WATCH / read / MULTI … EXEC took three for). ARGV: binding key prefix, end marker
+#: prefix; n, then n (id, version) pairs: the bindings the caller's decision was based
+#: on, with their field ``v`` ("" if absent; ids whose hash is gone count as absent); then r, r × (id, end
+#: marker suffix or "", marker PXAT) to remove; then p, p × (id, PEXPIREAT, 2k, k field
+#: /value pairs, with ``v``) to put; then the id set's PEXPIREAT ("0": delete it). Returns {1} when
+#: the AOR was as expected and the write is done, else {0, the AOR's binding hashes}
+#: (so the caller decides again on fresh data without another read).
+UPDATE = Script("""
+local bprefix, eprefix = ARGV[1], ARGV[2]
+local n = tonumber(ARGV[3])
+local want = {}
+local i = 4
+for _ = 1, n do
+  want[ARGV[i]] = ARGV[i + 1]
+  i = i + 2
+end
+local ids = redis.call('SMEMBERS', KEYS[1])
+local seen, same = 0, true
+for _, id in ipairs(ids) do
+  local h = redis.call('HMGET', bprefix .. id, 'aor', 'v')
+  if h[1] then
+    if want[id] ~= (h[2] or '') then
+      same = false
+      break
+    end
+    seen = seen + 1
+  end
+end
+if not same or seen ~= n then
+  local hashes = {}
+  for _, id in ipairs(ids) do
+    local h = redis.call('HGETALL', bprefix .. id)
+    if #h > 0 then hashes[#hashes + 1] = h end
+  end
+  return {0, hashes}
+end
+local r = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, r do
+  local id, marker = ARGV[i], ARGV[i + 1]
+  redis.call('DEL', bprefix .. id)
+  redis.call('SREM', KEYS[1], id)
+  if marker ~= '' then
+    redis.call('SET', eprefix .. marker, '1', 'PXAT', ARGV[i + 2])
+  end
+  i = i + 3
+end
+local p = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, p do
+  local id, at, nf = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local key = bprefix .. id
+  redis.call('DEL', key)
+  redis.call('HSET', key, unpack(ARGV, i + 3, i + 2 + nf))
+  redis.call('PEXPIREAT', key, at)
+  redis.call('SADD', KEYS[1], id)
+  i = i + 3 + nf
+end
+if ARGV[i] == '0' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('PEXPIREAT', KEYS[1], ARGV[i])
+end
+return {1}
 """)

@@ -5,12 +5,16 @@ Cluster can hold them; the index of AORs is maintained outside the AOR's
 transactions for the same reason). A database still in the layout of
 earlier versions is migrated by :meth:`RedisStore.open`.
 
-Atomicity. :meth:`update` is optimistic: ``WATCH`` the AOR's id set, read the
-bindings, run ``fn``, then ``MULTI … EXEC`` the delta, always touching the id
-set (``PEXPIREAT`` or ``DEL``) so that any concurrent committed update of the
-AOR, from any process, aborts this ``EXEC`` and the whole read–fn–write is
-retried with fresh data. Updates of one AOR inside a process are serialised by
-a local lock first, so retries only happen between processes.
+Atomicity. :meth:`update` is optimistic and takes one round trip when nothing
+raced it: the registrar's decision is taken on the bindings this process last
+wrote or read, and :data:`~sipyard.store.redis_keys.UPDATE` (a Lua script,
+atomic in redis) writes the delta only if the AOR still holds exactly those
+bindings (ids and versions); otherwise it returns what the AOR holds and the
+decision is taken again on that. Updates of one AOR inside a process are
+serialised by a local lock first, so retries only happen between processes.
+(Before issue #14's scale-out measurements this was WATCH / read / MULTI …
+EXEC: three round trips, five for a new AOR with its index entries, which
+pipelined around the script now cost none.)
 
 Expiry. Redis deletes expired hashes silently, so ``release`` events need a
 source. This store keeps a *known set*: the bindings it wrote, plus everything
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import time
@@ -67,7 +72,7 @@ from redis.exceptions import (
 
 from .base import Binding, LocationStore, StoreError, UpdateFn, normalize_update, sort_key
 from .cache import BindingCache, KeyedLocks
-from .redis_keys import CLAIM, COUNT, LAYOUT, READ, Keys, Script
+from .redis_keys import CLAIM, COUNT, LAYOUT, READ, UPDATE, Keys, Script
 
 __all__ = ["RedisStore"]
 
@@ -115,6 +120,32 @@ def _decode(flat: Sequence[str]) -> Binding:
             int(reg_id) if reg_id is not None else None)
     except (KeyError, ValueError, TypeError) as exc:
         raise StoreError(f"redis: corrupt binding hash {d.get('aor')!r}: {exc}") from exc
+
+
+def _version(fields: dict[str, str]) -> str:
+    """A binding version's fingerprint (its hash field ``v``): equal only for equal
+    content, so a write decided on a binding that another process rewrote is refused
+    (and one decided on an identical rewrite is exactly as right as it was)."""
+    blob = "\x00".join(f"{k}\x01{v}" for k, v in fields.items() if k != "v")
+    return hashlib.blake2b(blob.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def _with_versions(hashes: Sequence[Sequence[str]]) -> dict[str, tuple[Binding, str]]:
+    """Bindings read from redis with their ``v`` ("" for one written before it existed)."""
+    out: dict[str, tuple[Binding, str]] = {}
+    for flat in hashes:
+        b = _decode(flat)
+        version = ""
+        for i in range(0, len(flat) - 1, 2):
+            if flat[i] == "v":
+                version = flat[i + 1]
+                break
+        out[b.binding_id] = (b, version)
+    return out
+
+
+def _same(a: dict[str, tuple[Binding, str]], b: dict[str, tuple[Binding, str]]) -> bool:
+    return a.keys() == b.keys() and all(a[k][1] == b[k][1] for k in a)
 
 
 def _ms(t: float) -> int:
@@ -249,63 +280,123 @@ class RedisStore(LocationStore):
 
     async def _transact(self, aor: str, now: float,
                         fn: UpdateFn) -> tuple[list[Binding], list[Binding]]:
-        """WATCH / read / fn / MULTI-EXEC until it commits, then the index.
+        """Decide on what the AOR holds, write with :data:`UPDATE`, again on fresh data
+        until that lands.
 
-        Returns (the bindings fn saw, the AOR's unexpired bindings afterwards).
-        Every command between WATCH and EXEC names keys of this AOR's slot only.
+        The first decision is taken on the bindings this process last wrote or read
+        (``_known``), so a phone refreshing its registration costs one round trip; when
+        another process wrote the AOR since, the script refuses and returns the AOR as it
+        is, and ``fn`` runs again on that. A decision to change nothing is only trusted on
+        data just read. Returns (the bindings fn saw, the AOR's unexpired bindings after).
         """
         keys = self.keys
         setkey = keys.ids(aor)
         bprefix = keys.binding_prefix(aor)
-        if not self._known.get(aor):
-            # Perhaps a new AOR: list it before it exists, so that a crash after the EXEC
-            # leaves no binding unlisted. Here, not inside the transaction: that holds a
-            # pooled connection, and a second one taken there could wait for ever.
-            await self._call(self._redis().sadd(keys.index, aor))
+        client = self._redis()
+        known = self._known.get(aor) if self.track_expiry else None
+        listed = bool(known)
+        # id -> (binding, its version as redis holds it): a guess from known, or read
+        existing: dict[str, tuple[Binding, str]] | None = None
+        read = False
+        if known is not None:  # what this process knows (for a new AOR: nothing)
+            wall_ms = _ms(time.time())
+            existing = {b.binding_id: (b, _version(_encode(b))) for b in known
+                        if _ms(b.expires_at) > wall_ms}
+        guess: dict[str, tuple[Binding, str]] | None = None
+        current: list[Binding] = []
         for attempt in range(MAX_ATTEMPTS):
-            client = self._redis()
-            async with client.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(setkey)
-                    raw = await self._eval(pipe, READ, [setkey], [bprefix, "0"], wrap=False)
-                except WatchError as exc:
-                    raise StoreError(f"redis: {exc}") from exc
-                except (RedisError, OSError) as exc:
-                    raise StoreError(f"redis: {exc}") from exc
-                existing = {b.binding_id: b for b in map(_decode, raw)}
-                current = sorted((b for b in existing.values() if b.expires_at > now),
-                                 key=sort_key)
-                puts, removes = normalize_update(aor, fn(list(current)))
-                if not puts and not removes:
+            if existing is None:
+                raw = await self._eval(client, READ, [setkey], [bprefix, "0"])
+                existing, read = _with_versions(raw), True
+                if guess is not None and _same(existing, guess):
+                    return current, current  # the guess that changed nothing was right
+            current = sorted((b for b, _ in existing.values() if b.expires_at > now),
+                             key=sort_key)
+            puts, removes = normalize_update(aor, fn(list(current)))
+            if not puts and not removes:
+                if read:
                     return current, current
-                final = dict(existing)
-                for rid in removes:
-                    final.pop(rid, None)
-                final.update((b.binding_id, b) for b in puts)
-                fresh = not existing and bool(final)
-                self._queue_writes(pipe, aor, existing, puts, removes, final)
-                try:
-                    await pipe.execute()
-                except WatchError as exc:
-                    if _is_connection_failure(exc):
-                        raise StoreError(f"redis: {exc}") from exc
-                    self.conflicts += 1
-                    await asyncio.sleep(random.random() * min(0.001 * (attempt + 1), 0.02))
-                    continue
-                except (RedisError, OSError) as exc:
-                    raise StoreError(f"redis: {exc}") from exc
-            # The index after the commit: a failure here costs a listing (readers prune
-            # and writers re-add), never the answer for a write that is stored.
-            with contextlib.suppress(StoreError):
-                if fresh:  # after too: a remover that looked before our EXEC cannot undo it
-                    await self._call(client.sadd(keys.index, aor))
-                elif not final:
-                    await self._unindex([aor])
+                guess, existing = existing, None  # a guess may be stale: read, then see
+                continue
+            final = {k: b for k, (b, _) in existing.items()}
+            for rid in removes:
+                final.pop(rid, None)
+            final.update((b.binding_id, b) for b in puts)
+            args = self._update_args(aor, existing, puts, removes, final)
+            fresh = not existing and bool(final)
+            result = await self._update(aor, setkey, args, before=not listed, after=fresh)
+            if int(result[0]) == 1:
+                if not final:
+                    with contextlib.suppress(StoreError):  # readers prune it otherwise
+                        await self._unindex([aor])
+                if self.track_expiry:
+                    self._known.apply(aor, puts, removes)
+                after = sorted((b for b in final.values() if b.expires_at > now), key=sort_key)
+                return current, after
+            # another process wrote the AOR since: decide again on what it holds now
+            existing, read = _with_versions(result[1]), True
+            listed = True
             if self.track_expiry:
-                self._known.apply(aor, puts, removes)
-            after = sorted((b for b in final.values() if b.expires_at > now), key=sort_key)
-            return current, after
+                old = self._known.get(aor)
+                self._known.apply(aor, [b for b, _ in existing.values()],
+                                  [b.binding_id for b in old if b.binding_id not in existing])
+            self.conflicts += 1
+            if attempt:
+                await asyncio.sleep(random.random() * min(0.001 * attempt, 0.02))
         raise StoreError(f"redis: update of {aor!r} lost {MAX_ATTEMPTS} races in a row")
+
+    def _update_args(self, aor: str, existing: dict[str, tuple[Binding, str]],
+                     puts: Sequence[Binding], removes: Sequence[str],
+                     final: dict[str, Binding]) -> list[str]:
+        """:data:`UPDATE`'s arguments (see there)."""
+        keys = self.keys
+        args = [keys.binding_prefix(aor), keys.end_prefix(aor), str(len(existing))]
+        for bid, (_, version) in existing.items():
+            args += (bid, version)
+        args.append(str(len(removes)))
+        wall_ms = _ms(time.time())
+        for rid in removes:
+            seen = existing.get(rid)
+            if seen is None:
+                args += (rid, "", "0")
+            else:  # settle this version: no worker reports it as expired
+                old = seen[0]
+                args += (rid, f"{old.binding_id}:{old.expires_at!r}",
+                         str(max(_ms(old.expires_at), wall_ms) + END_MARKER_MS))
+        args.append(str(len(puts)))
+        for b in puts:
+            fields = _encode(b)
+            fields["v"] = _version(fields)
+            args += (b.binding_id, str(_ms(b.expires_at)), str(2 * len(fields)))
+            for kv in fields.items():
+                args += kv
+        args.append(str(max(_ms(b.expires_at) for b in final.values())) if final else "0")
+        return args
+
+    async def _update(self, aor: str, setkey: str, args: list[str], *, before: bool,
+                      after: bool) -> Any:
+        """One round trip: the index entry first when the AOR may be new (so a crash after
+        the write leaves no binding unlisted), :data:`UPDATE`, the index entry again when
+        it was new (a remover that looked before the write cannot have undone it)."""
+        client = self._redis()
+        index = self.keys.index
+        for attempt in (0, 1):
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    if before:
+                        pipe.sadd(index, aor)
+                    pipe.evalsha(UPDATE.sha, 1, setkey, *args)
+                    if after:
+                        pipe.sadd(index, aor)
+                    results = await pipe.execute()
+                return results[1 if before else 0]
+            except NoScriptError:
+                if attempt:
+                    raise StoreError("redis: script not loaded") from None
+                await self._call(client.script_load(UPDATE.src))
+            except (RedisError, OSError) as exc:
+                raise StoreError(f"redis: {exc}") from exc
+        raise AssertionError("unreachable")
 
     def _queue_writes(self, pipe: Any, aor: str, existing: dict[str, Binding],
                       puts: Iterable[Binding], removes: Iterable[str],
