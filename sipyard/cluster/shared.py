@@ -9,7 +9,7 @@ this module mirrors their decisions to Redis and back in the background
 =====================  ======================  ==========================================
 state                  where                   why
 =====================  ======================  ==========================================
-bindings               Redis (the store)       write-through, WATCH/MULTI per AOR
+bindings               Redis (the store)       write-through, one checked script per write
 run state, presence    Redis (store state)     a change is polled by every process and
                                                applied with a reload (≤ 1 s)
 digest nonce secret    Redis ``cluster:secret``  every process must take every nonce as ours;
@@ -25,7 +25,9 @@ REGISTER rate limit    per process             each of N workers allows rate/N p
 active calls (limits)  Redis ``calls:<node>``  each process publishes its per-line counts;
                                                ``max_calls`` adds the others' (≤ 1 s old)
 transactions, dialogs  per process (owner)     Call-ID ownership sends every packet of a
-                                               call to the process that holds them
+                                               call to the process that holds them; calls-
+                                               free requests stay where they arrive
+                                               (sipyard.cluster.worker)
 trunk registrations    worker 0 only           ``OpsContext.primary`` (one per site)
 TCP connections        per process             a connection is a socket of one process;
                                                the workers of a host announce theirs and
