@@ -222,7 +222,12 @@ if [ "${WORKERS:-1}" != 0 ]; then
   echo "== --workers 1 vs --workers 2 (redis store, each worker pinned) =="
   # redis-backed: the REGISTER path waits on redis, far below 10 000/s on one core; the
   # ratio of 2 workers to 1 is what counts, at a rate both sustain
+  echo "-- one sipp socket (one 4-tuple: the kernel gives every packet to one worker)"
   OUT="$OUT/workers" PY="$PY" RATE="${WORKERS_RATE:-1000}" COUNT="${WORKERS_COUNT:-10000}" \
+      PORT=$((PORT + 10)) "$HERE/workers.sh"
+  echo "-- 64 sipp sockets (the load spread over both workers, each at half the rate)"
+  OUT="$OUT/workers-spread" PY="$PY" RATE="${WORKERS_RATE:-1000}" \
+      COUNT="${WORKERS_COUNT:-10000}" TRANSPORT=un SIPP_X="-max_socket 64" \
       PORT=$((PORT + 10)) "$HERE/workers.sh"
 fi
 echo "raw output: $OUT" >&2

@@ -6,6 +6,7 @@
 # sipp is pinned to CPU 1 (run_anchor.sh), so on a 2-core machine it shares a core with
 # worker 1: the figure is CPU time per call, which that does not change much.
 # Target (issue #14): us/call with 2 workers <= 1.15 x us/call with 1.
+# TRANSPORT=un SIPP_X="-max_socket 64" spreads the calls over 64 sipp sockets (both workers).
 #
 #   RATE=500 COUNT=5000 bench/workers.sh          (smoke)
 set -euo pipefail
