@@ -320,6 +320,25 @@ def _check_order(existing: Binding, call_id: str, cseq: int) -> None:
         raise Reject(400, "Out of Order CSeq")
 
 
+#: how long a client retransmits a non-INVITE request (RFC 3261 timer F, 64 × T1)
+_RETRANSMIT_WINDOW = 32.0
+
+
+def _is_replay(old: Binding, w: _Want, call_id: str, cseq: int, now: float) -> bool:
+    """``old`` was written by this very request, whose transaction is gone.
+
+    A REGISTER committed just before its worker was killed or the server
+    restarted is retransmitted by the phone (same Call-ID, same CSeq, within
+    timer F): §10.3 step 7 would refuse it as "not higher", and the phone
+    would take its stored registration for failed. A UA never reuses a
+    CSeq for a different request, so the same contact asking for the
+    expiry the binding got then is answered as the lost 200 would have been.
+    """
+    return (old.call_id == call_id and old.cseq == cseq and old.contact == w.uri
+            and old.params == w.params
+            and 0.0 <= w.expires - (old.expires_at - now) <= _RETRANSMIT_WINDOW)
+
+
 def _remove_all(call_id: str, cseq: int, seen: list[int]) -> Fn:
     def fn(current: list[Binding]) -> tuple[list[Binding], list[str]]:
         seen[:] = [len(current)]
@@ -350,6 +369,8 @@ def _apply(wants: list[_Want], call_id: str, cseq: int, now: float, src: Source,
         for w in wants:
             old = by_id.get(w.binding_id)
             if old is not None:
+                if _is_replay(old, w, call_id, cseq, now):
+                    return [], []  # stored already: answer with the bindings as they are
                 _check_order(old, call_id, cseq)
             if w.expires == 0:
                 puts.pop(w.binding_id, None)

@@ -330,6 +330,22 @@ def test_same_call_id_needs_higher_cseq(hs: Harness) -> None:
     assert (b.cseq, b.expires_at) == (6, NOW + 60)
 
 
+def test_a_retransmission_of_a_stored_register_gets_200(hs: Harness) -> None:
+    """The 200 was lost with its transaction (a worker killed, a restart after the
+    commit): the phone's retransmission, seconds later, is answered as that 200 would
+    have been, and writes nothing."""
+    hs.send(["<sip:a@192.0.2.1>"], expires=600, cseq=7)
+    again = hs.send(["<sip:a@192.0.2.1>"], now=NOW + 4.0, expires=600, cseq=7)
+    # the lost 200 said 600 (a granted expiry is echoed exactly), so does this one
+    assert again.status == 200 and expires_of(again) == {"sip:a@192.0.2.1": 600}
+    (b,) = hs.bindings()
+    assert (b.cseq, b.expires_at) == (7, NOW + 600)
+    # past the client's retransmission window, or asking for more: not the same request
+    for now, expires in ((NOW + 40.0, 600), (NOW + 1.0, 900)):
+        rej = hs.reject(["<sip:a@192.0.2.1>"], now=now, expires=expires, cseq=7)
+        assert rej.status == 400 and "CSeq" in rej.reason
+
+
 def test_other_call_id_updates_whatever_its_cseq(hs: Harness) -> None:
     hs.send(["<sip:a@192.0.2.1>"], expires=600, cseq=500)
     hs.send(["<sip:a@192.0.2.1>"], expires=120, call_id="rebooted-phone", cseq=1)

@@ -19,7 +19,16 @@ from pathlib import Path
 
 import pytest
 from baresip import require_tool
-from support import BENCH, Server, UdpClient, free_port, register, status_of, write_config
+from support import (
+    BENCH,
+    Server,
+    UdpClient,
+    free_port,
+    register,
+    sip_request,
+    status_of,
+    write_config,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -131,3 +140,30 @@ def test_every_acknowledged_binding_survives(server: Server, tmp_path: Path, sig
     got = bindings_by_contact(server)
     assert not [c for _, c, exp, _ in acked if exp == SHORT and c in got]
     assert all(c in got for _, c, _, _ in long_lived)
+
+
+def test_a_register_retransmitted_across_a_restart_gets_200(tmp_path: Path) -> None:
+    """Stored, then the server died before its 200 reached the phone: the phone's
+    retransmission (same bytes) after the restart gets 200, not 400 "Out of Order CSeq"
+    (which the phone would take for a failed registration)."""
+    cfg = write_config(tmp_path / "srv", security={"open_registration": True})
+    srv = Server(cfg).start()
+    phone = UdpClient(srv.addr)
+    try:
+        req = sip_request("REGISTER", "sip:127.0.0.1", to="<sip:42@sipyard.test>",
+                          frm="<sip:42@sipyard.test>", cseq=5, local_port=phone.port,
+                          headers=[("Contact", f"<sip:42@127.0.0.1:{phone.port}>"),
+                                   ("Expires", "300")])
+        assert status_of(phone.request(req)) == 200
+        srv.kill9()
+        srv.start()
+        again = phone.request(req)
+        assert status_of(again) == 200, again
+        assert f"<sip:42@127.0.0.1:{phone.port}>;expires=300".encode() in (again or b"")
+        # a different request reusing that CSeq is still refused (RFC 3261 §10.3 step 7)
+        other = req.replace(b"Expires: 300", b"Expires: 900").replace(b";branch=z9hG4bK",
+                                                                     b";branch=z9hG4bKx", 1)
+        assert status_of(phone.request(other)) == 400
+    finally:
+        phone.close()
+        srv.stop()
