@@ -327,3 +327,57 @@ def test_a_refresh_is_one_script_call_and_a_stale_guess_is_redone(
     finally:
         mon.close()
         ctl.close()
+
+
+def test_bans_and_call_counts_reach_another_process_without_a_scan(
+        redis_server: RedisServer) -> None:
+    """Two processes' mirrors: a ban (with its failure count) and per-line call counts made
+    in one are seen by the other's poll, a lifted ban is lifted there too, a stopped
+    process's counts go; and the poll reads the indexes, never SCANs the keyspace (which
+    holds every binding)."""
+    ctl = socket.create_connection(("127.0.0.1", redis_server.port), timeout=5)
+    assert _resp(ctl, "FLUSHALL") == "OK"
+    for i in range(500):  # bindings and whatever else: the poll must not walk them
+        _resp(ctl, "SET", f"sipyard:b:{{sip:{i}@x}}:id", "x")
+
+    def process(counts: dict[str, int]) -> tuple[Guard, SimpleNamespace, SimpleNamespace]:
+        guard = Guard(max_failures=2, window=60, ban_seconds=60)
+        calls = SimpleNamespace(local_counts=lambda: dict(counts), elsewhere={})
+        parts = SimpleNamespace(
+            guard=guard, calls=calls, auth=SimpleNamespace(share=lambda secret, node: None),
+            current=SimpleNamespace(config=SimpleNamespace(state=None)))
+        return guard, calls, SimpleNamespace(parts=parts, now=time.time)
+
+    ga, _, ctx_a = process({"10": 1, "11": 2})
+    gb, calls_b, ctx_b = process({})
+    mon = Monitor(redis_server.port)
+    try:
+        async def body() -> None:
+            a, b = SharedState(ctx_a, redis_server.url), SharedState(ctx_b, redis_server.url)
+            await a.start()
+            await b.start()
+            try:
+                now = time.time()
+                await a._failure("192.0.2.7", now)
+                await a._failure("192.0.2.7", now)  # the second one bans, in a
+                await a.sync()
+                await b.sync()
+                assert gb.banned("192.0.2.7", now)
+                (ban,) = [x for x in gb.bans(now) if x.address == "192.0.2.7"]
+                assert ban.failures == 2 and abs(ban.until - (now + 60)) < 2
+                assert calls_b.elsewhere == {"10": 1, "11": 2}
+                await a._unban("192.0.2.7")
+                await b.sync()
+                assert not gb.banned("192.0.2.7", time.time())
+                await a.close()
+                await b.sync()
+                assert calls_b.elsewhere == {}
+            finally:
+                await b.close()
+
+        asyncio.run(body())
+        commands = {args[0].upper() for c, args in mon.take() if args}
+        assert "SCAN" not in commands and "KEYS" not in commands, commands
+    finally:
+        mon.close()
+        ctl.close()

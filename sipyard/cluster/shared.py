@@ -18,11 +18,15 @@ nonce counts (replay)  per process, by design  a nonce names its issuer (random 
                                                node id); another node answers it STALE,
                                                so each count lives in exactly one table
 auth failures          Redis ``fail:<ip>``     INCR per failure, expires after the window
-bans                   Redis ``ban:<ip>``      set by whoever bans; polled into every guard
+bans                   Redis ``ban:<ip>``      set by whoever bans, indexed by end time in
+                       and ``bans``            ``bans``; polled into every guard
 REGISTER rate limit    per process             each of N workers allows rate/N per source
-                                               (Call-IDs spread a flood evenly; a shared
-                                               counter would cost a round trip per request)
-active calls (limits)  Redis ``calls:<node>``  each process publishes its per-line counts;
+                                               (the kernel spreads a source's ports over
+                                               the workers; a one-port source is held to
+                                               rate/N; a shared counter would cost a round
+                                               trip per request)
+active calls (limits)  Redis ``calls:<node>``  each process publishes its per-line counts
+                       and ``callnodes``       (and itself in ``callnodes``);
                                                ``max_calls`` adds the others' (≤ 1 s old)
 transactions, dialogs  per process (owner)     Call-ID ownership sends every packet of a
                                                call to the process that holds them; calls-
@@ -33,6 +37,11 @@ TCP connections        per process             a connection is a socket of one p
                                                the workers of a host announce theirs and
                                                write for each other (cluster.handoff)
 =====================  ======================  ==========================================
+
+The once-a-second poll reads two small indexes (``bans`` and ``callnodes``,
+sorted by expiry) rather than scanning for ``ban:*`` and ``calls:*``: a scan
+walks the whole keyspace, bindings included, so with 10 000 phones every
+worker made some fifty round trips a second for nothing.
 """
 
 from __future__ import annotations
@@ -108,6 +117,7 @@ class SharedState:
             t.cancel()
         with contextlib.suppress(RedisError, OSError):
             await self.redis.delete(self.prefix + f"calls:{self.node}")
+            await self.redis.zrem(self.prefix + "callnodes", str(self.node))
         with contextlib.suppress(RedisError, OSError):
             await self.redis.aclose()
 
@@ -145,19 +155,25 @@ class SharedState:
             await self._ban(ban)
 
     async def _ban(self, ban: Ban) -> None:
+        at_ms = max(1, int(ban.until * 1000))
         with contextlib.suppress(RedisError, OSError):
-            await self.redis.set(self.prefix + "ban:" + ban.address,
-                                 f"{ban.until!r} {ban.failures}",
-                                 pxat=max(1, int(ban.until * 1000)))
-            await self.redis.delete(self.prefix + "fail:" + ban.address)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(self.prefix + "ban:" + ban.address, f"{ban.until!r} {ban.failures}",
+                         pxat=at_ms)
+                pipe.zadd(self.prefix + "bans", {ban.address: at_ms})
+                pipe.delete(self.prefix + "fail:" + ban.address)
+                await pipe.execute()
 
     async def _unban(self, ip: str | None) -> None:
+        index = self.prefix + "bans"
         try:
-            if ip is not None:
-                keys = [self.prefix + "ban:" + ip, self.prefix + "fail:" + ip]
-            else:
-                keys = [k async for k in self.redis.scan_iter(self.prefix + "ban:*", count=1000)]
+            ips = [ip] if ip is not None else [str(m) for m in await self.redis.zrange(index, 0, -1)]
+            keys = [self.prefix + "ban:" + a for a in ips] + [self.prefix + "fail:" + a for a in ips]
             await self._each(keys, "delete")
+            if ip is not None:
+                await self.redis.zrem(index, ip)
+            else:
+                await self.redis.delete(index)
         except (RedisError, OSError) as exc:
             log.debug("shared unban: %s", exc)
 
@@ -190,46 +206,62 @@ class SharedState:
         await self._sync_runstate()
 
     async def _sync_bans(self) -> None:
+        """The bans in force anywhere, from the ``bans`` index (ip by end time): one round
+        trip whatever else the database holds, plus one for bans new to this process."""
         guard = self.parts.guard
         now = self.ctx.now()
-        plen = len(self.prefix) + 4
-        keys = [k async for k in self.redis.scan_iter(self.prefix + "ban:*", count=1000)]
-        values = await self._each(keys, "get")
+        index = self.prefix + "bans"
+        now_ms = int(now * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(index, "-inf", now_ms)
+            pipe.zrangebyscore(index, now_ms + 1, "+inf", withscores=True)
+            _, active = await pipe.execute()
         seen: set[str] = set()
-        for k, v in zip(keys, values, strict=True):
-            if not v:
-                continue
-            ip = k[plen:]
-            until_s, _, fails_s = str(v).partition(" ")
-            try:
-                until, fails = float(until_s), int(fails_s or 0)
-            except ValueError:
-                continue
+        new: list[tuple[str, float]] = []
+        for member, score in active:
+            ip = str(member)
             seen.add(ip)
-            if until > now and not guard.banned(ip, now):
-                guard.install_ban(Ban(ip, until, fails))
+            if not guard.banned(ip, now):
+                new.append((ip, float(score) / 1000.0))
+        if new:  # the failure count that led to each ban, for `sipyard bans`
+            values = await self._each([self.prefix + "ban:" + ip for ip, _ in new], "get")
+            for (ip, until), v in zip(new, values, strict=True):
+                until_s, _, fails_s = str(v or "").partition(" ")
+                try:
+                    until, fails = float(until_s) if v else until, int(fails_s or 0)
+                except ValueError:
+                    fails = 0
+                if until > now:
+                    guard.install_ban(Ban(ip, until, fails))
         for ip in self._remote_bans - seen:
             guard.drop_ban(ip)  # lifted elsewhere (sipyard unban on another host)
         self._remote_bans = seen
 
     async def _sync_calls(self) -> None:
+        """Publish this process's per-line call counts, read the others' (the ``callnodes``
+        index names who has any: no scan of the keyspace)."""
         calls = self.parts.calls
         mine = calls.local_counts()
         key = self.prefix + f"calls:{self.node}"
-        if mine:
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.delete(key)
-            pipe.hset(key, mapping={k: str(v) for k, v in mine.items()})
-            pipe.pexpire(key, _CALLS_TTL_MS)
-            await pipe.execute()
-        elif self._published_calls:
-            await self.redis.delete(key)
+        index = self.prefix + "callnodes"
+        now_ms = int(self.ctx.now() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if mine:
+                pipe.delete(key)
+                pipe.hset(key, mapping={k: str(v) for k, v in mine.items()})
+                pipe.pexpire(key, _CALLS_TTL_MS)
+                pipe.zadd(index, {str(self.node): now_ms + _CALLS_TTL_MS})
+            elif self._published_calls:
+                pipe.delete(key)
+                pipe.zrem(index, str(self.node))
+            pipe.zremrangebyscore(index, "-inf", now_ms)
+            pipe.zrange(index, 0, -1)
+            nodes = (await pipe.execute())[-1]
         self._published_calls = mine
+        others = [self.prefix + f"calls:{n}" for n in nodes if str(n) != str(self.node)]
         elsewhere: dict[str, int] = {}
-        async for k in self.redis.scan_iter(self.prefix + "calls:*", count=1000):
-            if k == key:
-                continue
-            for line, n in (await self.redis.hgetall(k)).items():
+        for counts in await self._each(others, "hgetall"):
+            for line, n in (counts or {}).items():
                 with contextlib.suppress(ValueError):
                     elsewhere[str(line)] = elsewhere.get(str(line), 0) + int(n)
         calls.elsewhere = elsewhere
