@@ -305,7 +305,8 @@ class Message:
                 raise ParseError(400, "Missing Via header")
             try:
                 if len(lines) == 1 and "," not in lines[0]:
-                    vias = [parse_via(lines[0])]
+                    top = self._top  # top_via parsed this very line already
+                    vias = [top if top is not None else parse_via(lines[0])]
                 else:
                     vias = [parse_via(v) for line in lines for v in split_values(line)]
             except ParseError:
