@@ -17,7 +17,6 @@ import logging
 import secrets
 import signal
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import CoroutineType
@@ -424,10 +423,6 @@ class App:
             # ACK (which carries our tag) finds its INVITE.
             key = make_key(branch, sent_by, method, fallback=(
                 req.uri, req.from_.tag or "", req.call_id, str(req.cseq[0]), via.raw))
-        if (method == "OPTIONS" and self.proxy is None and not _has_user(req)
-                and not req.has("require")):
-            self._options_stateless(req, dest, branch)
-            return
         unmatched = self.unmatched
         if (unmatched is not None and method == "CANCEL" and txl.find_invite(key) is None
                 and unmatched(req, src)):
@@ -546,21 +541,6 @@ class App:
                             req.method or "request", dest.ip, status, reason)
         if reqlog.isEnabledFor(logging.INFO):
             self._log_request(req, dest, status)
-
-    def _options_stateless(self, req: Request, dest: Source, branch: str | None) -> None:
-        """OPTIONS to the server itself in redirect mode (a phone's keep-alive, a
-        monitor's probe), answered without a transaction, as Kamailio's ``sl`` does
-        (RFC 3261 §8.2.7): a retransmission is answered again, the same way, and the
-        To tag is derived from the request so every copy gets the same one (§8.2.6.2).
-        No transaction means no 32 s of state per ping."""
-        seed = branch if branch else f"{req.call_id} {req.cseq[0]}"
-        tag = f"{self._tag_prefix}o{zlib.crc32(seed.encode('utf-8', 'surrogateescape')):x}"
-        data = build_response(req, 200, "OK", to_tag=tag, headers=_OPTIONS_HEADERS,
-                              server=self.server_header)
-        self.transports.send(dest, data)
-        self.stats.response(200)
-        if reqlog.isEnabledFor(logging.INFO):
-            self._log_request(req, dest, 200)
 
     def _stateless(self, req: Request, src: Source, status: int, reason: str) -> None:
         """Answer a request whose Via could not be read: to its source, as best we can."""

@@ -15,7 +15,6 @@ time-outs of suspended requests are in ``test_pickup.py``.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import time
@@ -221,32 +220,6 @@ def test_ack_for_the_302_is_absorbed_and_stops_its_retransmissions(
     assert status_of(again) == 302 and again == first
     client.send(ack_for(req, first))
     assert client.recv(2.5) is None  # absorbed: no answer, and no more 302s
-
-
-def test_options_to_the_server_is_answered_without_a_transaction(
-        wire: Server, client: UdpClient) -> None:
-    """A keep-alive OPTIONS is answered statelessly (as Kamailio's sl does): a copy of it
-    gets the same 200 with the same To tag, another OPTIONS another tag, and no
-    transaction is kept for 32 s per ping."""
-    before = _transactions(wire)
-    req = sip_request("OPTIONS", f"sip:127.0.0.1:{wire.port}", local_port=client.port)
-    first, again = client.request(req), client.request(req)
-    assert status_of(first) == 200 and first is not None and again is not None
-    assert header_values(first, "Allow") and header_values(first, "Accept")
-    assert header_values(again, "To") == header_values(first, "To")
-    assert ";tag=" in header_values(first, "To")[0]
-    other = client.request(sip_request("OPTIONS", f"sip:127.0.0.1:{wire.port}",
-                                       local_port=client.port))
-    assert other is not None and header_values(other, "To") != header_values(first, "To")
-    assert _transactions(wire) <= before
-    # to a user it is routed like any request (here: a line with no binding)
-    assert status_of(ask(client, "OPTIONS", uri(wire, "13"))) == 480
-
-
-def _transactions(server: Server) -> int:
-    res = server.cli("status", "--json")
-    assert res.returncode == 0, res.stderr
-    return int(json.loads(res.stdout)["transactions"])
 
 
 def test_default_config_challenges_an_invite_and_redirects_the_authenticated_one(
