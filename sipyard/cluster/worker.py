@@ -29,8 +29,8 @@ the same 4-tuple and the same worker (the kernel's ``SO_REUSEPORT`` hash).
 The one packet that may legitimately come from elsewhere is a CANCEL (or a
 non-2xx ACK) sent from another port than its INVITE: a CANCEL or ACK that
 matches no transaction in the worker that got it is passed round the other
-workers in turn (a *probe*), and only the last one tries answers it (481, or
-drops the ACK) — so no 481 for a CANCEL whose INVITE lives in another worker.
+workers in turn (a *probe*), and only the last one to try answers it (481,
+or drops the ACK) — so no 481 for a CANCEL whose INVITE lives in another worker.
 Everything else — proxied requests, in-dialog requests, SUBSCRIBE/NOTIFY and
 every response — goes to the Call-ID's owner as before, because it can start
 or touch state (forks, calls, subscriptions) that later packets of the call

@@ -335,7 +335,7 @@ class RedisStore(LocationStore):
                 return current, after
             # another process wrote the AOR since: decide again on what it holds now
             existing, read = _with_versions(result[1]), True
-            listed = True
+            listed = bool(existing)  # whoever wrote them listed the AOR
             if self.track_expiry:
                 old = self._known.get(aor)
                 self._known.apply(aor, [b for b, _ in existing.values()],
