@@ -381,3 +381,29 @@ def test_bans_and_call_counts_reach_another_process_without_a_scan(
     finally:
         mon.close()
         ctl.close()
+
+
+def test_scripts_flushed_by_redis_are_loaded_again(redis_server: RedisServer) -> None:
+    """A redis that restarted (or ran SCRIPT FLUSH) no longer knows our scripts: the next
+    update, lookup and expiry load them and go on, nothing refused."""
+    ctl = socket.create_connection(("127.0.0.1", redis_server.port), timeout=5)
+    assert _resp(ctl, "FLUSHALL") == "OK"
+    try:
+        async def body() -> None:
+            now = time.time()
+            store = RedisStore(redis_server.url)
+            await store.open()
+            try:
+                await store.update(AOR, now, put(mk("a1", exp=now + 60)))
+                assert _resp(ctl, "SCRIPT", "FLUSH") == "OK"
+                await store.update(AOR, now, put(mk("a2", exp=now + 60)))
+                assert _resp(ctl, "SCRIPT", "FLUSH") == "OK"
+                assert [b.binding_id for b in await store.lookup(AOR, now)] == ["a1", "a2"]
+                assert _resp(ctl, "SCRIPT", "FLUSH") == "OK"
+                assert await store.count(now) == 2 and await store.expire(now) == []
+            finally:
+                await store.close()
+
+        asyncio.run(body())
+    finally:
+        ctl.close()

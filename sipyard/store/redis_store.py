@@ -51,7 +51,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -378,25 +378,17 @@ class RedisStore(LocationStore):
         """One round trip: the index entry first when the AOR may be new (so a crash after
         the write leaves no binding unlisted), :data:`UPDATE`, the index entry again when
         it was new (a remover that looked before the write cannot have undone it)."""
-        client = self._redis()
         index = self.keys.index
-        for attempt in (0, 1):
-            try:
-                async with client.pipeline(transaction=False) as pipe:
-                    if before:
-                        pipe.sadd(index, aor)
-                    pipe.evalsha(UPDATE.sha, 1, setkey, *args)
-                    if after:
-                        pipe.sadd(index, aor)
-                    results = await pipe.execute()
-                return results[1 if before else 0]
-            except NoScriptError:
-                if attempt:
-                    raise StoreError("redis: script not loaded") from None
-                await self._call(client.script_load(UPDATE.src))
-            except (RedisError, OSError) as exc:
-                raise StoreError(f"redis: {exc}") from exc
-        raise AssertionError("unreachable")
+
+        def fill(pipe: Any) -> None:
+            if before:
+                pipe.sadd(index, aor)
+            pipe.evalsha(UPDATE.sha, 1, setkey, *args)
+            if after:
+                pipe.sadd(index, aor)
+
+        results = await self._pipeline(UPDATE, fill)
+        return results[1 if before else 0]
 
     def _queue_writes(self, pipe: Any, aor: str, existing: dict[str, Binding],
                       puts: Iterable[Binding], removes: Iterable[str],
@@ -572,12 +564,21 @@ class RedisStore(LocationStore):
     async def _eval_many(self, script: Script,
                          calls: Sequence[tuple[list[str], list[str]]]) -> list[Any]:
         """One script call per AOR, pipelined (not a transaction: each call is one slot)."""
+        def fill(pipe: Any) -> None:
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+        return await self._pipeline(script, fill)
+
+    async def _pipeline(self, script: Script, fill: Callable[[Any], None]) -> list[Any]:
+        """A pipeline (not a transaction) that ``fill`` queues and that calls ``script``:
+        sent again once, after loading it, when the server does not know it (redis
+        restarted or flushed its scripts)."""
         client = self._redis()
         for attempt in (0, 1):
             try:
                 async with client.pipeline(transaction=False) as pipe:
-                    for keys, args in calls:
-                        pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    fill(pipe)
                     return list(await pipe.execute())
             except NoScriptError:
                 if attempt:
