@@ -58,17 +58,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import (
-    ConnectionError as RedisConnectionError,
-)
-from redis.exceptions import (
-    NoScriptError,
-    RedisError,
-    WatchError,
-)
-from redis.exceptions import (
-    TimeoutError as RedisTimeoutError,
-)
+from redis.exceptions import NoScriptError, RedisError, WatchError
 
 from .base import Binding, LocationStore, StoreError, UpdateFn, normalize_update, sort_key
 from .cache import BindingCache, KeyedLocks
@@ -150,12 +140,6 @@ def _same(a: dict[str, tuple[Binding, str]], b: dict[str, tuple[Binding, str]]) 
 
 def _ms(t: float) -> int:
     return int(t * 1000)
-
-
-def _is_connection_failure(exc: BaseException) -> bool:
-    """redis-py turns a connection lost while WATCHing into WatchError; tell it apart."""
-    ctx = exc.__context__
-    return isinstance(ctx, (RedisConnectionError, RedisTimeoutError, OSError))
 
 
 class RedisStore(LocationStore):
@@ -548,8 +532,7 @@ class RedisStore(LocationStore):
         aors = sorted(seen)
         return [aors[i:i + CHUNK] for i in range(0, len(aors), CHUNK)]
 
-    async def _eval(self, client: Any, script: Script, keys: list[str], args: list[str],
-                    *, wrap: bool = True) -> Any:
+    async def _eval(self, client: Any, script: Script, keys: list[str], args: list[str]) -> Any:
         """EVALSHA, falling back to EVAL when the server does not know the script yet."""
         try:
             try:
@@ -557,8 +540,6 @@ class RedisStore(LocationStore):
             except NoScriptError:
                 return await client.eval(script.src, len(keys), *keys, *args)
         except (RedisError, OSError) as exc:
-            if not wrap:
-                raise
             raise StoreError(f"redis: {exc}") from exc
 
     async def _eval_many(self, script: Script,
