@@ -7,6 +7,9 @@
 # worker 1: the figure is CPU time per call, which that does not change much.
 # Target (issue #14): us/call with 2 workers <= 1.15 x us/call with 1.
 # TRANSPORT=un SIPP_X="-max_socket 64" spreads the calls over 64 sipp sockets (both workers).
+# Then the Python floor (bench/floor_procs.py: the shared fixed-200 uvloop responder as 1 and
+# as 2 SO_REUSEPORT processes, pinned the same way) under the same load, options scenario:
+# what a second process costs a Python server that does nothing, printed as python_floor.
 #
 #   RATE=500 COUNT=5000 bench/workers.sh          (smoke)
 set -euo pipefail
@@ -21,6 +24,8 @@ PORT="${PORT:-5090}"
 RPORT="${RPORT:-6390}"
 OUT="${OUT:-/tmp/sipyard-bench/workers-$(date +%Y%m%d-%H%M%S)}"
 PY="${PY:-$ROOT/.venv/bin/python}"
+FLOOR="${FLOOR:-1}"  # 0 skips the Python floor's 1-vs-2-process run
+FLOOR_COUNT="${FLOOR_COUNT:-20000}"  # ticks are 10 ms: enough calls for a few % resolution
 [ -x "$PY" ] || PY="$(command -v python3)"
 mkdir -p "$OUT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # this checkout, whatever venv runs it
@@ -70,8 +75,28 @@ TOML
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 }
 
+floor() {  # $1 = processes: the Python floor (bench/floor_procs.py) under the same load
+  local n=$1 d="$OUT/floor$1"
+  mkdir -p "$d"
+  "$PY" "$HERE/floor_procs.py" "$n" "$PORT" "$SHARED" >"$d/stdout" 2>"$d/log" &
+  local pid=$!
+  for _ in $(seq 50); do grep -q "listening on" "$d/stdout" 2>/dev/null && break; sleep 0.1; done
+  sleep 0.5  # the children bind after the parent's line
+  "$WORK/run_anchor.sh" -S none -p "$pid" -t "127.0.0.1:$PORT" -s options -r "$RATE" -T "$TRANSPORT" \
+      ${SIPP_X:+-x "$SIPP_X"} \
+      -m "$FLOOR_COUNT" -o "$d/sipp" | sed "s/target=/workers=$n target=/" | tee "$d/result.txt"
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+}
+
 run 1
 run 2
+if [ "$FLOOR" = 1 ]; then
+  floor 1
+  floor 2
+  # the floor's ratio, printed as "python_floor" beside the scenarios below
+  sed 's/scen=options/scen=python_floor/' "$OUT/floor1/result.txt" >>"$OUT/w1/result.txt"
+  sed 's/scen=options/scen=python_floor/' "$OUT/floor2/result.txt" >>"$OUT/w2/result.txt"
+fi
 "$PY" - "$OUT/w1/result.txt" "$OUT/w2/result.txt" <<'PYEOF'
 import sys
 def load(p):
@@ -91,7 +116,8 @@ for scen, a in one.items():
     except (ValueError, ZeroDivisionError):
         r = "n/a"
     print(f"{scen:16s} workers=1 {a['server_us_call']:>7s} us/call  workers=2 "
-          f"{b['server_us_call']:>7s} us/call  ratio {r} (target <= 1.15; failed "
+          f"{b['server_us_call']:>7s} us/call  ratio {r} "
+          f"({'what 2 processes cost the floor' if scen == 'python_floor' else 'target <= 1.15'}; failed "
           f"{a['failed']}/{b['failed']})")
 PYEOF
 echo "raw output: $OUT" >&2
