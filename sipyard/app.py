@@ -104,6 +104,7 @@ class App:
             max_handshakes_per_net=srv.tcp_handshakes_per_net,
             handshake_timeout=srv.tcp_handshake_timeout,
             on_framing_error=self._on_framing_error, on_oversize=self._on_oversize)
+        self.parts.store.answers = self.transports  # one commit's 200s leave together
         #: parse caches emptied, quiet-time collections (issue #16: memory comes back)
         self.housekeeper = Housekeeper(config.security.sweep_interval,
                                        load=lambda: len(self.txl),

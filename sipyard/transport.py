@@ -133,19 +133,24 @@ class _UdpReader:
         handler = owner.handler
         max_udp = owner.max_udp
         local = self.local
-        for _ in range(self.BATCH):
-            try:
-                n, addr = recv_into(buf)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # ICMP errors surface here on some kernels
-                log.debug("udp error on %s: %s", local, exc)
-                continue
-            src = Source("udp", addr[0], addr[1], None, local)
-            if n > max_udp:
-                owner.oversize(src, bytes(view[:n]))
-                continue
-            handler(bytes(view[:n]), src)
+        held = owner.hold()
+        try:
+            for _ in range(self.BATCH):
+                try:
+                    n, addr = recv_into(buf)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:  # ICMP errors surface here on some kernels
+                    log.debug("udp error on %s: %s", local, exc)
+                    continue
+                src = Source("udp", addr[0], addr[1], None, local)
+                if n > max_udp:
+                    owner.oversize(src, bytes(view[:n]))
+                    continue
+                handler(bytes(view[:n]), src)
+        finally:
+            if held:
+                owner.send_held()
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -336,6 +341,8 @@ class Transports:
         self.udp_batch = os.environ.get("SIPYARD_UDP_READER", "batch") != "protocol"
         # Duplicates of the UDP sockets, for sending without the loop (module doc).
         self._raw: dict[tuple[str, int], socket.socket] = {}
+        #: UDP sends of the read batch being handled (hold), else None
+        self._held: list[tuple[Source, bytes]] | None = None
         self._raw_by_family: dict[int, socket.socket] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: dict[int, _Tcp] = {}
@@ -475,25 +482,35 @@ class Transports:
         if self._on_oversize is not None:
             self._on_oversize(src, data)
 
+    def hold(self) -> bool:
+        """From now on UDP answers wait in a list until :meth:`send_held` (one read batch).
+
+        Why: each ``sendto`` to a client that went idle wakes it, and on a VM that wake-up
+        (an IPI, a VM exit) is charged to the sender. Sending a batch's answers back to back
+        wakes the client once, while it is still reading the first. False when already held
+        (a nested batch flushes with the outer one)."""
+        if self._held is not None:
+            return False
+        self._held = []
+        return True
+
+    def send_held(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            for src, data in held:
+                self._send_udp(src, data)
+
     def send(self, src: Source, data: bytes) -> bool:
         """Send to where ``src`` says: its UDP socket or its TCP connection."""
         if src.transport == "udp":
-            raw = self._raw.get(src.local) or self._raw_by_family.get(
-                socket.AF_INET6 if ":" in src.ip else socket.AF_INET)
-            if raw is not None:
-                try:
-                    raw.sendto(data, (src.ip, src.port))
-                    return True
-                except BlockingIOError:
-                    pass  # buffer full: let the transport queue it
-                except OSError as exc:
-                    log.debug("udp send to %s:%d failed: %s", src.ip, src.port, exc)
-                    return True
-            proto = self._udp.get(src.local) or self._udp_by_family.get(
-                socket.AF_INET6 if ":" in src.ip else socket.AF_INET)
-            if proto is None or proto.transport is None:
-                return False
-            proto.transport.sendto(data, (src.ip, src.port))
+            held = self._held
+            if held is None:
+                return self._send_udp(src, data)
+            family = socket.AF_INET6 if ":" in src.ip else socket.AF_INET
+            if (src.local not in self._raw and family not in self._raw_by_family
+                    and src.local not in self._udp and family not in self._udp_by_family):
+                return False  # no socket to send it from, held or not
+            held.append((src, data))
             return True
         conn = self._conns.get(src.conn_id) if src.conn_id is not None else None
         if conn is None:
@@ -507,6 +524,24 @@ class Transports:
                 el.conn_of_peer(src.ip, src.port))
             return cid is not None and el.write(cid, data)
         conn.write(data)
+        return True
+
+    def _send_udp(self, src: Source, data: bytes) -> bool:
+        family = socket.AF_INET6 if ":" in src.ip else socket.AF_INET
+        raw = self._raw.get(src.local) or self._raw_by_family.get(family)
+        if raw is not None:
+            try:
+                raw.sendto(data, (src.ip, src.port))
+                return True
+            except BlockingIOError:
+                pass  # buffer full: let the transport queue it
+            except OSError as exc:
+                log.debug("udp send to %s:%d failed: %s", src.ip, src.port, exc)
+                return True
+        proto = self._udp.get(src.local) or self._udp_by_family.get(family)
+        if proto is None or proto.transport is None:
+            return False
+        proto.transport.sendto(data, (src.ip, src.port))
         return True
 
     def write_conn(self, conn_id: int, data: bytes) -> bool:

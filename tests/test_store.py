@@ -959,3 +959,57 @@ def test_sqlite_commits_in_the_loop_with_normal_and_in_a_thread_with_full(tmp_pa
 
     run(body("NORMAL"))
     run(body("FULL"))
+
+
+def test_sqlite_one_commit_wakes_its_callers_inside_one_hold(tmp_path: Path) -> None:
+    """Group commit: the answers of every REGISTER one commit stored leave together."""
+    events: list[str] = []
+
+    class Answers:
+        def __init__(self) -> None:
+            self.held = False
+
+        def hold(self) -> bool:
+            if self.held:
+                return False
+            self.held = True
+            events.append("hold")
+            return True
+
+        def send_held(self) -> None:
+            self.held = False
+            events.append("send")
+
+    async def main() -> None:
+        store = open_store(None, tmp_path)
+        store.answers = Answers()
+        await store.open()
+        try:
+            done = asyncio.get_running_loop().create_future()
+            woken: list[str] = []
+
+            def cb(aor: str) -> Callable[[list[Binding] | None, BaseException | None], None]:
+                def on_done(result: list[Binding] | None, exc: BaseException | None) -> None:
+                    assert exc is None and result
+                    woken.append(aor)
+                    events.append("woke")
+                    if len(woken) == 5 and not done.done():
+                        done.set_result(None)
+                return on_done
+
+            for i in range(5):
+                aor = f"sip:{i}@example.com"
+                b = mk(aor=aor)
+                assert store.update_soon(aor, 0.0, lambda cur, b=b: ([b], []), cb(aor))
+            await asyncio.wait_for(done, 5)
+        finally:
+            await store.close()
+        assert woken == [f"sip:{i}@example.com" for i in range(5)]
+        # every wake-up between a hold and its send, none outside
+        depth = 0
+        for e in events:
+            depth += {"hold": 1, "send": -1}.get(e, 0)
+            assert e != "woke" or depth == 1, events
+        assert depth == 0 and "hold" in events
+
+    run(main())

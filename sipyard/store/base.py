@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import abc
 from types import TracebackType
+from typing import Protocol
 
 from .binding import Binding, UpdateDone, UpdateFn, normalize_update, sort_key
 
 __all__ = [
+    "AnswerBatch",
     "Binding",
     "LocationStore",
     "StoreError",
@@ -47,6 +49,20 @@ class StoreError(Exception):
     """
 
 
+class AnswerBatch(Protocol):
+    """What the app lends a backend so the answers woken by one commit leave together.
+
+    A commit wakes a burst of callers (group commit) and each sends its 200: sent back to
+    back, they wake an idle client once instead of once each (see ``Transports.hold``).
+    """
+
+    def hold(self) -> bool:
+        """Start holding sends; False if already held (the outer holder sends them)."""
+
+    def send_held(self) -> None:
+        """Send what was held, in order."""
+
+
 class LocationStore(abc.ABC):
     """Bindings per AOR plus a small key/value state table (run state, presence, …).
 
@@ -59,6 +75,9 @@ class LocationStore(abc.ABC):
     #: ``asyncio.timeout``). When False the app starts request handlers eagerly,
     #: outside any Task, until their first wait.
     needs_task: bool = False
+
+    #: Set by the app: a backend that wakes many callers at once holds their answers.
+    answers: AnswerBatch | None = None
 
     @abc.abstractmethod
     async def open(self) -> None:

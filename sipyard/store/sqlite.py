@@ -623,6 +623,15 @@ class SqliteStore(LocationStore):
         A caller that was cancelled meanwhile finds its future cancelled: the
         change is applied all the same (it is committed) and nobody is woken.
         """
+        answers = self.answers
+        held = answers is not None and answers.hold()
+        try:
+            self._wake(ops)
+        finally:
+            if held:
+                answers.send_held()  # type: ignore[union-attr]  # held implies answers
+
+    def _wake(self, ops: list[_Op]) -> None:
         for op in ops:
             ok, value = op.outcome
             if ok and op.on_commit is not None:
