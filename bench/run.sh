@@ -224,8 +224,9 @@ if [ "${WORKERS:-1}" != 0 ]; then
   # ratio of 2 workers to 1 is what counts, at a rate both sustain
   echo "-- one sipp socket (one 4-tuple: the kernel gives every packet to one worker)"
   OUT="$OUT/workers" PY="$PY" RATE="${WORKERS_RATE:-1000}" COUNT="${WORKERS_COUNT:-10000}" \
-      PORT=$((PORT + 10)) "$HERE/workers.sh"
-  echo "-- 64 sipp sockets (the load spread over both workers, each at half the rate)"
+      FLOOR=0 PORT=$((PORT + 10)) "$HERE/workers.sh"
+  echo "-- 64 sipp sockets (the load spread over both workers, each at half the rate);"
+  echo "   python_floor: the fixed-200 responder as 1 and as 2 processes under the same load"
   OUT="$OUT/workers-spread" PY="$PY" RATE="${WORKERS_RATE:-1000}" \
       COUNT="${WORKERS_COUNT:-10000}" TRANSPORT=un SIPP_X="-max_socket 64" \
       PORT=$((PORT + 10)) "$HERE/workers.sh"

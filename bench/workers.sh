@@ -35,7 +35,8 @@ WORK="$OUT/anchor"
 redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
     >"$OUT/redis.log" 2>&1 &
 RPID=$!
-trap 'kill "$RPID" 2>/dev/null || true' EXIT
+# wait for it to go: the next run binds the same port (and a ping would reach the old one)
+trap 'kill "$RPID" 2>/dev/null || true; wait "$RPID" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 run() {  # $1 = workers
