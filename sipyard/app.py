@@ -305,8 +305,7 @@ class App:
         return time.time() if clock is None else clock.wall()
 
     def call_later(self, delay: float, fn: Callable[[], Any]) -> Cancel:
-        loop = self.loop or asyncio.get_running_loop()
-        return loop.call_later(delay, fn)
+        return (self.loop or asyncio.get_running_loop()).call_later(delay, fn)
 
     def drop(self, tx: ServerTransaction) -> None:
         self.txl.terminate(tx)
