@@ -506,9 +506,9 @@ class Transports:
             held = self._held
             if held is None:
                 return self._send_udp(src, data)
-            family = socket.AF_INET6 if ":" in src.ip else socket.AF_INET
-            if (src.local not in self._raw and family not in self._raw_by_family
-                    and src.local not in self._udp and family not in self._udp_by_family):
+            # every UDP listener has its raw socket (start), so this says whether one exists
+            if src.local not in self._raw and (
+                    socket.AF_INET6 if ":" in src.ip else socket.AF_INET) not in self._raw_by_family:
                 return False  # no socket to send it from, held or not
             held.append((src, data))
             return True
