@@ -26,7 +26,7 @@ import math
 import os
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,9 +83,13 @@ def _call_ids() -> Iterator[str]:
 _IDS = _call_ids()
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, init=False)
 class Call:
-    """One call routed by the proxy (in flight, then its CDR)."""
+    """One call routed by the proxy (in flight, then its CDR).
+
+    The ``__init__`` is written out: a dataclass's generated one is
+    interpreted Python even in a compiled module (20 fields, one per call).
+    """
 
     call_id: str
     from_tag: str
@@ -93,20 +97,48 @@ class Call:
     target: str  # the Request-URI dialled
     caller_line: str | None
     start: float
-    callee_line: str | None = None
-    to_tag: str | None = None
-    answered_by: str | None = None  # the Contact of the 2xx
-    answer: float | None = None
-    end: float | None = None
-    state: str = "ringing"  # ringing | answered | ended
-    disposition: str | None = None
-    status: int | None = None
-    reason: str | None = None
-    hangup: str | None = None  # caller | callee | proxy
-    trunk: str | None = None  # the provider trunk the call came in or went out through
+    callee_line: str | None
+    to_tag: str | None
+    answered_by: str | None  # the Contact of the 2xx
+    answer: float | None
+    end: float | None
+    state: str  # ringing | answered | ended
+    disposition: str | None
+    status: int | None
+    reason: str | None
+    hangup: str | None  # caller | callee | proxy
+    trunk: str | None  # the provider trunk the call came in or went out through
     #: stops the call's ringing branches (CANCEL them, 487 to the caller), set by the proxy
-    cancel: Callable[[], object] | None = None
-    id: str = field(default_factory=lambda: next(_IDS))
+    cancel: Callable[[], object] | None
+    id: str
+
+    def __init__(self, call_id: str, from_tag: str, caller: str, target: str,
+                 caller_line: str | None, start: float, callee_line: str | None = None,
+                 to_tag: str | None = None, answered_by: str | None = None,
+                 answer: float | None = None, end: float | None = None,
+                 state: str = "ringing", disposition: str | None = None,
+                 status: int | None = None, reason: str | None = None,
+                 hangup: str | None = None, trunk: str | None = None,
+                 cancel: Callable[[], object] | None = None, id: str = "") -> None:
+        self.call_id = call_id
+        self.from_tag = from_tag
+        self.caller = caller
+        self.target = target
+        self.caller_line = caller_line
+        self.start = start
+        self.callee_line = callee_line
+        self.to_tag = to_tag
+        self.answered_by = answered_by
+        self.answer = answer
+        self.end = end
+        self.state = state
+        self.disposition = disposition
+        self.status = status
+        self.reason = reason
+        self.hangup = hangup
+        self.trunk = trunk
+        self.cancel = cancel
+        self.id = id if id else next(_IDS)
 
     def cdr(self) -> dict[str, Any]:
         """The CDR record: JSON line and ``cdr`` hook record alike (None values are kept

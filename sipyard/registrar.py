@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from .sip.errors import ParseError
 from .sip.headers import NameAddr, parse_uint
@@ -51,17 +51,34 @@ from .store.base import Binding, LocationStore
 __all__ = ["Registrar", "Reply", "Reject", "Plan"]
 
 
-@dataclass(frozen=True, slots=True)
+# Records made per request: ``Final`` fields and a written-out ``__init__``
+# rather than ``frozen=True``, whose generated ``__init__`` is interpreted
+# Python (object.__setattr__ per field) even in a compiled module.
+
+
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Reply:
-    status: int
-    reason: str
-    headers: tuple[tuple[str, str], ...] = ()
+    status: Final[int]
+    reason: Final[str]
+    headers: Final[tuple[tuple[str, str], ...]]
     #: bindings of the AOR before and after (for activate/release events)
-    before: int = 0
-    after: int = 0
-    aor: str = ""
-    line: str = ""
-    added: tuple[Binding, ...] = ()
+    before: Final[int]
+    after: Final[int]
+    aor: Final[str]
+    line: Final[str]
+    added: Final[tuple[Binding, ...]]
+
+    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = (),
+                 before: int = 0, after: int = 0, aor: str = "", line: str = "",
+                 added: tuple[Binding, ...] = ()) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.before = before
+        self.after = after
+        self.aor = aor
+        self.line = line
+        self.added = added
 
 
 class Reject(Exception):
@@ -72,17 +89,27 @@ class Reject(Exception):
         self.headers = headers
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class _Want:
     """One Contact of the request, parsed: what the client asks for."""
 
-    uri: str
-    params: str
-    q: float | None
-    expires: int
-    instance: str | None
-    reg_id: int | None
-    binding_id: str
+    uri: Final[str]
+    params: Final[str]
+    q: Final[float | None]
+    expires: Final[int]
+    instance: Final[str | None]
+    reg_id: Final[int | None]
+    binding_id: Final[str]
+
+    def __init__(self, uri: str, params: str, q: float | None, expires: int,
+                 instance: str | None, reg_id: int | None, binding_id: str) -> None:
+        self.uri = uri
+        self.params = params
+        self.q = q
+        self.expires = expires
+        self.instance = instance
+        self.reg_id = reg_id
+        self.binding_id = binding_id
 
 
 class Plan:

@@ -9,6 +9,7 @@ touches a socket or a clock.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from sipyard.sip.message import Response
 
@@ -59,7 +60,7 @@ class Target:
         return f"Target(uri={self.uri!r}, q={self.q!r}, depth={self.depth!r})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class StartBranch:
     """Forward the request to ``target`` as branch ``branch_id`` (a new client transaction).
 
@@ -67,11 +68,15 @@ class StartBranch:
     (:meth:`~sipyard.proxy.loop.LoopDetector.branch`).
     """
 
-    branch_id: int
-    target: Target
+    branch_id: Final[int]
+    target: Final[Target]
+
+    def __init__(self, branch_id: int, target: Target) -> None:
+        self.branch_id = branch_id
+        self.target = target
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class CancelBranch:
     """Send a CANCEL for branch ``branch_id`` (``build_cancel`` of its request, §9.1).
 
@@ -79,11 +84,15 @@ class CancelBranch:
     the Reason header value, or None.
     """
 
-    branch_id: int
-    reason: str | None
+    branch_id: Final[int]
+    reason: Final[str | None]
+
+    def __init__(self, branch_id: int, reason: str | None) -> None:
+        self.branch_id = branch_id
+        self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class AbandonBranch:
     """The context wants nothing more from ``branch_id``: terminate its client transaction.
 
@@ -91,24 +100,37 @@ class AbandonBranch:
     branch never answered within the CANCEL guard time.
     """
 
-    branch_id: int
+    branch_id: Final[int]
+
+    def __init__(self, branch_id: int) -> None:
+        self.branch_id = branch_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class ForwardResponse:
     """Send ``response`` upstream on the server transaction; our Via is already removed."""
 
-    branch_id: int
-    response: Response
+    branch_id: Final[int]
+    response: Final[Response]
+
+    def __init__(self, branch_id: int, response: Response) -> None:
+        self.branch_id = branch_id
+        self.response = response
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class SendFinal:
     """Answer upstream with a response of our own (build it from the original request)."""
 
-    status: int
-    reason: str
-    headers: tuple[tuple[str, str], ...] = ()
+    status: Final[int]
+    reason: Final[str]
+    headers: Final[tuple[tuple[str, str], ...]]
+
+    def __init__(self, status: int, reason: str,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from itertools import count
+from typing import Final
 
 from sipyard.sip.errors import ParseError, TransactionError
 from sipyard.sip.message import Request, Response, canonical_name
@@ -265,34 +266,48 @@ class Send:
         return f"Send(tx={self.tx!r}, data={self.data!r}, dest={self.dest!r})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class PassResponse:
     """Hand ``response`` to the TU (a proxy's response context)."""
 
-    tx: ClientTransaction
-    response: Response
+    tx: Final[ClientTransaction]
+    response: Final[Response]
+
+    def __init__(self, tx: ClientTransaction, response: Response) -> None:
+        self.tx = tx
+        self.response = response
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Timeout:
     """Timer B or F fired: the TU acts as if a 408 had arrived (§16.7 step 2 / §8.1.3.1)."""
 
-    tx: ClientTransaction
-    timer: CtxEvent
+    tx: Final[ClientTransaction]
+    timer: Final[CtxEvent]
+
+    def __init__(self, tx: ClientTransaction, timer: CtxEvent) -> None:
+        self.tx = tx
+        self.timer = timer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class TransportFailure:
     """Sending failed: the TU acts as if a 503 had arrived (§16.9, §8.1.3.1)."""
 
-    tx: ClientTransaction
+    tx: Final[ClientTransaction]
+
+    def __init__(self, tx: ClientTransaction) -> None:
+        self.tx = tx
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Unmatched:
     """A response no transaction of ours matches: a proxy forwards it statelessly (§16.7)."""
 
-    response: Response
+    response: Final[Response]
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
 
 
 Action = Send | PassResponse | Timeout | TransportFailure | Unmatched

@@ -125,26 +125,36 @@ def _params_text(params: Params) -> str:
     return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class SipUri:
     """A ``sip:`` or ``sips:`` URI with its parts as written.
 
     Treat instances as values: change one with ``replace()``, which rebuilds
-    ``raw``; assigning to a field would leave ``raw`` stale.
+    ``raw``; assigning to a field would leave ``raw`` stale. The ``__init__``
+    is written out because a dataclass's generated one stays interpreted
+    Python in a compiled module, and every request parses a URI or two.
     """
 
     scheme: str
     user: str | None
     password: str | None
     host: str
-    port: int | None = None
-    params: Params = field(default_factory=list)
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    raw: str = ""
+    port: int | None
+    params: Params
+    headers: list[tuple[str, str]]
+    raw: str
 
-    def __post_init__(self) -> None:
-        if not self.raw:
-            self.raw = self._build()
+    def __init__(self, scheme: str, user: str | None, password: str | None, host: str,
+                 port: int | None = None, params: Params | None = None,
+                 headers: list[tuple[str, str]] | None = None, raw: str = "") -> None:
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.params = [] if params is None else params
+        self.headers = [] if headers is None else headers
+        self.raw = raw if raw else self._build()
 
     def __str__(self) -> str:
         return self.raw
