@@ -531,6 +531,40 @@ def test_open_store_urls(tmp_path: Path) -> None:
             open_store(bad, tmp_path)
 
 
+def test_sqlite_one_commit_merges_the_batch_and_isolates_a_bad_write(tmp_path: Path) -> None:
+    """A batch's deltas go in as one DELETE and one INSERT executemany; when that fails,
+    the writes are retried one by one, so only the bad one fails (and nothing is half
+    written)."""
+    async def body() -> None:
+        now = time.time()
+        aors = [f"sip:{i}@example.com" for i in range(6)]
+        async with SqliteStore(tmp_path / DB_NAME) as store:
+            for aor in aors:  # old bindings, each to be replaced by a new id below
+                await store.update(aor, now, put(mk("old", aor=aor, exp=now + 60)))
+            before = store.commits
+
+            def swap(aor: str) -> Callable[[list[Binding]], tuple[list[Binding], list[str]]]:
+                new = mk("new", aor=aor, exp=now + 90)
+                if aor == aors[3]:  # NOT NULL violated: this write alone must fail
+                    new = replace(new, contact=None)  # type: ignore[arg-type]
+                return lambda current: ([new], ["old"])
+
+            results = await asyncio.gather(
+                *(store.update(aor, now, swap(aor)) for aor in aors), return_exceptions=True)
+            assert isinstance(results[3], StoreError)
+            assert all(isinstance(r, list) for i, r in enumerate(results) if i != 3)
+            assert store.commits - before == 1  # merged try rolled back; the rest in one commit
+            assert [b.binding_id for b in await store.lookup(aors[3], now)] == ["old"]
+            assert [b.binding_id for b in await store.lookup(aors[0], now)] == ["new"]
+            before = store.commits
+            await asyncio.gather(*(store.update(aor, now, drop("new")) for aor in aors))
+            assert store.commits - before == 1  # all six deletes in one merged commit
+        async with SqliteStore(tmp_path / DB_NAME) as store:
+            assert {b.aor: b.binding_id for b in await store.all(now)} == {aors[3]: "old"}
+
+    run(body())
+
+
 def test_sqlite_synchronous_setting(tmp_path: Path) -> None:
     async def level(url: str | None) -> int:
         async with open_store(url, tmp_path) as store:
