@@ -26,7 +26,7 @@ MODULES = [
     "sip/_abnf", "sip/errors", "sip/uri", "sip/headers", "sip/model", "sip/reader",
     "sip/writer", "sip/message", "sip/validate",
     "sip/transaction", "sip/client_transaction", "sip/source", "stats", "store/binding",
-    "store/cache", "store/sqlite", "registrar",
+    "store/cache", "store/sqlite", "transport", "registrar",
     "handlers/base", "handlers/register", "handlers/redirect", "handlers/chat",
     "handlers/admin", "nat", "proxy/actions", "proxy/addresses", "proxy/checks", "proxy/loop",
     "proxy/routing", "proxy/context", "forwarder", "calls", "handlers/calls", "handlers/proxy",

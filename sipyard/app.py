@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import itertools
 import logging
 import secrets
 import signal
@@ -119,7 +118,7 @@ class App:
             request_stop=self.request_stop, now=self.now, config_path=config_path,
             mode=srv.mode))
         self._tag_prefix = secrets.token_hex(3)
-        self._tag_seq = itertools.count(1)
+        self._tag_seq = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._peer_logged: dict[tuple[str, object], float] = {}
@@ -225,7 +224,7 @@ class App:
         await self.ops.start()
         self.web = await start_web(self.ops.ctx)
         specs = list(listens) if listens is not None else list(self.config.server.listen)
-        bound = await self.transports.start(specs)  # type: ignore[arg-type]
+        bound = await self.transports.start(specs)
         if self.forwarder is not None:
             self.forwarder.set_addresses(bound, self.config.server.our_domains)
             # [proxy] nat_ping_interval (off by default; read every round, so a reload applies)
@@ -310,8 +309,9 @@ class App:
     def drop(self, tx: ServerTransaction) -> None:
         self.txl.terminate(tx)
 
-    def new_tag(self) -> str:
-        return f"{self._tag_prefix}{next(self._tag_seq):x}"
+    def new_tag(self) -> str:  # str() of a native int: cheaper than format(n, "x")
+        self._tag_seq = n = self._tag_seq + 1
+        return self._tag_prefix + str(n)
 
     def options(self, tx: ServerTransaction, req: Request) -> None:
         """OPTIONS to the server itself: the keep-alive and capability probe."""
@@ -676,8 +676,8 @@ def _tune_gc() -> None:
 def _reply_dest(via: Via, src: Source) -> Source:
     """Where responses to a request with this top Via go (RFC 3261 §18.2.2, RFC 3581):
     the source itself over TCP or with rport, else the source IP at the sent-by port."""
-    if src.transport != "udp" or via.rport is not None:
-        return src
+    if src.transport != "udp" or via.rport is not None or (via.port or 5060) == src.port:
+        return src  # (the last: the same address, without building it again)
     return Source("udp", src.ip, via.port or 5060, None, src.local)
 
 

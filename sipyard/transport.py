@@ -36,7 +36,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .sip.errors import ParseError
@@ -65,6 +65,17 @@ class Elsewhere(Protocol):
     def write(self, conn_id: int, data: bytes) -> bool: ...
     def opened(self, conn_id: int, peer: tuple[str, int]) -> None: ...
     def closed(self, conn_id: int, peer: tuple[str, int]) -> None: ...
+
+
+class ListenSpec(Protocol):
+    """What ``start`` reads of a listen spec (the config's record or a :class:`Listen`)."""
+
+    @property
+    def transport(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -185,6 +196,8 @@ class _Tcp(asyncio.Protocol):
         self.outbound = outbound
         #: the /24 or /64 this connection holds a handshake slot of, until its first message
         self.pending_net: str | None = None
+        #: evicted (closed, out of the tables): what the loop still reports is ignored
+        self.detached = False
         # Only connect_tcp() awaits this; an inbound connection has none, else every
         # refused or dropped one would leave a "Future exception was never retrieved"
         # error in the log (one per connection: a log flood under a connection storm).
@@ -212,6 +225,8 @@ class _Tcp(asyncio.Protocol):
             self.ready.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self.detached:
+            return
         self.last_rx = time.monotonic()
         src = Source("tcp", self.peer[0], self.peer[1], self.conn_id, self.local)
         try:
@@ -241,6 +256,8 @@ class _Tcp(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.detached:
+            return
         owner = self.owner
         if self.pending_net is not None:
             owner._handshake_done(self)
@@ -268,27 +285,6 @@ def net_of(ip: str) -> str:
             return str(ipaddress.IPv6Network((int(addr) >> 64 << 64, 64)))
         addr = mapped
     return str(ipaddress.IPv4Network((int(addr) >> 8 << 8, 24)))
-
-
-class _DetachedOwner:
-    """Stands in for the owner of an evicted connection whose close is still pending,
-    so its late ``connection_lost`` touches no table."""
-
-    def __init__(self) -> None:
-        self._conns: dict[int, _Tcp] = {}
-        self._by_peer: dict[tuple[str, int], int] = {}
-
-    def handler(self, data: bytes, src: Source) -> None:
-        pass
-
-    def _handshake_done(self, conn: _Tcp) -> None:
-        conn.pending_net = None
-
-    def framing_error(self, exc: ParseError, src: Source) -> None:
-        pass
-
-
-_Detached = _DetachedOwner()
 
 
 def _udp_socket(family: int, host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -323,6 +319,9 @@ class Transports:
                  on_framing_error: ErrorHandler | None = None,
                  on_oversize: Callable[[Source, bytes], None] | None = None) -> None:
         self.handler = handler
+        #: when set, every send goes here instead of a socket (an App driven in memory,
+        #: tests/pair.py: the compiled class cannot have its methods patched)
+        self.tap: Callable[[Source, bytes], bool] | None = None
         self.max_udp = max_udp
         self.max_tcp_header = max_tcp_header
         self.tcp_idle = tcp_idle
@@ -362,7 +361,7 @@ class Transports:
         """Number TCP connections from ``base`` + 1 (workers: ids unique across processes)."""
         self._ids = itertools.count(base + 1)
 
-    async def start(self, listens: list[Listen]) -> list[Listen]:
+    async def start(self, listens: Sequence[ListenSpec]) -> list[Listen]:
         loop = asyncio.get_running_loop()
         for spec in listens:
             family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
@@ -395,7 +394,9 @@ class Transports:
                     lambda s=spec: _Tcp(self, (s.host, s.port)),
                     host=spec.host, port=spec.port, family=family, reuse_address=True,
                     reuse_port=self.reuse_port or None)
-                addr = server.sockets[0].getsockname()
+                # Any: typeshed says a tuple, uvloop's is a list (and compiled code checks)
+                sockets: Any = getattr(server, "sockets")  # noqa: B009  # not checked
+                addr = sockets[0].getsockname()
                 self._servers.append(server)
                 self.bound.append(Listen("tcp", addr[0], addr[1]))
             else:
@@ -449,7 +450,7 @@ class Transports:
         # connection's count is right.
         victim.close()
         victim.connection_lost(None)
-        victim.owner = _Detached  # type: ignore[assignment]
+        victim.detached = True
         return True
 
     def _handshake_done(self, conn: _Tcp) -> None:
@@ -502,6 +503,9 @@ class Transports:
 
     def send(self, src: Source, data: bytes) -> bool:
         """Send to where ``src`` says: its UDP socket or its TCP connection."""
+        tap = self.tap
+        if tap is not None:
+            return tap(src, data)
         if src.transport == "udp":
             held = self._held
             if held is None:
@@ -626,5 +630,7 @@ class Transports:
         self._raw.clear()
         self._raw_by_family.clear()
         for server in self._servers:
-            with contextlib.suppress(TimeoutError):
+            try:  # noqa: SIM105  # not contextlib.suppress: an awaiting `with` is fragile compiled
                 await asyncio.wait_for(server.wait_closed(), 1.0)
+            except TimeoutError:
+                pass

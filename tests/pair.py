@@ -53,7 +53,7 @@ class Pair:
     async def __aenter__(self) -> Pair:
         app = self.app = App(load_config(self.config_path), config_path=self.config_path,
                              clock=self.clock)
-        app.transports.send = self._capture  # type: ignore[method-assign]
+        app.transports.tap = self._capture
         await app.start(listens=[])
         return self
 

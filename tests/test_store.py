@@ -545,13 +545,13 @@ def test_sqlite_one_commit_merges_the_batch_and_isolates_a_bad_write(tmp_path: P
 
             def swap(aor: str) -> Callable[[list[Binding]], tuple[list[Binding], list[str]]]:
                 new = mk("new", aor=aor, exp=now + 90)
-                if aor == aors[3]:  # NOT NULL violated: this write alone must fail
-                    new = replace(new, contact=None)  # type: ignore[arg-type]
+                if aor == aors[3]:  # too big for an SQLite INTEGER: this write alone fails
+                    new = replace(new, cseq=2 ** 70)
                 return lambda current: ([new], ["old"])
 
             results = await asyncio.gather(
                 *(store.update(aor, now, swap(aor)) for aor in aors), return_exceptions=True)
-            assert isinstance(results[3], StoreError)
+            assert isinstance(results[3], OverflowError)
             assert all(isinstance(r, list) for i, r in enumerate(results) if i != 3)
             assert store.commits - before == 1  # merged try rolled back; the rest in one commit
             assert [b.binding_id for b in await store.lookup(aors[3], now)] == ["old"]
@@ -563,6 +563,25 @@ def test_sqlite_one_commit_merges_the_batch_and_isolates_a_bad_write(tmp_path: P
             assert {b.aor: b.binding_id for b in await store.all(now)} == {aors[3]: "old"}
 
     run(body())
+
+
+@pytest.mark.parametrize("sync", ["NORMAL", "FULL"])
+def test_sqlite_opens_and_closes_inside_an_except_block(tmp_path: Path, sync: str) -> None:
+    """`sipyard runstate` with the server down opens the store while handling the
+    control socket's error; a compiled close() once re-raised that error."""
+    async def body() -> str | None:
+        try:
+            raise KeyError("being handled")
+        except KeyError:
+            store = SqliteStore(tmp_path / DB_NAME, synchronous=sync)
+            await store.open()
+            try:
+                await store.set_state("runstate", "night")
+                return await store.get_state("runstate")
+            finally:
+                await store.close()
+
+    assert run(body()) == "night"
 
 
 def test_sqlite_synchronous_setting(tmp_path: Path) -> None:

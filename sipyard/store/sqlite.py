@@ -361,23 +361,27 @@ class _Committer:
         self._deliver(ops)
 
 
-class _Writer(_Committer, threading.Thread):
+class _Writer(_Committer):
     """A thread that owns the connection, for ``synchronous=FULL``/``EXTRA``:
     there every commit waits for an fsync (0.1–10 ms), which must not stall
-    the event loop. Whatever was queued while a commit ran goes in the next one."""
+    the event loop. Whatever was queued while a commit ran goes in the next one.
+
+    It holds its thread rather than being one: a compiled class cannot also
+    subclass ``threading.Thread``."""
 
     def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop,
                  deliver: Callable[[list[_Op]], None]) -> None:
-        _Committer.__init__(self, conn, deliver)
-        threading.Thread.__init__(self, name="sipyard-store-writer", daemon=True)
+        super().__init__(conn, deliver)
+        self._worker = threading.Thread(target=self.run, name="sipyard-store-writer",
+                                        daemon=True)
         self._loop = loop
         self._queue: queue.SimpleQueue[_Op | object | list[_Op]] = queue.SimpleQueue()
 
     def start(self) -> None:
-        threading.Thread.start(self)
+        self._worker.start()
 
     def join(self, timeout: float | None = None) -> None:
-        threading.Thread.join(self, timeout)
+        self._worker.join(timeout)
 
     def submit(self, op: _Op | object | list[_Op]) -> None:
         self._queue.put(op)
@@ -496,11 +500,17 @@ class SqliteStore(LocationStore):
         fut = self._new_future()
         writer.submit(_Op(lambda conn: None, fut, alone=True))
         writer.submit(_STOP)
+        # Not try/finally: compiled, a finally that awaits re-raised the exception its
+        # caller was handling (an `except` block up the stack) instead of finishing.
+        failed: BaseException | None = None
         try:
             await fut
-        finally:
-            self._writer = None
-            await asyncio.to_thread(writer.join, 5.0)
+        except BaseException as exc:
+            failed = exc
+        self._writer = None
+        await asyncio.to_thread(writer.join, 5.0)
+        if failed is not None:
+            raise failed
 
     @property
     def commits(self) -> int:
