@@ -27,6 +27,12 @@ MODULES = [
     "sip/writer", "sip/message", "sip/validate",
     "sip/transaction", "sip/client_transaction", "sip/source", "stats", "store/binding",
     "store/cache", "store/sqlite", "transport", "registrar",
+    "redirect/contacts", "redirect/pipeline", "redirect/redirectors/registrations",
+    "redirect/redirectors/aliases", "redirect/redirectors/subscribe",
+    "redirect/redirectors/_rules", "redirect/redirectors/mapping",
+    "redirect/redirectors/fallback", "redirect/redirectors/_dialog",
+    "redirect/redirectors/pickup", "redirect/redirectors/directed_pickup",
+    "redirect/redirectors/join",
     "handlers/base", "handlers/register", "handlers/redirect", "handlers/chat",
     "handlers/admin", "nat", "proxy/actions", "proxy/addresses", "proxy/checks", "proxy/loop",
     "proxy/routing", "proxy/context", "forwarder", "calls", "handlers/calls", "handlers/proxy",
@@ -42,7 +48,7 @@ MODULES = [
 #: whether the code compiles.
 MYPY_FLAGS = ["--config-file", os.devnull, "--ignore-missing-imports"]
 #: directories that may hold compiled modules (sipyard/__init__.py drops stale ones)
-DIRS = ["", "sip", "store", "handlers", "proxy"]
+DIRS = ["", "sip", "store", "handlers", "proxy", "redirect", "redirect/redirectors"]
 
 
 def clean() -> None:

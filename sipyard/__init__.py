@@ -14,7 +14,7 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-_COMPILED_DIRS = ("", "sip", "store", "handlers", "proxy")
+_COMPILED_DIRS = ("", "sip", "store", "handlers", "proxy", "redirect", "redirect/redirectors")
 
 
 def _drop_stale_builds() -> None:

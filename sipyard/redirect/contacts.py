@@ -10,7 +10,7 @@ response order, highest q first and stable among equals.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from typing import Final
 
 from sipyard.sip.errors import ParseError
 from sipyard.sip.headers import parse_name_addr
@@ -41,7 +41,6 @@ def format_q(q: float) -> str:
     return text or "0"
 
 
-@dataclass(frozen=True, slots=True)
 class Contact:
     """One redirect target: the URI text as it will be sent, its q and other header params.
 
@@ -49,18 +48,42 @@ class Contact:
     are Contact header params other than q (``expires``, ``+sip.instance`` …), as written.
     ``q`` is None when the target has no preference (it sorts as 1.0, RFC 3261 §16.6).
     ``source`` names the redirector that produced it, for logs only.
+
+    A value (compared and hashed by uri, q, params, display and source) and immutable
+    (``Final``). A plain slotted class, not a dataclass: mypyc compiles neither a field
+    declared with ``field(compare=False)`` nor, natively, a dataclass's ``__init__``.
     """
 
-    uri: str
-    q: float | None = None
-    params: Params = ()
-    display: str | None = None
-    source: str = ""
-    #: the registered binding this target came from (``registrations``), else None: a proxy
-    #: reaches a binding behind NAT at its flow, not at this URI; never compared or sent
-    binding: object = field(default=None, compare=False, repr=False)
-    #: header_value() once computed (contacts made from cached bindings are reused).
-    _header: str | None = field(default=None, init=False, repr=False, compare=False)
+    __slots__ = ("uri", "q", "params", "display", "source", "binding", "_header")
+
+    def __init__(self, uri: str, q: float | None = None, params: Params = (),
+                 display: str | None = None, source: str = "",
+                 binding: object = None) -> None:
+        self.uri: Final = uri
+        self.q: Final = q
+        self.params: Final = params
+        self.display: Final = display
+        self.source: Final = source
+        #: the registered binding this target came from (``registrations``), else None: a
+        #: proxy reaches a binding behind NAT at its flow, not at this URI; never compared
+        self.binding: Final = binding
+        #: header_value() once computed (contacts made from cached bindings are reused)
+        self._header: str | None = None
+
+    def _key(self) -> tuple[str, float | None, Params, str | None, str]:
+        return (self.uri, self.q, self.params, self.display, self.source)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Contact):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"Contact(uri={self.uri!r}, q={self.q!r}, params={self.params!r}, "
+                f"display={self.display!r}, source={self.source!r})")
 
     @classmethod
     def parse(cls, text: str, *, source: str = "") -> Contact:
@@ -104,7 +127,7 @@ class Contact:
             if self.q is not None:
                 parts.append(f";q={format_q(self.q)}")
             text = "".join(parts)
-            object.__setattr__(self, "_header", text)  # a cache, not a change of value
+            self._header = text  # a cache, not a change of value
         return text
 
     def __str__(self) -> str:

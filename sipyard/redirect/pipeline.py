@@ -49,6 +49,7 @@ from collections.abc import Coroutine, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from sipyard.compiled import mypyc_attr
 from sipyard.sip.errors import ParseError
 from sipyard.sip.uri import SipUri, parse_uri, uri_equal
 
@@ -241,6 +242,7 @@ def _max_forwards(request: Any) -> int | None:
     return value if isinstance(value, int) else None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # plug-ins and tests subclass it
 class Redirector(ABC):
     """One step of the chain. Subclasses set ``name`` and implement ``process``.
 
