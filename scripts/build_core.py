@@ -26,7 +26,7 @@ MODULES = [
     "sip/_abnf", "sip/errors", "sip/uri", "sip/headers", "sip/model", "sip/reader",
     "sip/writer", "sip/message", "sip/validate",
     "sip/transaction", "sip/client_transaction", "sip/source", "stats", "store/binding",
-    "store/cache", "store/sqlite", "transport", "registrar",
+    "store/cache", "store/sqlite_writer", "store/sqlite", "transport", "registrar",
     "redirect/contacts", "redirect/pipeline", "redirect/redirectors/registrations",
     "redirect/redirectors/aliases", "redirect/redirectors/subscribe",
     "redirect/redirectors/_rules", "redirect/redirectors/mapping",

@@ -50,20 +50,25 @@ round-trips exactly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import queue
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .base import Binding, LocationStore, StoreError, UpdateDone, UpdateFn, normalize_update
 from .cache import BindingCache, KeyedLocks
+from .sqlite_writer import (
+    COLUMNS,
+    STOP,
+    Committer,
+    Op,
+    Writer,
+    executemany,
+)
 
 __all__ = ["SqliteStore", "DB_NAME"]
 
@@ -71,17 +76,11 @@ log = logging.getLogger("sipyard.store")
 
 DB_NAME = "sipyard.db"
 SCHEMA_VERSION = 2
-#: most operations committed in one transaction (bounds one commit's latency)
-MAX_BATCH = 1024
 #: group commit: writes wait at most this long for others to share their commit
 COMMIT_WINDOW = 0.001
 #: ... or until this many are queued
 COMMIT_GROUP = 64
 
-_COLUMNS = (
-    "aor, binding_id, contact, params, q, expires_at, registered_at, call_id, cseq, "
-    "source_ip, source_port, transport, conn_id, path, user_agent, instance, reg_id, blobs"
-)
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS bindings (
     aor TEXT NOT NULL, binding_id TEXT NOT NULL, contact TEXT NOT NULL, params TEXT NOT NULL,
@@ -100,10 +99,8 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WIT
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 #: column order == Binding field order (+ blobs), so a row maps to Binding positionally
-INSERT_SQL = f"INSERT OR REPLACE INTO bindings ({_COLUMNS}) VALUES ({', '.join('?' * 18)})"
-_DELETE_ONE = "DELETE FROM bindings WHERE aor = ? AND binding_id = ?"
 _DELETE_EXPIRED_ONE = "DELETE FROM bindings WHERE aor = ? AND binding_id = ? AND expires_at <= ?"
-_SELECT_LIVE = f"SELECT {_COLUMNS} FROM bindings WHERE expires_at > ? ORDER BY aor"
+_SELECT_LIVE = f"SELECT {COLUMNS} FROM bindings WHERE expires_at > ? ORDER BY aor"
 
 
 # -- row mapping ---------------------------------------------------------------
@@ -119,41 +116,10 @@ def binding_row(b: Binding) -> tuple[Any, ...]:
     )
 
 
-def _blobify(value: Any) -> Any:
-    """A str UTF-8 cannot encode becomes the BLOB of its surrogatepass encoding."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "surrogatepass")
-    return value
-
-
 def _unblob(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", "surrogatepass")
     return value
-
-
-def _executemany(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]],
-                 *, flag: bool = False) -> None:
-    """executemany, retrying with BLOB-encoded strings when a str is not UTF-8 encodable.
-
-    With ``flag`` the last column of a row is the ``blobs`` marker, set to 1
-    where a value was blob-encoded. Every statement used here is idempotent,
-    so re-running rows that went through before the failing one is harmless.
-    """
-    try:
-        conn.executemany(sql, rows)
-    except UnicodeEncodeError:
-        conn.executemany(sql, [_blobify_row(row, flag) for row in rows])
-
-
-def _blobify_row(row: tuple[Any, ...], flag: bool) -> tuple[Any, ...]:
-    new = tuple(_blobify(v) for v in row)
-    if flag and new != row:
-        return (*new[:-1], 1)
-    return new
 
 
 def _load_rows(conn: sqlite3.Connection, now: float) -> list[Binding]:
@@ -180,235 +146,6 @@ def _load_rows(conn: sqlite3.Connection, now: float) -> list[Binding]:
     return out
 
 
-# -- the writer thread ---------------------------------------------------------
-
-
-class _Op:
-    """One write: ``run(conn)`` in the writer thread inside a transaction, then
-    ``on_commit(result)`` in the loop, in commit order (never for a failed write).
-
-    A plain slotted class: one is made per REGISTER, and a dataclass's generated
-    ``__init__`` stays interpreted Python even in a compiled module."""
-
-    __slots__ = ("run", "future", "on_commit", "alone", "unlock", "outcome", "done", "rows",
-                 "dels")
-
-    def __init__(self, run: Callable[[sqlite3.Connection], Any] | None,
-                 future: asyncio.Future[Any] | None,
-                 on_commit: Callable[[Any], Any] | None = None, alone: bool = False,
-                 unlock: str | None = None, done: UpdateDone | None = None,
-                 rows: list[tuple[Any, ...]] | None = None,
-                 dels: list[tuple[str, str]] | None = None) -> None:
-        #: what to run in the transaction; None for a binding delta (``rows``/``dels``),
-        #: which a commit merges with the other deltas of its batch
-        self.run = run
-        #: a delta's INSERT_SQL rows and (aor, binding_id) keys to delete
-        self.rows = rows
-        self.dels = dels
-        #: the waiting coroutine's future, or None when ``done`` is called instead
-        self.future = future
-        self.on_commit = on_commit
-        #: run alone, outside any transaction (close, pragmas)
-        self.alone = alone
-        #: the AOR lock to release once the outcome is applied (success or not)
-        self.unlock = unlock
-        self.outcome: tuple[bool, Any] = (False, None)
-        #: callback of update_soon: (result, None) or (None, StoreError)
-        self.done = done
-
-
-_STOP = object()
-
-
-class _Committer:
-    """Commits queued operations in groups and hands the outcomes back.
-
-    This base runs in the caller's thread: ``submit`` commits at once and
-    delivers the outcomes before it returns. The store uses it when
-    ``synchronous=NORMAL``: a WAL commit is then a few ``write()`` calls and no
-    fsync (15–40 µs), cheaper than waking a thread and handing the GIL back
-    and forth twice for every burst (measured: 500–800 µs of CPU per REGISTER
-    with the thread on one pinned core). Batching is unchanged, because
-    ``SqliteStore`` still hands over the writes of one loop iteration as one list.
-    """
-
-    def __init__(self, conn: sqlite3.Connection,
-                 deliver: Callable[[list[_Op]], None]) -> None:
-        self.conn = conn
-        self.commits = 0
-        self._deliver = deliver
-        self._stopped = False
-
-    def start(self) -> None:
-        pass
-
-    def join(self, timeout: float | None = None) -> None:
-        pass
-
-    def submit(self, op: _Op | object | list[_Op]) -> None:
-        self.process(list(op) if isinstance(op, list) else [op])
-
-    def process(self, items: list[_Op | object]) -> bool:
-        """Commit ``items`` (alone ops by themselves); True once _STOP was seen."""
-        stop = self._stopped
-        batch: list[_Op] = []
-        for item in items:
-            if item is _STOP:
-                stop = True  # ops queued after close() fail below
-            elif stop:
-                assert isinstance(item, _Op)
-                item.outcome = (False, sqlite3.ProgrammingError("store closed"))
-                self._hand_back([item])
-            else:
-                assert isinstance(item, _Op)
-                if item.alone:
-                    self._commit(batch)
-                    batch = []
-                    self._run_alone(item)
-                else:
-                    batch.append(item)
-        self._commit(batch)
-        if stop and not self._stopped:
-            self._stopped = True
-            with contextlib.suppress(sqlite3.Error):
-                self.conn.close()
-        return stop
-
-    def _run_alone(self, op: _Op) -> None:
-        try:
-            op.outcome = (True, _run(op, self.conn))
-        except Exception as exc:
-            op.outcome = (False, exc)
-        self._hand_back([op])
-
-    def _commit(self, batch: list[_Op]) -> None:
-        """One transaction for the whole batch.
-
-        If an operation fails, the others are retried without it, so one bad
-        write does not fail its neighbours (and the common, successful path
-        pays no savepoint per operation). If BEGIN or COMMIT fails (locked,
-        I/O error) nothing can be isolated: every operation of the batch fails.
-        """
-        if not batch:
-            return
-        if len(batch) > 1 and self._commit_merged(batch):
-            self._hand_back(batch)
-            return
-        pending = batch
-        while pending:
-            conn = self.conn
-            running: _Op | None = None
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for op in pending:
-                    running = op
-                    op.outcome = (True, _run(op, conn))
-                running = None
-                conn.execute("COMMIT")
-                self.commits += 1
-                break
-            except Exception as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                if running is None or len(pending) == 1:
-                    for op in pending:
-                        op.outcome = (False, exc)
-                    break
-                running.outcome = (False, exc)
-                pending = [op for op in pending if op is not running]
-        self._hand_back(batch)
-
-    def _commit_merged(self, batch: list[_Op]) -> bool:
-        """The batch's binding deltas as one DELETE and one INSERT ``executemany``.
-
-        One statement run over every row costs less than one per REGISTER
-        (measured: the per-call overhead was most of ``executemany``'s time at a
-        dozen writes per commit). Ops of one batch never share an AOR (each
-        holds its AOR's lock until delivered), so deleting all, then inserting
-        all is the same as running them one by one. False, with nothing
-        written, when the batch has other kinds of op or a statement fails: the
-        caller then runs the ops one by one and isolates the failing one.
-        """
-        dels: list[tuple[str, str]] = []
-        rows: list[tuple[Any, ...]] = []
-        for op in batch:
-            if op.run is not None:
-                return False
-            if op.dels:
-                dels.extend(op.dels)
-            if op.rows:
-                rows.extend(op.rows)
-        conn = self.conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            if dels:
-                _executemany(conn, _DELETE_ONE, dels)
-            if rows:
-                _executemany(conn, INSERT_SQL, rows, flag=True)
-            conn.execute("COMMIT")
-        except Exception:
-            with contextlib.suppress(sqlite3.Error):
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            return False
-        self.commits += 1
-        for op in batch:
-            op.outcome = (True, None)
-        return True
-
-    def _hand_back(self, ops: list[_Op]) -> None:
-        self._deliver(ops)
-
-
-class _Writer(_Committer):
-    """A thread that owns the connection, for ``synchronous=FULL``/``EXTRA``:
-    there every commit waits for an fsync (0.1–10 ms), which must not stall
-    the event loop. Whatever was queued while a commit ran goes in the next one.
-
-    It holds its thread rather than being one: a compiled class cannot also
-    subclass ``threading.Thread``."""
-
-    def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop,
-                 deliver: Callable[[list[_Op]], None]) -> None:
-        super().__init__(conn, deliver)
-        self._worker = threading.Thread(target=self.run, name="sipyard-store-writer",
-                                        daemon=True)
-        self._loop = loop
-        self._queue: queue.SimpleQueue[_Op | object | list[_Op]] = queue.SimpleQueue()
-
-    def start(self) -> None:
-        self._worker.start()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._worker.join(timeout)
-
-    def submit(self, op: _Op | object | list[_Op]) -> None:
-        self._queue.put(op)
-
-    def run(self) -> None:
-        q = self._queue
-        stop = False
-        while not stop:
-            first = q.get()
-            items: list[_Op | object] = list(first) if isinstance(first, list) else [first]
-            while len(items) < MAX_BATCH:
-                try:
-                    more = q.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(more, list):
-                    items.extend(more)
-                else:
-                    items.append(more)
-            stop = self.process(items)
-
-    def _hand_back(self, ops: list[_Op]) -> None:
-        # RuntimeError: the loop is gone, so nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._deliver, ops)
-
-
 # -- the store -----------------------------------------------------------------
 
 
@@ -433,8 +170,8 @@ class SqliteStore(LocationStore):
         self._state: dict[str, str] = {}
         self._locks = KeyedLocks()
         self._expire_lock = asyncio.Lock()
-        self._writer: _Committer | None = None
-        self._pending: list[_Op] = []
+        self._writer: Committer | None = None
+        self._pending: list[Op] = []
         self._flush_at: asyncio.TimerHandle | None = None
         #: seconds a write may wait for company (0: commit in the next loop iteration)
         self.commit_window = COMMIT_WINDOW
@@ -458,9 +195,9 @@ class SqliteStore(LocationStore):
         self._state = state
         self._closing = False
         if self.synchronous == "NORMAL":
-            self._writer = _Committer(conn, self._deliver)
+            self._writer = Committer(conn, self._deliver)
         else:
-            self._writer = _Writer(conn, asyncio.get_running_loop(), self._deliver)
+            self._writer = Writer(conn, asyncio.get_running_loop(), self._deliver)
         self._writer.start()
         self.load_seconds = time.monotonic() - started
 
@@ -496,10 +233,10 @@ class SqliteStore(LocationStore):
         if writer is None or self._closing:
             return
         self._flush()  # writes queued in this loop iteration go first
-        self._closing = True  # from here on _submit refuses, so nothing queues behind _STOP
+        self._closing = True  # from here on _submit refuses, so nothing queues behind STOP
         fut = self._new_future()
-        writer.submit(_Op(lambda conn: None, fut, alone=True))
-        writer.submit(_STOP)
+        writer.submit(Op(lambda conn: None, fut, alone=True))
+        writer.submit(STOP)
         # Not try/finally: compiled, a finally that awaits re-raised the exception its
         # caller was handling (an `except` block up the stack) instead of finishing.
         failed: BaseException | None = None
@@ -548,7 +285,7 @@ class SqliteStore(LocationStore):
             if not puts and not removes:
                 locks.release(aor)
                 return current
-            fut = self._submit(_Op(
+            fut = self._submit(Op(
                 None, self._new_future(), rows=[binding_row(b) for b in puts],
                 dels=[(aor, rid) for rid in removes],
                 on_commit=partial(self._committed_update, aor, puts, removes, now),
@@ -575,7 +312,7 @@ class SqliteStore(LocationStore):
                 locks.release(aor)
                 done(current, None)
                 return True
-            self._submit(_Op(
+            self._submit(Op(
                 None, None, rows=[binding_row(b) for b in puts],
                 dels=[(aor, rid) for rid in removes],
                 on_commit=partial(self._committed_update, aor, puts, removes, now),
@@ -601,7 +338,7 @@ class SqliteStore(LocationStore):
         if not locks.try_acquire(aor):
             await locks.acquire(aor)
         try:
-            fut = self._submit(_Op(
+            fut = self._submit(Op(
                 partial(_delete_aor, aor), self._new_future(),
                 on_commit=lambda _: list(self._cache.pop_aor(aor)), unlock=aor))
         except BaseException:
@@ -617,7 +354,7 @@ class SqliteStore(LocationStore):
             if not due:
                 return []
             keys = [(b.aor, b.binding_id, now) for b in due]
-            fut = self._submit(_Op(
+            fut = self._submit(Op(
                 partial(_executemany_op, _DELETE_EXPIRED_ONE, keys), self._new_future(),
                 on_commit=lambda _: self._cache.discard(due)))
             result: list[Binding] = await asyncio.shield(fut)
@@ -625,7 +362,7 @@ class SqliteStore(LocationStore):
 
     async def set_state(self, key: str, value: str | None) -> None:
         self._check_open()
-        fut = self._submit(_Op(
+        fut = self._submit(Op(
             partial(_write_state, key, value), self._new_future(),
             on_commit=lambda _: self._apply_state(key, value)))
         await asyncio.shield(fut)
@@ -645,7 +382,7 @@ class SqliteStore(LocationStore):
     def _new_future(self) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().create_future()
 
-    def _submit(self, op: _Op) -> asyncio.Future[Any]:
+    def _submit(self, op: Op) -> asyncio.Future[Any]:
         writer = self._writer
         if writer is None or self._closing:
             raise StoreError("sqlite: store is not open")
@@ -681,9 +418,9 @@ class SqliteStore(LocationStore):
     async def _call(self, fn: Callable[[sqlite3.Connection], Any], *, alone: bool = True) -> Any:
         """Run ``fn(conn)`` on the writer thread (maintenance and tests); StoreError on failure."""
         self._check_open()
-        return await self._submit(_Op(fn, self._new_future(), alone=alone))
+        return await self._submit(Op(fn, self._new_future(), alone=alone))
 
-    def _deliver(self, ops: list[_Op]) -> None:
+    def _deliver(self, ops: list[Op]) -> None:
         """In the loop, in commit order: apply committed changes, then wake the callers.
 
         A caller that was cancelled meanwhile finds its future cancelled: the
@@ -697,7 +434,7 @@ class SqliteStore(LocationStore):
             if held:
                 answers.send_held()  # type: ignore[union-attr]  # held implies answers
 
-    def _wake(self, ops: list[_Op]) -> None:
+    def _wake(self, ops: list[Op]) -> None:
         for op in ops:
             ok, value = op.outcome
             if ok and op.on_commit is not None:
@@ -729,28 +466,17 @@ class SqliteStore(LocationStore):
 # -- write operations (writer thread) -------------------------------------------
 
 
-def _run(op: _Op, conn: sqlite3.Connection) -> Any:
-    run = op.run
-    if run is not None:
-        return run(conn)
-    if op.dels:
-        _executemany(conn, _DELETE_ONE, op.dels)
-    if op.rows:
-        _executemany(conn, INSERT_SQL, op.rows, flag=True)
-    return None
-
-
 def _delete_aor(aor: str, conn: sqlite3.Connection) -> None:
-    _executemany(conn, "DELETE FROM bindings WHERE aor = ?", [(aor,)])
+    executemany(conn, "DELETE FROM bindings WHERE aor = ?", [(aor,)])
 
 
 def _executemany_op(sql: str, rows: list[tuple[Any, ...]], conn: sqlite3.Connection) -> None:
-    _executemany(conn, sql, rows)
+    executemany(conn, sql, rows)
 
 
 def _write_state(key: str, value: str | None, conn: sqlite3.Connection) -> None:
     if value is None:
-        _executemany(conn, "DELETE FROM state WHERE key = ?", [(key,)])
+        executemany(conn, "DELETE FROM state WHERE key = ?", [(key,)])
     else:
-        _executemany(conn, "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
+        executemany(conn, "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
                      [(key, value)])
