@@ -466,8 +466,8 @@ class Via:
     """One via-parm: ``SIP/2.0/UDP host:port;branch=…;received=…;rport``.
 
     Every request builds at least one, so the ``__init__`` is written out: the
-    one a dataclass generates is interpreted Python even in a compiled module
-    (0.5 µs against a few stores). Treat it as read-only.
+    one a dataclass generates is interpreted Python even in a compiled module,
+    this one a few native stores. Treat it as read-only.
     """
 
     protocol: str
