@@ -88,14 +88,18 @@ def main() -> int:
             proto = next(iter(app.transports._udp.values()))
             fd = proto.transport.get_extra_info("socket").fileno()
             raw = _s.socket(fileno=os.dup(fd))
-            orig = app.transports.send
+            transports = app.transports
 
             def send(src, data):  # type: ignore[no-untyped-def]
                 if src.transport == "udp":
                     raw.sendto(data, (src.ip, src.port))
                     return True
-                return orig(src, data)
-            app.transports.send = send  # type: ignore[method-assign]
+                transports.tap = None  # TCP: the real send, then the tap again
+                try:
+                    return transports.send(src, data)
+                finally:
+                    transports.tap = send
+            transports.tap = send
             app.uac._send = send
         loop = asyncio.get_running_loop()
 

@@ -85,7 +85,7 @@ async def main() -> None:
         last[0] = data
         return True
 
-    app.transports.send = capture  # type: ignore[method-assign]
+    app.transports.tap = capture  # the compiled Transports cannot have send patched
     src = Source("udp", "127.0.0.1", 15060, None, ("127.0.0.1", 5080))
     if kind == "invite":  # register the targets first
         for u in range(1000):

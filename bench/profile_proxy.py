@@ -23,7 +23,7 @@ from pathlib import Path
 from sipyard.app import App
 from sipyard.config import load_config
 from sipyard.sip.source import Listen
-from sipyard.transport import Source, Transports
+from sipyard.transport import Source
 
 CONFIG = """[server]
 realm = "127.0.0.1"
@@ -97,13 +97,12 @@ async def main() -> None:
     (d / "sipyard.toml").write_text(CONFIG)
     out: dict[int, list[bytes]] = {UAC: [], UAS: [], 15075: []}
 
-    def capture(self: Transports, dest: Source, data: bytes) -> bool:
+    def capture(dest: Source, data: bytes) -> bool:
         out.setdefault(dest.port, []).append(data)
         return True
 
-    # before App(): the proxy's Wire keeps the bound method it was given
-    Transports.send = capture  # type: ignore[method-assign]
     app = App(load_config(d / "sipyard.toml"), config_path=d / "sipyard.toml")
+    app.transports.tap = capture  # the compiled Transports cannot have send patched
     await app.start(listens=[Listen("udp", "127.0.0.1", 5080)])  # Via, Record-Route
     uac = Source("udp", "127.0.0.1", UAC, None, ("127.0.0.1", 5080))
     uas = Source("udp", "127.0.0.1", UAS, None, ("127.0.0.1", 5080))

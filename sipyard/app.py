@@ -18,7 +18,6 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import __version__
@@ -470,13 +469,14 @@ class App:
             self.respond(tx, req, 501, "Not Implemented", [("Allow", ALLOW)])
 
     def _run_handler(self, coro: Awaitable[Any], tx: ServerTransaction, req: Request) -> None:
-        """Run an async handler eagerly, up to its first real wait (see :mod:`sipyard.eager`)."""
-        if not self.eager_handlers or not isinstance(coro, CoroutineType):
+        """Run a handler's coroutine eagerly (:mod:`sipyard.eager`); a compiled one has send()."""
+        send = getattr(coro, "send", None) if self.eager_handlers else None
+        if send is None:
             pending: Any = coro
             task = asyncio.ensure_future(pending)
         else:
             try:
-                pending = coro.send(None)
+                pending = send(None)
             except StopIteration:
                 return
             except Exception as exc:

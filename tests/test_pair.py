@@ -9,6 +9,7 @@ from pathlib import Path
 from pair import Pair
 
 from sipyard.sip.digest import client_response
+from sipyard.sip.source import Source
 
 CONFIG = """[server]
 realm = "127.0.0.1"
@@ -136,5 +137,26 @@ def test_housekeeping_forgets_nonce_counts_without_traffic(tmp_path: Path) -> No
             p.clock.advance(61)
             p.app.housekeeper.run_once()
             assert p.app.parts.auth.digest.tracked == 0
+
+    asyncio.run(main())
+
+
+def test_proxy_invite_is_forwarded_before_on_bytes_returns(tmp_path: Path) -> None:
+    """A proxied INVITE whose target needs no lookup (a UDP binding) is forked
+    eagerly: 100 upstream and the INVITE downstream leave inside ``_on_bytes``,
+    with no Task left behind (the handler is a compiled coroutine in a built
+    tree: it is no ``CoroutineType``, and was once run as a Task for that)."""
+    async def main() -> None:
+        async with Pair(tmp_path, CONFIG.replace("[logging]", 'mode = "proxy"\n[logging]')) as p:
+            await p.request(_register("r1"))
+            app = p.app
+            assert app is not None
+            start = len(p.sent)
+            app._on_bytes(_invite("i1"), Source("udp", "127.0.0.1", 15062, None,
+                                                ("127.0.0.1", 5060)))
+            sent = p.sent[start:]
+            assert [(d.port, data.split(b"\r\n", 1)[0]) for d, data in sent] == [
+                (15062, b"SIP/2.0 100 Trying"), (15060, b"INVITE sip:10@127.0.0.1:15060 SIP/2.0")]
+            assert not app._tasks
 
     asyncio.run(main())
