@@ -31,11 +31,7 @@ __all__ = ["Sender", "udp_local"]
 
 def udp_local(tr: Transports, ip: str) -> tuple[str, int]:
     """Our UDP socket of the destination's address family (a v6 socket cannot reach v4)."""
-    v6 = ":" in ip
-    for b in tr.bound:
-        if b.transport == "udp" and (":" in b.host) == v6:
-            return (b.host, b.port)
-    return tr.local_for("udp", 5060)
+    return tr.udp_local(ip)
 
 
 class Sender:

@@ -405,6 +405,14 @@ class Transports:
         self._idle_task = asyncio.create_task(self._reap_idle())
         return self.bound
 
+    def udp_local(self, ip: str) -> tuple[str, int]:
+        """Our UDP socket of ``ip``'s address family (a v6 socket cannot reach v4)."""
+        v6 = ":" in ip
+        for b in self.bound:
+            if b.transport == "udp" and (":" in b.host) == v6:
+                return (b.host, b.port)
+        return self.local_for("udp", 5060)
+
     def local_for(self, transport: str, port: int) -> tuple[str, int]:
         for b in self.bound:
             if b.transport == transport:

@@ -282,9 +282,7 @@ class ProxyHandler:
         self.fw.send_stateless(ack, dest)
 
     def sender_udp_local(self, ip: str) -> tuple[str, int]:
-        from ..messaging import udp_local
-
-        return udp_local(self.sender.transports, ip)
+        return self.sender.transports.udp_local(ip)
 
     # -- out of dialog ------------------------------------------------------------------
     def _new(self, req: Request, received: Request, src: Source, tx: ServerTransaction,

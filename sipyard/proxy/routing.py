@@ -64,39 +64,47 @@ def route_uri(value: str) -> str:
 
 
 def _with_values(msg: Message, key: str, name: str, values: Sequence[str]
-                 ) -> list[tuple[str, str]]:
-    """``msg``'s headers with every ``key`` line replaced by one line per value.
+                 ) -> tuple[list[tuple[str, str]], list[str]]:
+    """``msg``'s headers (and their canonical names) with every ``key`` line replaced
+    by one line per value.
 
-    The new lines go where the first old line was, or right after the Vias.
+    The new lines go where the first old line was, or right after the Vias. The
+    names come from the message's own list: no header name is canonicalised again.
     """
+    headers = msg.headers
     out: list[tuple[str, str]] = []
+    out_keys: list[str] = []
     placed = False
-    new = [(name, v) for v in values]
     last_via = -1
-    for n, v in msg.headers:
-        k = canonical_name(n)
+    for i, k in enumerate(msg.keys):
         if k == key:
             if not placed:
-                out += new
+                for v in values:
+                    out.append((name, v))
+                    out_keys.append(key)
                 placed = True
             continue
-        out.append((n, v))
+        out.append(headers[i])
+        out_keys.append(k)
         if k == "via":
             last_via = len(out)
     if not placed:
         at = max(last_via, 0)
-        out[at:at] = new
-    return out
+        out[at:at] = [(name, v) for v in values]
+        out_keys[at:at] = [key] * len(values)
+    return out, out_keys
 
 
-def _request(req: Request, uri: str, headers: list[tuple[str, str]]) -> Request:
+def _request(req: Request, uri: str, headers: list[tuple[str, str]],
+             keys: list[str] | None = None) -> Request:
     return Request(req.method, uri, req.version, headers,
-                   [canonical_name(n) for n, _ in headers], req.body)
+                   keys if keys is not None else [canonical_name(n) for n, _ in headers],
+                   req.body)
 
 
 def copy_request(req: Request) -> Request:
     """A copy that shares nothing mutable with ``req`` (§16.6 step 1)."""
-    return _request(req, req.uri, list(req.headers))
+    return _request(req, req.uri, list(req.headers), list(req.keys))
 
 
 def preprocess_routes(req: Request, ours: LocalAddresses) -> Request:
@@ -120,7 +128,7 @@ def preprocess_routes(req: Request, ours: LocalAddresses) -> Request:
             changed = True
     if not changed:
         return req
-    return _request(req, uri, _with_values(req, "route", "Route", routes))
+    return _request(req, uri, *_with_values(req, "route", "Route", routes))
 
 
 def next_hop(req: Request) -> Forward:
@@ -139,7 +147,7 @@ def next_hop(req: Request) -> Forward:
     if isinstance(parsed, SipUri) and parsed.has_param("lr"):
         return Forward(req, first)
     new_routes = routes[1:] + [f"<{req.uri}>"]
-    return Forward(_request(req, first, _with_values(req, "route", "Route", new_routes)), first)
+    return Forward(_request(req, first, *_with_values(req, "route", "Route", new_routes)), first)
 
 
 def wants_record_route(req: Request) -> bool:
@@ -174,31 +182,36 @@ def forward_request(req: Request, *, via: str, max_forwards: int, target: str | 
     (built with the branch of :class:`~sipyard.proxy.loop.LoopDetector`) goes
     on top.
     """
-    headers = list(req.headers)
-    fwd = _request(req, target if target is not None else req.uri, headers)
-    fwd = _request(fwd, fwd.uri, _with_values(fwd, "max-forwards", "Max-Forwards",
-                                              [str(max_forwards)]))
+    # record_route and route_set read the received values: replacing Max-Forwards
+    # leaves Record-Route and Route as they were
+    headers, keys = _with_values(req, "max-forwards", "Max-Forwards", [str(max_forwards)])
+    fwd = _request(req, target if target is not None else req.uri, headers, keys)
     if record_route:
-        values = list(record_route) + fwd.get_all("record-route")
-        fwd = _request(fwd, fwd.uri, _with_values(fwd, "record-route", "Record-Route", values))
+        values = list(record_route) + req.get_all("record-route")
+        fwd = _request(fwd, fwd.uri, *_with_values(fwd, "record-route", "Record-Route", values))
     if route_set:
-        values = list(route_set) + fwd.get_all("route")
-        fwd = _request(fwd, fwd.uri, _with_values(fwd, "route", "Route", values))
+        values = list(route_set) + req.get_all("route")
+        fwd = _request(fwd, fwd.uri, *_with_values(fwd, "route", "Route", values))
     fwd, hop = next_hop(fwd)
-    return Forward(_request(fwd, fwd.uri, [("Via", via), *fwd.headers]), hop)
+    fwd.add_header("Via", via, first=True)  # fwd's lists are new: nothing else holds them
+    return Forward(fwd, hop)
 
 
 def strip_top_via(resp: Response) -> Response:
     """``resp`` without its topmost Via value (§16.7 step 3), for forwarding upstream."""
     headers: list[tuple[str, str]] = []
+    keys: list[str] = []
     done = False
-    for n, v in resp.headers:
-        if not done and canonical_name(n) == "via":
+    hdrs = resp.headers
+    for i, k in enumerate(resp.keys):
+        if not done and k == "via":
             done = True
+            n, v = hdrs[i]
             rest = split_values(v)[1:]
             if rest:
                 headers.append((n, ", ".join(rest)))
+                keys.append(k)
             continue
-        headers.append((n, v))
-    return Response(resp.status, resp.reason, resp.version, headers,
-                    [canonical_name(n) for n, _ in headers], resp.body)
+        headers.append(hdrs[i])
+        keys.append(k)
+    return Response(resp.status, resp.reason, resp.version, headers, keys, resp.body)

@@ -134,6 +134,11 @@ class Message:
         self._contacts: list[NameAddr] | str | None = None
 
     # -- raw access ---------------------------------------------------------
+    @property
+    def keys(self) -> list[str]:
+        """The canonical name of each header, in step with ``headers`` (read, do not edit)."""
+        return self._keys
+
     def get(self, name: str) -> str | None:
         """The first value of a header (the whole line for list headers)."""
         key = canonical_name(name)
