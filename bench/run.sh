@@ -217,18 +217,20 @@ if [ "$MICRO" != 0 ]; then
   echo "== store: memory per binding and restart time with 100 000 bindings =="
   "$PY" "$HERE/store_bench.py" 100000
 fi
-if [ "${WORKERS:-1}" != 0 ]; then
+# the workers comparison covers the registrar scenarios only (none when they were not asked for)
+WSCENS=$(echo "$SCENS" | tr , '\n' | grep -x -e register -e invite_redirect | paste -sd, - || true)
+if [ "${WORKERS:-1}" != 0 ] && [ -n "$WSCENS" ]; then
   echo
   echo "== --workers 1 vs --workers 2 (redis store, each worker pinned) =="
   # redis-backed: the REGISTER path waits on redis, far below 10 000/s on one core; the
   # ratio of 2 workers to 1 is what counts, at a rate both sustain
   echo "-- one sipp socket (one 4-tuple: the kernel gives every packet to one worker)"
   OUT="$OUT/workers" PY="$PY" RATE="${WORKERS_RATE:-1000}" COUNT="${WORKERS_COUNT:-10000}" \
-      FLOOR=0 PORT=$((PORT + 10)) "$HERE/workers.sh"
+      FLOOR=0 PORT=$((PORT + 10)) SCENS="$WSCENS" "$HERE/workers.sh"
   echo "-- 64 sipp sockets (the load spread over both workers, each at half the rate);"
   echo "   python_floor: the fixed-200 responder as 1 and as 2 processes under the same load"
   OUT="$OUT/workers-spread" PY="$PY" RATE="${WORKERS_RATE:-1000}" \
       COUNT="${WORKERS_COUNT:-10000}" TRANSPORT=un SIPP_X="-max_socket 64" \
-      PORT=$((PORT + 10)) "$HERE/workers.sh"
+      PORT=$((PORT + 10)) SCENS="$WSCENS" "$HERE/workers.sh"
 fi
 echo "raw output: $OUT" >&2

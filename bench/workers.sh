@@ -36,7 +36,9 @@ redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --daemon
     >"$OUT/redis.log" 2>&1 &
 RPID=$!
 # wait for it to go: the next run binds the same port (and a ping would reach the old one)
-trap 'kill "$RPID" 2>/dev/null || true; wait "$RPID" 2>/dev/null || true' EXIT
+# and stop a server left running when a step fails (set -e)
+WPID=
+trap 'kill "$RPID" $WPID 2>/dev/null || true; wait "$RPID" $WPID 2>/dev/null || true' EXIT
 for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 run() {  # $1 = workers
@@ -65,6 +67,7 @@ TOML
       --listen "udp:127.0.0.1:$PORT" --listen "tcp:127.0.0.1:$PORT" \
       >"$d/stdout" 2>>"$d/log" &
   local pid=$!
+  WPID=$pid
   for _ in $(seq 150); do
     grep -q "listening on tcp" "$d/stdout" 2>/dev/null && break
     kill -0 "$pid" 2>/dev/null || { echo "sipyard did not start, see $d/log" >&2; exit 1; }
@@ -74,6 +77,7 @@ TOML
       ${SIPP_X:+-x "$SIPP_X"} \
       -m "$COUNT" -o "$d/sipp" | sed "s/target=/workers=$n target=/" | tee "$d/result.txt"
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  WPID=
 }
 
 floor() {  # $1 = processes: the Python floor (bench/floor_procs.py) under the same load
@@ -81,12 +85,14 @@ floor() {  # $1 = processes: the Python floor (bench/floor_procs.py) under the s
   mkdir -p "$d"
   "$PY" "$HERE/floor_procs.py" "$n" "$PORT" "$SHARED" >"$d/stdout" 2>"$d/log" &
   local pid=$!
+  WPID=$pid
   for _ in $(seq 50); do grep -q "listening on" "$d/stdout" 2>/dev/null && break; sleep 0.1; done
   sleep 0.5  # the children bind after the parent's line
   "$WORK/run_anchor.sh" -S none -p "$pid" -t "127.0.0.1:$PORT" -s options -r "$RATE" -T "$TRANSPORT" \
       ${SIPP_X:+-x "$SIPP_X"} \
       -m "$FLOOR_COUNT" -o "$d/sipp" | sed "s/target=/workers=$n target=/" | tee "$d/result.txt"
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  WPID=
 }
 
 run 1
