@@ -89,6 +89,8 @@ _UNESCAPE = re.compile(r"\\([\\nr])")
 _ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r"})
 _UNESCAPES = {"\\": "\\", "n": "\n", "r": "\r"}
 _LOG_SAFE = {c: "?" for c in range(32) if c != 9} | {127: "?"}
+#: how many hook names (and missing hooks) find() remembers: chat words come from the network
+_MAX_REMEMBERED = 256
 
 
 # --- records ---------------------------------------------------------------------------
@@ -240,6 +242,8 @@ class HookRunner:
             raise ValueError("hooks: timeout > 0, max_running >= 1, queue >= 0")
         self._dir = Path(hooks_dir).absolute()
         self._paths: dict[str, str] = {}
+        #: hooks found missing, with their directory's mtime then (see find)
+        self._missing: dict[str, int] = {}
         self._timeout = float(timeout)
         self._max_running = max_running
         self._queue = queue
@@ -263,12 +267,31 @@ class HookRunner:
         path = self._paths.get(name)
         if path is None:  # checked and joined once per name: this runs for every event
             _check_name(name)
-            path = self._paths[name] = os.path.join(self._dir, name)
+            path = os.path.join(self._dir, name)
+            # chat words come from the network: only so many names are remembered
+            if len(self._paths) < _MAX_REMEMBERED:
+                self._paths[name] = path
+        # A hook found missing stays missing until its directory changes (a file
+        # created, renamed or removed there moves the directory's mtime): one stat
+        # of the directory instead of a failed stat and its exception per event.
+        # The directory is read first, so a hook installed in between is not missed.
+        folder = os.path.dirname(path)
+        try:
+            mtime = os.stat(folder).st_mtime_ns
+        except OSError:
+            return None  # no hooks directory: nothing installed
+        if self._missing.get(path) == mtime:
+            return None
         try:
             st = os.stat(path)
         except OSError:
+            # not when the directory changed within the last second: a file created in
+            # the same clock tick (file systems stamp a few ms coarse) moves no mtime
+            if len(self._missing) < _MAX_REMEMBERED and time.time_ns() - mtime > 1_000_000_000:
+                self._missing[path] = mtime
             self._log.debug("hook %s: not installed", name)
             return None
+        self._missing.pop(path, None)
         if stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK):
             return path
         if path not in self._warned:

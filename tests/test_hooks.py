@@ -538,3 +538,42 @@ def test_example_chat_time_and_door() -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+", reply)
     assert chat(EXAMPLES, "/door") == ["door: would open door for line 11"]
     assert chat(EXAMPLES, "/echo") == ["usage: /echo TEXT"]
+
+
+def test_a_missing_hook_is_remembered_until_its_directory_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """find() runs for every event: a hook found missing costs one stat of the directory
+    afterwards, not a failed stat; installing it (a new file moves the directory's mtime)
+    is seen at the next event, and so is one in a subdirectory (chat/)."""
+    hooks = tmp_path / "hooks"
+    (hooks / "chat").mkdir(parents=True)
+    old = time.time() - 60  # a directory changed in the last second is never trusted
+    os.utime(hooks, (old, old))
+    os.utime(hooks / "chat", (old, old))
+    runner = HookRunner(hooks, timeout=1, max_running=1, queue=1)
+    assert runner.find("cdr") is None and runner.find("chat/echo") is None
+    stats: list[str] = []
+    real_stat = os.stat
+
+    def counting_stat(path: Any, *args: Any, **kw: Any) -> os.stat_result:
+        stats.append(os.fspath(path))
+        return real_stat(path, *args, **kw)
+
+    monkeypatch.setattr(os, "stat", counting_stat)
+    assert runner.find("cdr") is None
+    assert stats == [str(hooks)]  # the directory only
+    monkeypatch.setattr(os, "stat", real_stat)
+    script(hooks / "cdr", "exit 0\n")
+    assert runner.find("cdr") == str(hooks / "cdr")
+    script(hooks / "chat" / "echo", "exit 0\n")
+    assert runner.find("chat/echo") == str(hooks / "chat" / "echo")
+    # removed again: missing at once (the removal moves the directory's mtime too)
+    (hooks / "cdr").unlink()
+    assert runner.find("cdr") is None
+
+
+def test_hook_names_from_the_network_are_not_remembered_without_bound(tmp_path: Path) -> None:
+    runner = HookRunner(tmp_path, timeout=1, max_running=1, queue=1)
+    for i in range(5000):
+        assert runner.find(f"chat/w{i}") is None
+    assert len(runner._paths) <= 256 and len(runner._missing) <= 256

@@ -104,3 +104,26 @@ def test_sends_outside_a_batch_leave_at_once() -> None:
             c.close()
 
     asyncio.run(main())
+
+
+def test_a_zero_length_datagram_does_not_hold_up_the_ones_behind_it() -> None:
+    """A zero-length datagram is read and handed on like any other, and the ones queued
+    behind it in the same burst are read too. (A reader that asked FIONREAD whether
+    more is queued would see 0 for it, as for an empty socket.)"""
+    async def main() -> None:
+        c = _client()
+        handled: list[bytes] = []
+        tr, addr = await _serve([lambda data, src: handled.append(data)])
+        try:
+            for data in (b"first", b"", b"second", b"", b"", b"third"):
+                c.sendto(data, addr)
+            for _ in range(100):
+                if len(handled) == 6:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await tr.close()
+            c.close()
+        assert handled == [b"first", b"", b"second", b"", b"", b"third"]
+
+    asyncio.run(main())
