@@ -21,12 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "sipyard"
 #: compiled, in dependency order: the sans-IO core, then the REGISTER fast lane above it
-#: (digest.py and framing.py gain little; asyncio-heavy modules stay Python)
+#: (framing.py gains little; asyncio-heavy modules stay Python)
 MODULES = [
     "sip/_abnf", "sip/errors", "sip/uri", "sip/headers", "sip/model", "sip/reader",
-    "sip/writer", "sip/message", "sip/validate",
+    "sip/writer", "sip/message", "sip/validate", "sip/noncecount", "sip/digest",
     "sip/transaction", "sip/client_transaction", "sip/source", "stats", "store/binding",
     "store/cache", "store/sqlite_writer", "store/sqlite", "transport", "registrar",
+    "security", "auth",
     "redirect/contacts", "redirect/pipeline", "redirect/redirectors/registrations",
     "redirect/redirectors/aliases", "redirect/redirectors/subscribe",
     "redirect/redirectors/_rules", "redirect/redirectors/mapping",

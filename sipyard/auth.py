@@ -25,7 +25,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .security import Guard
 from .sip.digest import DigestServer, VerdictStatus, compute_ha1
@@ -38,11 +38,17 @@ if TYPE_CHECKING:
 __all__ = ["Authenticator", "AuthResult", "load_secret"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class AuthResult:
-    line: str | None
+    """One per authenticated request: ``Final`` fields, a written-out ``__init__``."""
+
+    line: Final[str | None]
     #: headers of the 401 to send when ``line`` is None
-    challenge: tuple[tuple[str, str], ...] = ()
+    challenge: Final[tuple[tuple[str, str], ...]]
+
+    def __init__(self, line: str | None, challenge: tuple[tuple[str, str], ...] = ()) -> None:
+        self.line = line
+        self.challenge = challenge
 
 
 def load_secret(data_dir: Path) -> bytes:

@@ -268,16 +268,30 @@ class Redirector(ABC):
         """The server is closing (reload or shutdown), after every request was cancelled."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class RedirectOutcome:
-    """The answer for the app: status line, headers to add, the targets (for logs/metrics)."""
+    """The answer for the app: status line, headers to add, the targets (for logs/metrics).
 
-    status: int
-    reason: str
-    headers: tuple[tuple[str, str], ...] = ()
-    contacts: tuple[Contact, ...] = ()
-    seq: int = -1
-    error: ErrorDescriptor | None = None
+    One per request: ``Final`` fields and a written-out ``__init__`` (a dataclass's
+    generated one runs as Python even in a compiled build).
+    """
+
+    status: Final[int]
+    reason: Final[str]
+    headers: Final[tuple[tuple[str, str], ...]]
+    contacts: Final[tuple[Contact, ...]]
+    seq: Final[int]
+    error: Final[ErrorDescriptor | None]
+
+    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = (),
+                 contacts: tuple[Contact, ...] = (), seq: int = -1,
+                 error: ErrorDescriptor | None = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.contacts = contacts
+        self.seq = seq
+        self.error = error
 
     @property
     def needs_auth(self) -> bool:
@@ -545,9 +559,13 @@ class RedirectServer:
         ruri = rec.target
         assert ruri is not None
         host = ruri.host_lower
+        # cheap filters before a parse: most targets are other hosts, or other users
+        # (a target without escapes names an equal user only by containing it)
+        user = ruri.user_unescaped
         out = contacts
         for c in contacts:
-            if host not in c.uri.lower():  # cheap filter: most targets are other hosts
+            uri = c.uri
+            if host not in uri.lower() or (user and user not in uri and "%" not in uri):
                 continue
             try:
                 same = uri_equal(parse_uri(c.uri), ruri)

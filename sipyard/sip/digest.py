@@ -85,6 +85,7 @@ import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from .noncecount import NonceCounts
@@ -206,18 +207,26 @@ class VerdictStatus(enum.Enum):
     UNSUPPORTED = "unsupported"  # algorithm not offered, qop=auth-int, userhash
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class Verdict:
     """Outcome of :meth:`DigestServer.verify`.
 
     ``username`` is the one the client claimed whenever it could be read, also
     for failures (per-user failure counters, logs); it is set identically for
-    known and unknown users. ``algorithm`` is the canonical token used.
+    known and unknown users. ``algorithm`` is the canonical token used. One per
+    digest request: ``Final`` fields and a written-out ``__init__`` (a frozen
+    dataclass's sets each field through ``object.__setattr__``).
     """
 
-    status: VerdictStatus
-    username: str | None = None
-    algorithm: str | None = None
+    status: Final[VerdictStatus]
+    username: Final[str | None]
+    algorithm: Final[str | None]
+
+    def __init__(self, status: VerdictStatus, username: str | None = None,
+                 algorithm: str | None = None) -> None:
+        self.status = status
+        self.username = username
+        self.algorithm = algorithm
 
     @property
     def ok(self) -> bool:
