@@ -21,7 +21,8 @@ $(VENV)/.test: $(VENV)/.runtime pyproject.toml
 	$(PIP) install -q -e '.[test,fast,redis,metrics,compile]'
 	@touch $@
 
-CORE_SRC := $(wildcard sipyard/*.py sipyard/sip/*.py sipyard/store/*.py sipyard/handlers/*.py)
+CORE_SRC := $(wildcard sipyard/*.py sipyard/sip/*.py sipyard/store/*.py sipyard/handlers/*.py \
+  sipyard/proxy/*.py sipyard/redirect/*.py sipyard/redirect/redirectors/*.py)
 
 # The SIP core compiled with mypyc (about 1.8x faster); pure Python when that fails.
 $(VENV)/.core: $(VENV)/.runtime $(CORE_SRC) scripts/build_core.py

@@ -10,7 +10,9 @@ would not load).
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -34,6 +36,32 @@ def _drop_stale_builds() -> None:
 
 
 _drop_stale_builds()
+
+
+def _prefer_sources() -> None:
+    """``SIPYARD_PURE=1``: import every sipyard module from its ``.py`` even where a
+    compiled one sits beside it, so the pure-Python fallback is tested in a built tree
+    (tests/test_pure_fallback.py) without removing the build."""
+    import importlib.machinery
+    import sys
+
+    here = str(Path(__file__).resolve().parent)
+    sources = (importlib.machinery.SourceFileLoader, importlib.machinery.SOURCE_SUFFIXES)
+
+    class _SourcesFirst(importlib.machinery.PathFinder):
+        @classmethod
+        def find_spec(cls, fullname: str, path: Any = None, target: Any = None) -> Any:
+            if not fullname.startswith("sipyard."):
+                return None
+            finder = importlib.machinery.FileFinder(
+                str(Path(here).joinpath(*fullname.split(".")[1:-1])), sources)
+            return finder.find_spec(fullname, target)
+
+    sys.meta_path.insert(0, _SourcesFirst())
+
+
+if os.environ.get("SIPYARD_PURE") == "1":
+    _prefer_sources()
 
 
 def core_kind() -> str:
