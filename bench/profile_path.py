@@ -1,7 +1,7 @@
 """Profile the per-request path in process (no sockets): parse → transaction → answer.
 
     .venv/bin/python bench/profile_path.py [options|register|invite] [N] [--burst K]
-        [--profile [tottime|cumtime]]
+        [--profile [tottime|cumtime]] [--asyncio]
 
 Prints µs per request (min of 3 runs, gc on); with --profile the top functions by own time.
 The bench scenarios' messages are used as they are rendered by sipp.
@@ -121,5 +121,20 @@ async def main() -> None:
         pstats.Stats(prof).sort_stats(sys.argv[-1] if sys.argv[-1] in ("cumtime", "tottime") else "tottime").print_stats(40)
 
 
-if __name__ == "__main__":
+def _run() -> None:
+    """On uvloop, as ``sipyard serve`` runs (asyncio's own loop is Python: its Tasks and
+    callbacks cost several times more, which would misstate any change to them);
+    ``--asyncio`` keeps the stdlib loop."""
+    if "--asyncio" not in sys.argv:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main())
+            return
     asyncio.run(main())
+
+
+if __name__ == "__main__":
+    _run()

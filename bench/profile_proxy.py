@@ -1,6 +1,6 @@
 """Profile whole proxied calls in process (no sockets): the proxy_call scenario's messages.
 
-    .venv/bin/python bench/profile_proxy.py [N] [--burst K] [--profile [tottime|cumtime]]
+    .venv/bin/python bench/profile_proxy.py [N] [--burst K] [--profile [tottime|cumtime]] [--asyncio]
 
 A UAC (port 15060) calls users registered with a UAS contact (port 15070): INVITE → 100
 → 180 → 200 → ACK (2xx, along the Record-Route) → BYE → 200, every message through
@@ -171,5 +171,20 @@ async def main() -> None:
         pstats.Stats(prof).sort_stats(key).print_stats(45)
 
 
-if __name__ == "__main__":
+def _run() -> None:
+    """On uvloop, as ``sipyard serve`` runs (asyncio's own loop is Python: its Tasks and
+    callbacks cost several times more, which would misstate any change to them);
+    ``--asyncio`` keeps the stdlib loop."""
+    if "--asyncio" not in sys.argv:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main())
+            return
     asyncio.run(main())
+
+
+if __name__ == "__main__":
+    _run()

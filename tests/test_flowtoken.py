@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from sipyard.flowtoken import EdgePath, FlowToken, FlowTokens, flow_bound, path_value
@@ -11,6 +9,7 @@ from sipyard.messaging import Sender
 from sipyard.nat import Flow
 from sipyard.proxy.addresses import Interface, LocalAddresses
 from sipyard.sip.source import Listen
+from sipyard.transport import Transports
 
 KEY = b"k" * 32
 IFACE = Interface("192.0.2.1", 5060, "udp")
@@ -91,8 +90,9 @@ def test_server_requests_follow_the_path_to_the_host_holding_the_flow() -> None:
     theirs = path_value(Interface("192.0.2.2", 5060), tokens().encode(
         FlowToken(Flow("udp", "203.0.113.8", 42000), None, False)))
     assert ours is not None
-    sender = Sender(SimpleNamespace(bound=[Listen("udp", "192.0.2.1", 5060)]),  # type: ignore[arg-type]
-                    None, None, None)  # type: ignore[arg-type]
+    transports = Transports(lambda data, src: None)  # never started: only its bound list
+    transports.bound.append(Listen("udp", "192.0.2.1", 5060))
+    sender = Sender(transports, None, None, None)  # type: ignore[arg-type]
     sender.edge = edge
     assert sender.route((ours, "<sip:edge.example.com;lr>")) == (
         None, ("<sip:edge.example.com;lr>",))
