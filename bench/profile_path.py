@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _uvloop import run as run_main  # bench/_uvloop.py, beside this script
+
 from sipyard.app import App
 from sipyard.config import load_config
 from sipyard.transport import Source
@@ -121,20 +123,5 @@ async def main() -> None:
         pstats.Stats(prof).sort_stats(sys.argv[-1] if sys.argv[-1] in ("cumtime", "tottime") else "tottime").print_stats(40)
 
 
-def _run() -> None:
-    """On uvloop, as ``sipyard serve`` runs (asyncio's own loop is Python: its Tasks and
-    callbacks cost several times more, which would misstate any change to them);
-    ``--asyncio`` keeps the stdlib loop."""
-    if "--asyncio" not in sys.argv:
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            uvloop.run(main())
-            return
-    asyncio.run(main())
-
-
 if __name__ == "__main__":
-    _run()
+    run_main(main)
