@@ -45,17 +45,18 @@ def _prefer_sources() -> None:
     import importlib.machinery
     import sys
 
-    here = str(Path(__file__).resolve().parent)
+    here = Path(__file__).resolve().parent
     sources = (importlib.machinery.SourceFileLoader, importlib.machinery.SOURCE_SUFFIXES)
 
-    class _SourcesFirst(importlib.machinery.PathFinder):
-        @classmethod
-        def find_spec(cls, fullname: str, path: Any = None, target: Any = None) -> Any:
+    class _SourcesFirst:
+        """A meta-path finder that sees only ``.py`` files under the package."""
+
+        @staticmethod
+        def find_spec(fullname: str, path: Any = None, target: Any = None) -> Any:
             if not fullname.startswith("sipyard."):
                 return None
-            finder = importlib.machinery.FileFinder(
-                str(Path(here).joinpath(*fullname.split(".")[1:-1])), sources)
-            return finder.find_spec(fullname, target)
+            folder = here.joinpath(*fullname.split(".")[1:-1])
+            return importlib.machinery.FileFinder(str(folder), sources).find_spec(fullname, target)
 
     sys.meta_path.insert(0, _SourcesFirst())
 

@@ -33,7 +33,7 @@ from .handlers.proxy import ProxyCancelHandler, ProxyHandler
 from .handlers.redirect import CancelHandler, NotifyHandler, RedirectHandler
 from .handlers.register import RegisterHandler
 from .housekeeping import Housekeeper
-from .messaging import Sender, udp_local
+from .messaging import Sender
 from .natping import NatPinger
 from .ops import Operations, OpsContext, reload
 from .parts import Parts, build_parts, close_parts, open_parts
@@ -143,7 +143,7 @@ class App:
         self.run_trunks = True
         self.trunk_manager = TrunkManager(
             self.parts.trunks, AsyncIO(self.transports, self.uac, self.now,
-                                       lambda ip: udp_local(self.transports, ip)),
+                                       self.transports.udp_local),
             site=str(config.server.data_dir))
         self.ops.ctx.reload_listeners.append(
             lambda cfg: self.spawn(self.trunk_manager.update(cfg.trunks)))
@@ -177,7 +177,7 @@ class App:
         self.forwarder = fw = Forwarder(
             Wire(send=self.transports.send, relay=self.relay, respond=self.respond,
                  drop=self.drop, clock=self._clock, arm=self._arm_timer,
-                 udp_local=lambda ip: udp_local(self.transports, ip)),
+                 udp_local=self.transports.udp_local),
             timer_c=pcfg.timer_c, group_timeout=pcfg.fork_group_timeout,
             max_branches=pcfg.max_branches)
         self.keeper = CallKeeper(parts, self)
@@ -195,7 +195,7 @@ class App:
         self.sender.edge = proxy.edge
         proxy.trunks = router = TrunkRouter(parts, self.transports.connect_tcp,
                                             self.transports.has_connection,
-                                            lambda ip: udp_local(self.transports, ip))
+                                            self.transports.udp_local)
         self.keeper.on_end.append(lambda call: router.forget(call.call_id))
         return out
 

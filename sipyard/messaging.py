@@ -26,12 +26,7 @@ if TYPE_CHECKING:
     from .flowtoken import EdgePath
     from .parts import Current
 
-__all__ = ["Sender", "udp_local"]
-
-
-def udp_local(tr: Transports, ip: str) -> tuple[str, int]:
-    """Our UDP socket of the destination's address family (a v6 socket cannot reach v4)."""
-    return tr.udp_local(ip)
+__all__ = ["Sender"]
 
 
 class Sender:
@@ -49,7 +44,7 @@ class Sender:
     async def binding_dest(self, b: Binding) -> Source:
         tr = self.transports
         if b.transport == "udp":
-            return Source("udp", b.source_ip, b.source_port, None, udp_local(tr, b.source_ip))
+            return Source("udp", b.source_ip, b.source_port, None, tr.udp_local(b.source_ip))
         cid = int(b.conn_id) if b.conn_id and b.conn_id.isdigit() else None
         if cid is not None and tr.has_connection(cid):
             return Source("tcp", b.source_ip, b.source_port, cid, tr.local_for("tcp", 5060))
@@ -71,7 +66,7 @@ class Sender:
             first = route_uri(path[0])
         except ParseError:
             return None, tuple(path)
-        return uri_dest(first, lambda ip: udp_local(self.transports, ip)), tuple(path)
+        return uri_dest(first, self.transports.udp_local), tuple(path)
 
     async def send_to_binding(self, b: Binding, method: str, *,
                               headers: Sequence[tuple[str, str]], body: bytes = b"",

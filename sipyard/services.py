@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .messaging import Sender, udp_local
+from .messaging import Sender
 from .sip.headers import split_values
 from .sip.message import Request
 from .sip.source import Source
@@ -102,7 +102,7 @@ class RedirectServices:
             if hop is not None:
                 src = hop
             elif transport.lower() == "udp":
-                src = Source("udp", ip, port, None, udp_local(tr, ip))
+                src = Source("udp", ip, port, None, tr.udp_local(ip))
             else:
                 # reuses the phone's own connection (the flow it registered over) while it lives
                 src = await tr.connect_tcp(ip, port)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from sipyard.sip.headers import parse_name_addr, split_values
-from sipyard.sip.message import Message, Request, Response, canonical_name
+from sipyard.sip.message import Message, Request, Response
 from sipyard.sip.uri import SipUri, parse_uri
 
 from .addresses import Interface, LocalAddresses
@@ -95,11 +95,9 @@ def _with_values(msg: Message, key: str, name: str, values: Sequence[str]
     return out, out_keys
 
 
-def _request(req: Request, uri: str, headers: list[tuple[str, str]],
-             keys: list[str] | None = None) -> Request:
-    return Request(req.method, uri, req.version, headers,
-                   keys if keys is not None else [canonical_name(n) for n, _ in headers],
-                   req.body)
+def _request(req: Request, uri: str, headers: list[tuple[str, str]], keys: list[str]
+             ) -> Request:
+    return Request(req.method, uri, req.version, headers, keys, req.body)
 
 
 def copy_request(req: Request) -> Request:
