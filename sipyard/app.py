@@ -37,6 +37,7 @@ from .messaging import Sender
 from .natping import NatPinger
 from .ops import Operations, OpsContext, reload
 from .parts import Parts, build_parts, close_parts, open_parts
+from .peerlog import PeerLog, log_request, reqlog
 from .redirect.loader import build_chain
 from .redirect.pipeline import RedirectServer
 from .services import NotifyRoutes, RedirectServices
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
 __all__ = ["App", "Clock", "KNOWN_METHODS", "ALLOW"]
 
 log = logging.getLogger("sipyard")
-reqlog = logging.getLogger("sipyard.request")
 
 #: Methods the redirect server routes when the Request-URI names a user.
 REDIRECTED = ("INVITE", "SUBSCRIBE", "MESSAGE", "REFER", "OPTIONS")
@@ -120,7 +120,7 @@ class App:
         self._tag_seq = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._peer_logged: dict[tuple[str, object], float] = {}
+        self._peer_log = PeerLog()
         self._tasks: set[asyncio.Task[Any]] = set()
         #: start handlers outside a Task (see _run_handler); off for a store that needs one
         self.eager_handlers = not self.parts.store.needs_task
@@ -159,7 +159,9 @@ class App:
         chat: ChatHandler = AdminChatHandler(
             parts, self.sender, self, lambda word, args: run_admin(self.ops.ctx, word, args),
             ADMIN_COMMANDS)
-        redirect = RedirectHandler(parts, self, chat).handle
+        redirector = RedirectHandler(parts, self, chat)
+        self.own_options: Callable[[Request, Source], bool] = redirector.own_options
+        redirect = redirector.handle
         table: dict[str, Handle] = {m: redirect for m in REDIRECTED}
         table["*"] = redirect
         self.register_handler = RegisterHandler(parts, self)
@@ -183,6 +185,7 @@ class App:
         self.keeper = CallKeeper(parts, self)
         self.proxy = proxy = ProxyHandler(parts, self, fw, chat, NotifyHandler(self.routes, self),
                                           self.services, self.sender, self.keeper)
+        self.own_options = proxy.own_options
         out = {m: h for m, h in table.items() if m == "REGISTER"}
         for m in (*REDIRECTED, "*", "BYE", "ACK", "NOTIFY", "INFO", "UPDATE", "PRACK"):
             out[m] = proxy.handle
@@ -316,6 +319,20 @@ class App:
         """OPTIONS to the server itself: the keep-alive and capability probe."""
         self.respond(tx, req, 200, "OK", _OPTIONS_HEADERS)
 
+    def _own_options(self, req: Request, dest: Source, via: Via) -> None:
+        """The same answer without a transaction (a stateless UAS, RFC 3261 §8.2.7).
+
+        Why: phones send these every few seconds as keep-alives, and a transaction would
+        hold each 200 for 32 s (timer J) only to answer a retransmission the same way
+        again. The To tag is a function of the request, so a retransmission gets the
+        same answer (within this process; the client's 4-tuple keeps it here)."""
+        tag = f"{self._tag_prefix}-{hash((via.branch, req.call_id)) & 0xFFFFFFFF:x}"
+        self.transports.send(dest, build_response(
+            req, 200, "OK", to_tag=tag, headers=_OPTIONS_HEADERS, server=self.server_header))
+        self.stats.response(200)
+        if reqlog.isEnabledFor(logging.INFO):
+            log_request(req, dest, 200)
+
     def _clock(self) -> float:
         """Monotonic seconds for transaction timers: the loop's clock (or a test's)."""
         clock = self.fake_clock
@@ -342,7 +359,7 @@ class App:
         if status >= 200:
             self._arm_timer()
             if reqlog.isEnabledFor(logging.INFO):
-                self._log_request(req, tx.dest, status)  # type: ignore[arg-type]
+                log_request(req, tx.dest, status)  # type: ignore[arg-type]
 
     def respond(self, tx: ServerTransaction, req: Request, status: int, reason: str,
                 headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> None:
@@ -360,7 +377,7 @@ class App:
         if status >= 200:
             self._arm_timer()
             if reqlog.isEnabledFor(logging.INFO):
-                self._log_request(req, dest, status)
+                log_request(req, dest, status)
 
     # -- inbound ------------------------------------------------------------------
     def _on_bytes(self, data: bytes, src: Source) -> None:
@@ -381,7 +398,7 @@ class App:
             if not self.uac.on_response(msg):  # type: ignore[arg-type]
                 self.stats.dropped += 1
                 if fw is not None:
-                    self._log_peer_once(src.ip, "stray-response",
+                    self._peer_log.once(src.ip, "stray-response",
                                         "dropped response(s) from %s matching no transaction",
                                         src.ip)
             return
@@ -422,6 +439,9 @@ class App:
             # ACK (which carries our tag) finds its INVITE.
             key = make_key(branch, sent_by, method, fallback=(
                 req.uri, req.from_.tag or "", req.call_id, str(req.cseq[0]), via.raw))
+        if method == "OPTIONS" and not req.has("require") and self.own_options(req, src):
+            self._own_options(req, dest, via)
+            return
         unmatched = self.unmatched
         if (unmatched is not None and method == "CANCEL" and txl.find_invite(key) is None
                 and unmatched(req, src)):
@@ -537,15 +557,15 @@ class App:
                               server=self.server_header)
         self.transports.send(dest, data)
         self.stats.response(status)
-        self._log_peer_once(dest.ip, status, "rejected %s from %s: %d %s",
+        self._peer_log.once(dest.ip, status, "rejected %s from %s: %d %s",
                             req.method or "request", dest.ip, status, reason)
         if reqlog.isEnabledFor(logging.INFO):
-            self._log_request(req, dest, status)
+            log_request(req, dest, status)
 
     def _stateless(self, req: Request, src: Source, status: int, reason: str) -> None:
         """Answer a request whose Via could not be read: to its source, as best we can."""
         if req.method == "ACK" or not req.get("via"):
-            self._log_peer_once(src.ip, "unanswerable", "dropped unanswerable request from %s: %s",
+            self._peer_log.once(src.ip, "unanswerable", "dropped unanswerable request from %s: %s",
                                 src.ip, reason)
             return
         self._reply_stateless(req, src, status, reason)
@@ -564,11 +584,11 @@ class App:
                 self._reply_stateless(partial, dest, exc.status, exc.reason)
                 return
         self.stats.dropped += 1
-        self._log_peer_once(src.ip, "malformed", "dropped malformed message from %s: %s",
+        self._peer_log.once(src.ip, "malformed", "dropped malformed message from %s: %s",
                             src.ip, exc.reason)
 
     def _on_framing_error(self, exc: ParseError, src: Source) -> None:
-        self._log_peer_once(src.ip, "framing", "closing tcp connection from %s:%d: %s",
+        self._peer_log.once(src.ip, "framing", "closing tcp connection from %s:%d: %s",
                             src.ip, src.port, exc.reason)
 
     def _on_oversize(self, src: Source, data: bytes) -> None:
@@ -583,31 +603,8 @@ class App:
                 dest = src
             self._reply_stateless(msg, dest, 513, "Message Too Large")
             return
-        self._log_peer_once(src.ip, "oversize", "dropped oversize datagram from %s (%d bytes)",
+        self._peer_log.once(src.ip, "oversize", "dropped oversize datagram from %s (%d bytes)",
                             src.ip, len(data))
-
-    def _log_peer_once(self, ip: str, kind: object, fmt: str, *args: object) -> None:
-        """Log a peer's fault at most once a minute per kind, never per packet.
-
-        The message is formatted only when it is logged: a flood of bad packets
-        from one peer costs a dict lookup each, not a string per packet. The
-        table is keyed by source address, so it is emptied when it grows past
-        10 000 entries (a log line may repeat; memory may not grow).
-        """
-        now = time.monotonic()
-        key = (ip, kind)
-        last = self._peer_logged.get(key)
-        if last is not None and now - last < 60:
-            return
-        if len(self._peer_logged) > 10000:
-            self._peer_logged.clear()
-        self._peer_logged[key] = now
-        log.warning(fmt, *args)
-
-    def _log_request(self, req: Request, dest: Source, status: int) -> None:
-        reqlog.info("%s from=%s to=%s src=%s:%s/%s status=%d", req.method,
-                    _uri_of(req.get("from")), _uri_of(req.get("to")), dest.ip, dest.port,
-                    dest.transport, status)
 
     # -- timers ---------------------------------------------------------------------
     def _arm_timer(self) -> None:
@@ -688,13 +685,3 @@ def _has_user(req: Request) -> bool:
         return False
     return isinstance(uri, SipUri) and bool(uri.user)
 
-
-def _uri_of(value: str | None) -> str:
-    if not value:
-        return "-"
-    lt = value.find("<")
-    if lt >= 0:
-        gt = value.find(">", lt)
-        if gt > lt:
-            return value[lt + 1:gt]
-    return value.split(";", 1)[0].strip()

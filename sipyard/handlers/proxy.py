@@ -113,6 +113,15 @@ class ProxyHandler:
         self.edge: EdgePath | None = None
 
     # -- entry ----------------------------------------------------------------------
+    def own_options(self, req: Request, src: Source) -> bool:
+        """Whether :meth:`handle` would answer this OPTIONS itself (``out.options``): one
+        for us (no Route, no user, our address or domain) from a source not banned."""
+        uri = req.ruri
+        return (isinstance(uri, SipUri) and not uri.user and not req.has("route")
+                and not self.guard.banned(src.ip, self.out.now())
+                and (self.fw.local.is_our_uri(uri)
+                     or self.current.config.is_our_domain(uri.host_lower)))
+
     def handle(self, req: Request, src: Source, tx: ServerTransaction) -> Awaitable[None] | None:
         out = self.out
         if self.guard.banned(src.ip, out.now()):

@@ -55,6 +55,13 @@ class RedirectHandler:
         self.out = out
         self.chat = chat
 
+    def own_options(self, req: Request, src: Source) -> bool:
+        """Whether this OPTIONS is for the server itself (no user in the Request-URI):
+        :meth:`handle` would answer it with ``out.options``, which the app may do
+        without a transaction."""
+        uri = req.ruri
+        return not (isinstance(uri, SipUri) and uri.user)
+
     def handle(self, req: Request, src: Source, tx: ServerTransaction) -> Awaitable[None] | None:
         uri = req.ruri
         out = self.out
