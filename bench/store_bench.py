@@ -7,8 +7,9 @@
 2. Starts `sipyard serve` on an empty data dir and on the filled one, waits until
    each answers OPTIONS, and reports the RSS of both: (filled - empty) / N is the
    cost of a binding in the running server.
-3. The time from exec to the first OPTIONS answer with N bindings is the restart
-   time (the store loads every unexpired binding before the server listens).
+3. The time from exec to the first OPTIONS answer with N bindings is the start half
+   of a restart (the store loads every unexpired binding before the server listens);
+   the time from SIGTERM to the process's exit is the stop half.
 Prints measured numbers only.
 """
 
@@ -75,7 +76,7 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def serve_and_measure(d: Path) -> tuple[float, int]:
+def serve_and_measure(d: Path) -> tuple[float, int, float]:
     port = free_port()
     (d / "sipyard.toml").write_text(CONFIG.format(port=port))
     t0 = time.monotonic()
@@ -103,11 +104,13 @@ def serve_and_measure(d: Path) -> tuple[float, int]:
         rss = rss_kib(proc.pid)
     finally:
         sock.close()
+        t_stop = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+        stopped = time.monotonic() - t_stop
     if ready is None:
         raise SystemExit("server never answered OPTIONS")
-    return ready, rss
+    return ready, rss, stopped
 
 
 def main() -> None:
@@ -119,10 +122,11 @@ def main() -> None:
     t0 = time.monotonic()
     asyncio.run(fill(full / "data", n))
     print(f"filled {n} bindings through the store API in {time.monotonic() - t0:.1f} s")
-    ready_empty, rss_empty = serve_and_measure(empty)
-    ready_full, rss_full = serve_and_measure(full)
+    ready_empty, rss_empty, stop_empty = serve_and_measure(empty)
+    ready_full, rss_full, stop_full = serve_and_measure(full)
     print(f"start to first OPTIONS answer: empty store {ready_empty:.2f} s, "
           f"{n} bindings {ready_full:.2f} s (target <= 2 s)")
+    print(f"SIGTERM to exit: empty store {stop_empty:.2f} s, {n} bindings {stop_full:.2f} s")
     per = (rss_full - rss_empty) * 1024 / n
     print(f"RSS: empty {rss_empty // 1024} MiB, with {n} bindings {rss_full // 1024} MiB: "
           f"{per:.0f} bytes per binding (target <= 1024)")
