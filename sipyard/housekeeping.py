@@ -39,9 +39,24 @@ from collections.abc import Callable, Sequence
 from .sip.headers import clear_caches as clear_header_caches
 from .sip.uri import clear_cache as clear_uri_cache
 
-__all__ = ["Housekeeper"]
+__all__ = ["Housekeeper", "tune_gc"]
 
 log = logging.getLogger("sipyard.housekeeping")
+
+
+def tune_gc() -> None:
+    """Keep the cyclic GC off the request path.
+
+    At 10 000 requests/s a server holds ~300 000 live transactions (timer J is
+    32 s) and a cache of bindings: with the default thresholds every young
+    collection soon promotes into full collections that walk all of them. Those
+    records hold no reference cycles, so the start-up objects are frozen out of
+    the GC's view and collections are made rarer; reference counting frees the
+    per-request garbage as before.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
 
 
 def _malloc_trim() -> Callable[[], None] | None:

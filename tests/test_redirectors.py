@@ -627,3 +627,20 @@ def test_default_chain_end_to_end(tmp_path: Path) -> None:
                              services=s)) == ["<sip:12@example.com>", "<sip:13@example.com>"]
     assert redirect(config, "sip:14@example.com", services=s).status == 480
     assert redirect(config, "sip:nobody@example.com", services=s).status == 404
+
+
+def test_loop_check_compares_ports(tmp_path: Path) -> None:
+    """A target equal to the Request-URI but for its port is no loop; the same port
+    written with a leading zero is (RFC 3261 §19.1.4 compares port numbers)."""
+    config = make_config(tmp_path, """
+[[mapping]]
+users = ["61X"]
+contacts = ["sip:{user}@example.com:5080", "sip:{user}@example.com:05080",
+            "sip:{user}@example.com:15080", "sip:{user}@example.com"]
+""")
+    assert contacts(redirect(config, "sip:611@example.com:5080")) == [
+        "<sip:611@example.com:15080>", "<sip:611@example.com>"]
+    # without a port in the Request-URI only the target without one is equal
+    assert contacts(redirect(config, "sip:611@example.com")) == [
+        "<sip:611@example.com:5080>", "<sip:611@example.com:05080>",
+        "<sip:611@example.com:15080>"]

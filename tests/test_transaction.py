@@ -417,6 +417,24 @@ def test_timer_g_with_other_t1_t2() -> None:
     assert round(fired[-1][0] - 10.0, 6) == 6.4 and fired[-1][2] is None
 
 
+def test_first_and_later_timer_g_firings_interleave_in_time_order() -> None:
+    """First firings (a FIFO) and doubled ones (a heap) are due in one timeline."""
+    layer = TransactionLayer(t1=0.5, t2=4.0, t4=5.0)
+    a = new_tx(layer, "INVITE", branch="z9hG4bKa")
+    layer.send_response(a, 486, RESP_486, 0.0)  # G at 0.5, then 1.5, 3.5
+    b = new_tx(layer, "INVITE", branch="z9hG4bKb", now=0.8)
+    layer.send_response(b, 486, RESP_486, 0.8)  # G at 1.3
+    c = new_tx(layer, "INVITE", branch="z9hG4bKc", now=0.9)
+    layer.send_response(c, 486, RESP_486, 0.9)  # G at 1.4, but ACKed before
+    layer.receive_request(c.key, "ACK", False, DEST, 1.0)
+    assert [t for t, _ in layer.handle_timer(0.5)] == [a]
+    assert layer.next_deadline() == 1.3
+    assert [t for t, _ in layer.handle_timer(1.3)] == [b]
+    assert layer.next_deadline() == 1.5  # c's entry is stale and dropped
+    assert [t for t, _ in layer.handle_timer(1.5)] == [a]
+    assert layer.next_deadline() == 2.3  # b's doubled interval
+
+
 def test_h_and_g_due_together_report_only_h() -> None:
     layer = TransactionLayer()
     tx = new_tx(layer, "INVITE")
@@ -485,14 +503,14 @@ def test_reliable_non_invite_freed_at_final_without_timers() -> None:
     layer.send_response(tx, 200, RESP_2XX, 0.0)
     assert len(layer) == 0 and tx.state is TxState.TERMINATED
     assert layer.next_deadline() is None
-    assert not layer._q_long and not layer._g_heap  # the timer structures were not touched
+    assert not layer._q_long and not layer._q_g and not layer._g_heap  # the timer structures were not touched
 
 
 def test_reliable_invite_no_g_and_ack_frees_at_once() -> None:
     layer = TransactionLayer()
     tx = new_tx(layer, "INVITE", reliable=True)
     layer.send_response(tx, 486, RESP_486, 0.0)
-    assert layer.next_deadline() == LONG and not layer._g_heap  # H only, no G
+    assert layer.next_deadline() == LONG and not layer._q_g and not layer._g_heap  # H, no G
     assert layer.receive_request(tx.key, "ACK", True, DEST, 1.0) == (Outcome.ACK_ABSORBED, tx, None)
     assert len(layer) == 0 and layer.next_deadline() is None
 

@@ -559,13 +559,16 @@ class RedirectServer:
         ruri = rec.target
         assert ruri is not None
         host = ruri.host_lower
-        # cheap filters before a parse: most targets are other hosts, or other users
-        # (a target without escapes names an equal user only by containing it)
+        # cheap filters before a parse: most targets are other hosts, other users (a
+        # target without escapes names an equal user only by containing it) or other
+        # ports (an equal URI has the same port, and its digits, §19.1.4)
         user = ruri.user_unescaped
+        port = str(ruri.port) if ruri.port is not None else ""
         out = contacts
         for c in contacts:
             uri = c.uri
-            if host not in uri.lower() or (user and user not in uri and "%" not in uri):
+            if (host not in uri.lower() or (user and user not in uri and "%" not in uri)
+                    or port not in uri):
                 continue
             try:
                 same = uri_equal(parse_uri(c.uri), ruri)

@@ -26,8 +26,10 @@ Timers. H, J and L last 64*T1 and I lasts T4 for every transaction, so they go
 into one FIFO deque per duration: pushes happen in time order, expiry pops from
 the left while due. Cancelling is lazy: an entry remembers the state that armed
 it and is stale once the transaction has left that state (a transaction enters
-each state at most once, so this is exact). Only timer G grows exponentially;
-it lives in a heap. Over reliable transports I and J are zero, so the
+each state at most once, so this is exact). Timer G's first interval is T1 for
+every transaction, so its first firings have a FIFO of their own too; only the
+doubled intervals after that (an ACK that did not come within T1) live in a heap.
+Over reliable transports I and J are zero, so the
 transaction is freed at once without touching the timer structures, and G is
 never armed.
 
@@ -311,6 +313,10 @@ class TransactionLayer:
         self._queues: tuple[deque[_Entry], ...] = (
             (self._q_long,) if self._q_i is self._q_long else (self._q_long, self._q_i)
         )
+        # Timer G: its first interval is always T1, so first firings are due in the
+        # order they were armed (a FIFO, O(1) each; most are stale by then: the ACK
+        # came); the doubled intervals after a first firing go to a heap.
+        self._q_g: deque[_Entry] = deque()
         self._g_heap: list[_GEntry] = []
         self._g_seq = count()
         self._frees = 0  # since the last _compact check
@@ -431,6 +437,17 @@ class TransactionLayer:
             self._compact()
         heap = self._g_heap
         t2 = self.t2
+        q_g = self._q_g
+        while q_g and q_g[0][0] <= now:
+            _deadline, tx, _armed = q_g.popleft()
+            if tx.state is not _COMPLETED:
+                continue  # ACKed, timed out or terminated since
+            interval = tx.g_interval * 2.0
+            if interval > t2:
+                interval = t2
+            tx.g_interval = interval
+            heapq.heappush(heap, (now + interval, next(self._g_seq), tx))
+            out.append((tx, tx.last_response))
         while heap and heap[0][0] <= now:
             _deadline, _seq, tx = heapq.heappop(heap)
             if tx.state is not _COMPLETED:
@@ -458,6 +475,14 @@ class TransactionLayer:
                         best = deadline
                     break
                 q.popleft()
+        q_g = self._q_g
+        while q_g:
+            deadline, tx, _armed = q_g[0]
+            if tx.state is _COMPLETED:
+                if best is None or deadline < best:
+                    best = deadline
+                break
+            q_g.popleft()
         heap = self._g_heap
         while heap:
             deadline, _seq, tx = heap[0]
@@ -494,7 +519,7 @@ class TransactionLayer:
             if tx.invite:
                 if not tx.reliable:
                     tx.g_interval = self.t1
-                    heapq.heappush(self._g_heap, (now + self.t1, next(self._g_seq), tx))
+                    self._q_g.append((now + self.t1, tx, new))
                 self._q_long.append((now + self._long, tx, new))
             elif tx.reliable:
                 self._free(tx)
