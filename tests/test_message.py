@@ -669,3 +669,23 @@ def test_fast_paths_take_the_usual_shapes() -> None:
     r.check_from_to()
     assert r._from is None and r._to is None  # no NameAddr was built
     assert r.from_.tag == "12345SIPpTag001"
+
+
+def test_get_all_is_cached_per_message_and_follows_every_edit() -> None:
+    msg = parse_message(
+        b"BYE sip:u@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKa\r\n"
+        b"Route: <sip:p1;lr>, <sip:p2;lr>\r\nRoute: <sip:p3;lr>\r\nFrom: <sip:a@x>;tag=1\r\n"
+        b"To: <sip:u@x>;tag=2\r\nCall-ID: c\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n")
+    first = msg.get_all("route")
+    assert first == ["<sip:p1;lr>", "<sip:p2;lr>", "<sip:p3;lr>"]
+    first.pop(0)  # a caller's edit of its list is its own
+    assert msg.get_all("Route") == ["<sip:p1;lr>", "<sip:p2;lr>", "<sip:p3;lr>"]
+    msg.add_header("Route", "<sip:p0;lr>", first=True)
+    assert msg.get_all("route")[0] == "<sip:p0;lr>"
+    msg.remove_header("route")
+    assert msg.get_all("route") == []
+    msg.set_header("Route", "<sip:q;lr>")
+    assert msg.get_all("route") == ["<sip:q;lr>"]
+    assert msg.get_all("via") == ["SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKa"]
+    msg.replace_top_via("SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKa;received=10.0.0.1")
+    assert msg.get_all("via") == ["SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKa;received=10.0.0.1"]

@@ -117,7 +117,7 @@ class Message:
     """
 
     __slots__ = ("headers", "_keys", "body", "version", "_vias", "_top", "_from", "_to", "_cseq",
-                 "_call_id", "_contacts")
+                 "_call_id", "_contacts", "_split")
 
     def __init__(self, headers: list[tuple[str, str]], keys: list[str], body: bytes,
                  version: str = "SIP/2.0") -> None:
@@ -132,6 +132,8 @@ class Message:
         self._cseq: tuple[int, str] | None = None
         self._call_id: str | None = None
         self._contacts: list[NameAddr] | str | None = None
+        #: get_all's comma-split lists by key (a proxy asks for Route half a dozen times)
+        self._split: dict[str, list[str]] | None = None
 
     # -- raw access ---------------------------------------------------------
     @property
@@ -169,12 +171,20 @@ class Message:
         """
         key = canonical_name(name)
         lines = self._lines(key)
-        if key in _SINGLE_ITEM:
+        if key in _SINGLE_ITEM or not lines:
             return lines
+        split = self._split
+        if split is None:
+            split = self._split = {}
+        else:
+            hit = split.get(key)
+            if hit is not None:
+                return list(hit)  # a copy: callers may edit what they get
         out: list[str] = []
         for line in lines:
             out.extend(split_values(line))
-        return out
+        split[key] = out
+        return list(out)
 
     def count(self, name: str) -> int:
         """Number of header lines with that name (compact forms count too)."""
@@ -184,6 +194,8 @@ class Message:
         return canonical_name(name) in self._keys
 
     def _invalidate(self, key: str) -> None:
+        if self._split is not None:
+            self._split.pop(key, None)
         if key in _CACHED_KEYS:
             self._vias = None
             self._top = None
@@ -236,6 +248,8 @@ class Message:
         self.headers[i] = (name, line)
         self._vias = None
         self._top = None
+        if self._split is not None:
+            self._split.pop("via", None)
 
     # -- typed access ---------------------------------------------------------
     def _single(self, key: str, label: str) -> str:
