@@ -43,6 +43,7 @@ from .redirect.pipeline import RedirectServer
 from .services import NotifyRoutes, RedirectServices
 from .sip.errors import ParseError
 from .sip.message import Limits, Request, Response, build_response, parse_message
+from .sip.reader import ack_key
 from .sip.source import Listen, Source, bare_host
 from .sip.transaction import Outcome, ServerTransaction, TransactionLayer, make_key
 from .sip.uri import SipUri
@@ -384,6 +385,10 @@ class App:
 
     # -- inbound ------------------------------------------------------------------
     def _on_bytes(self, data: bytes, src: Source) -> None:
+        key = ack_key(data) if data[:4] == b"ACK " else None
+        if key is not None and self.txl.absorb_ack(key, self._clock()):
+            self.stats.request("ACK")  # the ACK of a 3xx-6xx of ours: its Via alone says so
+            return
         try:
             msg = parse_message(data, self.limits)
         except ParseError as exc:

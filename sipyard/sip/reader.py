@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from ._abnf import TOKEN_CHARS
 from .errors import ParseError
+from .headers import parse_via
 from .model import COMPACT_FORMS, DEFAULT_LIMITS, NAME_TABLE, Limits, Message, Request, Response
+from .transaction import MAGIC_COOKIE, TxKey, make_key
 
-__all__ = ["parse_message"]
+__all__ = ["parse_message", "ack_key"]
 
 _NAME_TABLE = NAME_TABLE
 
@@ -214,3 +216,31 @@ def _with_partial(status: int, reason: str, partial: Message) -> ParseError:
     exc = ParseError(status, reason)
     exc.partial = partial
     return exc
+
+
+def ack_key(data: bytes) -> TxKey | None:
+    """The transaction key of an ACK read from its first header line alone, or None.
+
+    Why: the ACK of a 3xx–6xx final needs nothing but its key (RFC 3261 §17.2.3:
+    branch, sent-by, method), and parsing the whole message cost more than the rest
+    of its handling. Only the usual shape is read here: ``Via:`` spelt so as the first
+    header line, not folded, one via-parm with an RFC 3261 branch. None for anything
+    else; the caller then parses the message as usual.
+    """
+    if data[:4] != b"ACK ":
+        return None
+    start = data.find(b"\r\n") + 2
+    if start < 2 or data[start:start + 5] != b"Via: ":
+        return None
+    end = data.find(b"\r\n", start)
+    if end < 0 or data[end + 2:end + 3] in (b" ", b"\t") or b"," in data[start:end]:
+        return None
+    try:
+        via = parse_via(data[start + 5:end].decode("utf-8", "surrogateescape").strip(" \t"))
+    except ParseError:
+        return None
+    branch = via.branch
+    if branch is None or len(branch) <= len(MAGIC_COOKIE) or not branch.startswith(MAGIC_COOKIE):
+        return None
+    port = via.port  # sent-by spelt as App._on_request spells it
+    return make_key(branch, f"{via.host}:{port}" if port is not None else via.host + ":", "ACK")

@@ -360,6 +360,21 @@ class TransactionLayer:
             return (_ACK_ABSORBED, tx, None)
         return (_ACK_UNMATCHED, tx, None)
 
+    def absorb_ack(self, key: TxKey, now: float) -> bool:
+        """Take an ACK for the INVITE transaction ``key`` when it is one of our 3xx–6xx
+        finals (Completed or Confirmed): True when absorbed, False when the ACK needs
+        the whole :meth:`receive_request` (no such transaction, or any other state)."""
+        tx = self._txs.get(key)
+        if tx is None or not tx.invite:
+            return False
+        state = tx.state
+        if state is _CONFIRMED:
+            return True
+        if state is not _COMPLETED:
+            return False
+        self._enter(tx, INVITE_TRANSITIONS[(state, _ACK)], now)
+        return True
+
     def find_invite(self, key_of_cancel: TxKey) -> ServerTransaction | None:
         """The live INVITE transaction a CANCEL (by its own key) refers to.
 
