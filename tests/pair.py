@@ -16,10 +16,37 @@ from sipyard.app import App
 from sipyard.config import load_config
 from sipyard.sip.source import Source
 
-__all__ = ["Pair", "FakeClock", "PHONE"]
+__all__ = ["Pair", "FakeClock", "PHONE", "OPEN_CONFIG", "PROXY_CONFIG", "status", "header"]
 
 #: where the pair's requests come from unless a test says otherwise
 PHONE = Source("udp", "127.0.0.1", 15060, None, ("127.0.0.1", 5060))
+
+#: redirect mode, open registration, no auth: what most handler tests start from
+OPEN_CONFIG = """[server]
+realm = "127.0.0.1"
+data_dir = "data"
+hooks_dir = "hooks"
+[logging]
+level = "warning"
+[security]
+open_registration = true
+register_rate = 0
+[redirect]
+require_auth = false
+"""
+#: the same in proxy mode
+PROXY_CONFIG = OPEN_CONFIG.replace("[logging]", 'mode = "proxy"\n[logging]')
+
+
+def status(data: bytes) -> int:
+    """The status code of a response the app sent."""
+    return int(data.split(b" ", 2)[1])
+
+
+def header(data: bytes, name: bytes) -> list[bytes]:
+    """Every value of header ``name`` (as spelt) in a message the app sent."""
+    return [line.split(b":", 1)[1].strip() for line in data.split(b"\r\n")
+            if line.lower().startswith(name.lower() + b":")]
 
 
 class FakeClock:

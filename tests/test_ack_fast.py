@@ -6,23 +6,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from pair import Pair
+from pair import OPEN_CONFIG as CONFIG
+from pair import Pair, status
 
 from sipyard.sip.reader import ack_key
 from sipyard.sip.transaction import Outcome, TransactionLayer, TxState, make_key
-
-CONFIG = """[server]
-realm = "127.0.0.1"
-data_dir = "data"
-hooks_dir = "hooks"
-[logging]
-level = "warning"
-[security]
-open_registration = true
-register_rate = 0
-[redirect]
-require_auth = false
-"""
 
 ACK = (b"ACK sip:99@127.0.0.1 SIP/2.0\r\n"
        b"Via: SIP/2.0/UDP 127.0.0.1:15062;branch=z9hG4bKa1;rport\r\n"
@@ -94,7 +82,7 @@ def test_acks_of_a_480_stop_its_retransmissions_whatever_their_shape(tmp_path: P
             for branch, compact in (("f1", False), ("f2", True)):
                 inv = _invite(branch)
                 out = await p.request(inv, settle=0)
-                assert [int(r.split(b" ", 2)[1]) for r in out] == [480]
+                assert [status(r) for r in out] == [480]
                 assert await p.request(_ack(inv, out[0], compact=compact), settle=0) == []
             assert p.advance(0.6) == []  # both ACKed: no timer G fires
             assert p.app.stats.requests["ACK"] == 2

@@ -6,26 +6,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from pair import OPEN_CONFIG as REDIRECT
+from pair import PROXY_CONFIG as PROXY
 from pair import Pair
+from pair import header as _header
+from pair import status as _status
 
 from sipyard.security import Ban
 from sipyard.sip.source import Source
-
-CONFIG = """[server]
-realm = "127.0.0.1"
-data_dir = "data"
-hooks_dir = "hooks"
-{mode}
-[logging]
-level = "warning"
-[security]
-open_registration = true
-register_rate = 0
-[redirect]
-require_auth = false
-"""
-REDIRECT = CONFIG.format(mode="")
-PROXY = CONFIG.format(mode='mode = "proxy"')
 
 
 def _options(branch: str, uri: str = "sip:127.0.0.1", extra: str = "") -> bytes:
@@ -34,15 +22,6 @@ def _options(branch: str, uri: str = "sip:127.0.0.1", extra: str = "") -> bytes:
             f"Max-Forwards: 70\r\nFrom: <sip:ping@127.0.0.1>;tag=f{branch}\r\n"
             f"To: <{uri}>\r\nCall-ID: {branch}@127.0.0.1\r\nCSeq: 7 OPTIONS\r\n"
             f"{extra}Content-Length: 0\r\n\r\n").encode()
-
-
-def _status(data: bytes) -> int:
-    return int(data.split(b" ", 2)[1])
-
-
-def _header(data: bytes, name: bytes) -> list[bytes]:
-    return [line.split(b":", 1)[1].strip() for line in data.split(b"\r\n")
-            if line.lower().startswith(name.lower() + b":")]
 
 
 def _to_tag(data: bytes) -> bytes:

@@ -6,23 +6,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from pair import OPEN_CONFIG as CONFIG
 from pair import Pair
+from pair import header as _header
+from pair import status as _status
 
 from sipyard.sip.digest import client_response
 from sipyard.sip.source import Source
-
-CONFIG = """[server]
-realm = "127.0.0.1"
-data_dir = "data"
-hooks_dir = "hooks"
-[logging]
-level = "warning"
-[security]
-open_registration = true
-register_rate = 0
-[redirect]
-require_auth = false
-"""
 
 
 def _register(branch: str, cseq: int = 1, expires: int = 600) -> bytes:
@@ -40,15 +30,6 @@ def _invite(branch: str, user: str = "10") -> bytes:
             f"Max-Forwards: 70\r\nFrom: <sip:caller@127.0.0.1>;tag=c{branch}\r\n"
             f"To: <sip:{user}@127.0.0.1>\r\nCall-ID: inv-{branch}@127.0.0.1\r\nCSeq: 1 INVITE\r\n"
             f"Contact: <sip:caller@127.0.0.1:15062>\r\nContent-Length: 0\r\n\r\n").encode()
-
-
-def _status(data: bytes) -> int:
-    return int(data.split(b" ", 2)[1])
-
-
-def _header(data: bytes, name: bytes) -> list[bytes]:
-    return [line.split(b":", 1)[1].strip() for line in data.split(b"\r\n")
-            if line.lower().startswith(name.lower() + b":")]
 
 
 def test_register_retransmission_and_expiry(tmp_path: Path) -> None:

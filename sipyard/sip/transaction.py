@@ -450,21 +450,15 @@ class TransactionLayer:
                     out.append((tx, None))
         if len(txs) != live:
             self._compact()
-        heap = self._g_heap
-        t2 = self.t2
+        due: list[ServerTransaction] = []  # timer G: first firings, then doubled ones
         q_g = self._q_g
         while q_g and q_g[0][0] <= now:
-            _deadline, tx, _armed = q_g.popleft()
-            if tx.state is not _COMPLETED:
-                continue  # ACKed, timed out or terminated since
-            interval = tx.g_interval * 2.0
-            if interval > t2:
-                interval = t2
-            tx.g_interval = interval
-            heapq.heappush(heap, (now + interval, next(self._g_seq), tx))
-            out.append((tx, tx.last_response))
+            due.append(q_g.popleft()[1])
+        heap = self._g_heap
         while heap and heap[0][0] <= now:
-            _deadline, _seq, tx = heapq.heappop(heap)
+            due.append(heapq.heappop(heap)[2])
+        t2 = self.t2
+        for tx in due:
             if tx.state is not _COMPLETED:
                 continue  # ACKed, timed out or terminated since
             interval = tx.g_interval * 2.0
