@@ -69,9 +69,9 @@ REDIRECTED = ("INVITE", "SUBSCRIBE", "MESSAGE", "REFER", "OPTIONS")
 ALLOW = "INVITE, ACK, CANCEL, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, MESSAGE, REFER"
 SUPPORTED = frozenset({"path", "outbound"})
 SUPPORTED_HEADER = "path, outbound"
-#: in-dialog methods: without a dialog of ours they get 481, not 405
 #: the loop timer's granularity in seconds (App._arm_timer)
 _TICK = 0.01
+#: in-dialog methods: without a dialog of ours they get 481, not 405
 _IN_DIALOG = frozenset({"BYE", "INFO", "UPDATE", "PRACK", "NOTIFY"})
 _OPTIONS_HEADERS = (("Allow", ALLOW), ("Accept", "application/sdp, text/plain"),
                     ("Supported", SUPPORTED_HEADER))
