@@ -317,6 +317,8 @@ class TransactionLayer:
         # order they were armed (a FIFO, O(1) each; most are stale by then: the ACK
         # came); the doubled intervals after a first firing go to a heap.
         self._q_g: deque[_Entry] = deque()
+        #: every FIFO whose head may hold the next deadline (G's entries are armed by Completed)
+        self._fifos: tuple[deque[_Entry], ...] = (*self._queues, self._q_g)
         self._g_heap: list[_GEntry] = []
         self._g_seq = count()
         self._frees = 0  # since the last _compact check
@@ -476,7 +478,7 @@ class TransactionLayer:
         an adapter never wakes up for a cancelled one.
         """
         best: float | None = None
-        for q in self._queues:
+        for q in self._fifos:
             while q:
                 deadline, tx, armed = q[0]
                 if tx.state is armed:
@@ -484,14 +486,6 @@ class TransactionLayer:
                         best = deadline
                     break
                 q.popleft()
-        q_g = self._q_g
-        while q_g:
-            deadline, tx, _armed = q_g[0]
-            if tx.state is _COMPLETED:
-                if best is None or deadline < best:
-                    best = deadline
-                break
-            q_g.popleft()
         heap = self._g_heap
         while heap:
             deadline, _seq, tx = heap[0]
